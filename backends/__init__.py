@@ -1,0 +1,64 @@
+"""Backend registry: built-in backends plus plugins from the ``difftest.backends`` entry-point group.
+
+A plugin's entry point names a callable returning a :class:`Backend` or a list of them.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from difftest.errors import UnknownBackend
+
+from .base import Backend
+from .nf_backend import NFBackend, nf_backends
+from .numpy_backend import NumpyBackend, numpy_backends
+
+_FACTORIES = (numpy_backends, nf_backends)
+
+
+def _plugins() -> list[Backend]:
+    found: list[Backend] = []
+    for ep in entry_points(group="difftest.backends"):
+        try:
+            made = ep.load()()
+        except Exception as exc:  # a broken plugin must not break the others
+            found.append(_Broken(ep.name, f"plugin {ep.value} failed to load: {exc}"))
+            continue
+        found.extend(made if isinstance(made, (list, tuple)) else [made])
+    return found
+
+
+class _Broken(Backend):
+    def __init__(self, name: str, reason: str):
+        from difftest.formats import BINARY32
+
+        self.name, self.format, self._reason = name, BINARY32, reason
+
+    def availability(self):
+        return False, self._reason
+
+    def conv2d_backward(self, x, w, d, stride, padding):  # pragma: no cover - never available
+        raise RuntimeError(self._reason)
+
+
+def all_backends() -> dict[str, Backend]:
+    """Every known backend by name (available or not)."""
+    out: dict[str, Backend] = {}
+    for factory in _FACTORIES:
+        for b in factory():
+            out[b.name] = b
+    for b in _plugins():
+        out.setdefault(b.name, b)
+    return out
+
+
+def get_backend(name: str) -> Backend:
+    """A backend by name; :class:`UnknownBackend` lists the known names."""
+    known = all_backends()
+    try:
+        return known[name]
+    except KeyError:
+        raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(sorted(known))}") from None
+
+
+__all__ = ["Backend", "NFBackend", "NumpyBackend", "all_backends", "get_backend"]

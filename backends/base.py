@@ -1,0 +1,65 @@
+"""The backend interface: compute Conv2D backward the way a framework's users really run it."""
+
+from __future__ import annotations
+
+import os
+import platform
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from difftest.formats import Format
+
+
+class Backend(ABC):
+    """A Conv2D-backward implementation under test.
+
+    ``format`` is the format whose bounds apply (its storage format). ``accumulation`` says,
+    where known, how it accumulates. :meth:`conv2d_backward` receives float64 arrays holding
+    values of ``format`` exactly and returns ``grad_input``, ``grad_weight``, ``grad_bias`` as
+    exact float64 copies of what the backend computed.
+    """
+
+    name: str = ""
+    format: Format
+    device: str = "cpu"
+    accumulation: str = ""
+    description: str = ""
+
+    def availability(self) -> tuple[bool, str]:
+        """``(True, "")`` or ``(False, reason)``."""
+        return True, ""
+
+    @abstractmethod
+    def conv2d_backward(
+        self, x: np.ndarray, w: np.ndarray, d: np.ndarray, stride: int, padding: int
+    ) -> dict[str, np.ndarray]:
+        """Return ``{"grad_input", "grad_weight", "grad_bias"}`` as float64 arrays."""
+
+    def version(self) -> str:
+        return np.__version__
+
+    def environment(self) -> dict:
+        """What ran: library versions, device, CPU, threads."""
+        return {
+            "backend": self.name,
+            "format": self.format.name,
+            "device": self.device,
+            "accumulation": self.accumulation,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+        }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,34 @@
+"""The exact NF reference: the gradients computed in TorchLean's own fold order and format."""
+
+from __future__ import annotations
+
+from difftest.case import RuntimeInputs
+from difftest.formats import PRESETS, Format
+from difftest.geometry import Geometry
+from difftest.replay import replay
+
+from .base import Backend
+
+
+class NFBackend(Backend):
+    """``nf-<format>``: one correct rounding per operation, TorchLean's fold orders, zero steps."""
+
+    def __init__(self, fmt: Format):
+        self.format = fmt
+        self.name = f"nf-{fmt.name}"
+        self.accumulation = "sequential, TorchLean fold order, one rounding per operation"
+        self.description = f"exact NF model in {fmt.name} (emulated in float64)"
+
+    def conv2d_backward(self, x, w, d, stride, padding):
+        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
+        rt = RuntimeInputs(self.format, x, w, d, 0.0, 0.0, 0.0, rounded=False)
+        return {name: value for name, (value, _) in replay(rt, g).items()}
+
+    def version(self) -> str:
+        from difftest import __version__
+
+        return __version__
+
+
+def nf_backends() -> list[Backend]:
+    return [NFBackend(f) for f in PRESETS.values()]

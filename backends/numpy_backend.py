@@ -1,0 +1,44 @@
+"""numpy backends: im2col + matmul, the way numpy users write Conv2D backward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from difftest.formats import BINARY16, BINARY32, BINARY64, Format
+from difftest.geometry import Geometry, col2im_add, grad_output_rows, im2col
+
+from .base import Backend
+
+
+class NumpyBackend(Backend):
+    """``grad_weight = δ_rows @ im2col(x)``, ``grad_input = col2im(δ_rowsᵀ @ w_rows)``,
+    ``grad_bias = δ_rows.sum(1)``, all in ``dtype``."""
+
+    def __init__(self, name: str, dtype, fmt: Format, accumulation: str):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.format = fmt
+        self.accumulation = accumulation
+        self.description = f"numpy {self.dtype.name}: im2col + matmul"
+
+    def conv2d_backward(self, x, w, d, stride, padding):
+        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
+        xt, wt, dt = (np.asarray(a).astype(self.dtype) for a in (x, w, d))
+        drows = grad_output_rows(dt, g)  # (O, N·oh·ow)
+        grad_weight = (drows @ im2col(xt, g)).reshape(g.weight_shape)
+        cols = drows.T @ wt.reshape(g.O, -1)  # (N·oh·ow, C·kH·kW)
+        grad_input = col2im_add(cols, g)
+        grad_bias = drows.sum(axis=1)
+        return {
+            "grad_input": grad_input.astype(np.float64),
+            "grad_weight": grad_weight.astype(np.float64),
+            "grad_bias": grad_bias.astype(np.float64),
+        }
+
+
+def numpy_backends() -> list[Backend]:
+    return [
+        NumpyBackend("numpy-float32", np.float32, BINARY32, "float32 BLAS GEMM (blocked, FMA); pairwise sum"),
+        NumpyBackend("numpy-float64", np.float64, BINARY64, "float64 BLAS GEMM (blocked, FMA); pairwise sum"),
+        NumpyBackend("numpy-float16", np.float16, BINARY16, "float16 matmul accumulates in float32; float16 col2im and sum"),
+    ]

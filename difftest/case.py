@@ -1,0 +1,256 @@
+"""Cases: the inputs of one Conv2D backward, validated, and their ``.npz`` reproducer files.
+
+A case's arrays are the **spec values** (exact reals held in float64). The runtime values a
+backend and the NF model compute with are the same arrays when they are representable in the
+format; with ``round_inputs`` they are the arrays rounded into the format, and the eps of each
+tensor grows by its exact maximal rounding error (Lean's ``approxT`` hypotheses ``epsX``,
+``epsK``, ``epsδ``, one number per tensor).
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CaseFileError, InvalidCase, NotRepresentable, UnsupportedFormat
+from .formats import BINARY32, Format, get_format
+from .fparith import add_up
+from .geometry import Geometry
+
+#: Largest magnitude a case value may have. The model has no overflow; the vectorised engine
+#: emulates it in float64, whose range must hold every product and partial sum.
+MAX_MAGNITUDE = 2.0**480
+
+TENSORS = ("input", "weight", "grad_output")
+EPS_NAMES = {"input": "eps_input", "weight": "eps_weight", "grad_output": "eps_grad_output"}
+
+
+@dataclass(frozen=True)
+class RuntimeInputs:
+    """What a backend of ``format`` computes with, and the eps hypotheses that link it to the spec."""
+
+    format: Format
+    input: np.ndarray
+    weight: np.ndarray
+    grad_output: np.ndarray
+    eps_input: float
+    eps_weight: float
+    eps_grad_output: float
+    rounded: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """One Conv2D backward problem: spec arrays, geometry, format and eps hypotheses."""
+
+    input: np.ndarray
+    weight: np.ndarray
+    grad_output: np.ndarray
+    stride: int = 1
+    padding: int = 0
+    format: Format = BINARY32
+    eps_input: float = 0.0
+    eps_weight: float = 0.0
+    eps_grad_output: float = 0.0
+    round_inputs: bool = False
+    geometry: Geometry = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", get_format(self.format))
+        arrays = {}
+        for name in TENSORS:
+            arrays[name] = _as_float64(name, getattr(self, name))
+            object.__setattr__(self, name, arrays[name])
+        for name in EPS_NAMES.values():
+            v = getattr(self, name)
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise InvalidCase(f"{name} must be a number, got {v!r}") from None
+            if not (math.isfinite(v) and v >= 0):
+                raise InvalidCase(f"{name} must be finite and >= 0, got {v}")
+            object.__setattr__(self, name, v)
+        for name in ("stride", "padding"):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or int(v) != v:
+                raise InvalidCase(f"{name} must be an integer, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        object.__setattr__(self, "geometry", _geometry_of(arrays, self.stride, self.padding))
+        # The case's own format must hold its values (or round them, with --round-inputs).
+        self.runtime(self.format)
+
+    # --- runtime values -------------------------------------------------------------
+
+    def runtime(self, fmt: Format | str | None = None) -> RuntimeInputs:
+        """Runtime values and eps for a backend of format ``fmt`` (default: the case's).
+
+        Raises :class:`NotRepresentable` naming the first offending element when a value is not
+        in ``fmt`` and the case was not made with ``round_inputs``.
+        """
+        fmt = self.format if fmt is None else get_format(fmt)
+        if not fmt.vectorised:
+            raise UnsupportedFormat(
+                f"format {fmt.name} cannot be emulated exactly in float64 (radix 2, precision <= 26 "
+                "with emin >= -537, or binary64); the exact scalar functions in difftest.lean "
+                "handle any format"
+            )
+        out: dict[str, np.ndarray] = {}
+        eps: dict[str, float] = {}
+        rounded = False
+        for name in TENSORS:
+            spec = getattr(self, name)
+            runtime = fmt.round_array(spec)
+            given = getattr(self, EPS_NAMES[name])
+            if np.array_equal(runtime, spec):
+                out[name], eps[name] = spec, given
+                continue
+            if not self.round_inputs:
+                bad = np.argwhere(runtime != spec)[0]
+                idx = tuple(int(i) for i in bad)
+                raise NotRepresentable(
+                    f"{name}{list(idx)} = {float(spec[idx])!r} is not representable in {fmt.name} "
+                    f"(nearest: {float(runtime[idx])!r}); give values of the format, or use "
+                    "--round-inputs to round them and judge with the exact rounding errors as eps"
+                )
+            # runtime - spec is exact in float64 (same binade, multiple of spec's quantum).
+            err = float(np.max(np.abs(runtime - spec)))
+            out[name], eps[name], rounded = runtime, float(add_up(np.float64(given), np.float64(err))), True
+        return RuntimeInputs(
+            format=fmt,
+            input=out["input"],
+            weight=out["weight"],
+            grad_output=out["grad_output"],
+            eps_input=eps["input"],
+            eps_weight=eps["weight"],
+            eps_grad_output=eps["grad_output"],
+            rounded=rounded,
+        )
+
+    # --- files --------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the reproducer ``.npz`` (arrays, stride, padding, format, eps)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez(
+                f,
+                input=self.input,
+                weight=self.weight,
+                grad_output=self.grad_output,
+                stride=np.int64(self.stride),
+                padding=np.int64(self.padding),
+                format=np.str_(self.format.name),
+                eps_input=np.float64(self.eps_input),
+                eps_weight=np.float64(self.eps_weight),
+                eps_grad_output=np.float64(self.eps_grad_output),
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, format: str | None = None, round_inputs: bool = False) -> "Case":
+        """Read a case file. ``format`` overrides the file's own (default ``binary32``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CaseFileError(f"case file {str(path)!r} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise CaseFileError(
+                f"{path} is not a readable case file (.npz written by numpy.savez): {exc}"
+            ) from None
+        missing = [k for k in (*TENSORS, "stride", "padding") if k not in data]
+        if missing:
+            raise CaseFileError(
+                f"{path} lacks {', '.join(missing)}; a case file holds arrays input, weight, "
+                "grad_output and scalars stride, padding (optional: format, eps_input, "
+                "eps_weight, eps_grad_output)"
+            )
+        kwargs = {name: data[name] for name in TENSORS}
+        for name in ("stride", "padding"):
+            kwargs[name] = _scalar(path, name, data[name], int)
+        for name in EPS_NAMES.values():
+            if name in data:
+                kwargs[name] = _scalar(path, name, data[name], float)
+        fmt_name = format if format is not None else (
+            _scalar(path, "format", data["format"], str) if "format" in data else BINARY32.name
+        )
+        return cls(**kwargs, format=get_format(fmt_name), round_inputs=round_inputs)
+
+    def describe(self) -> dict:
+        """Plain-JSON description (geometry, format, eps); arrays are left out."""
+        return {
+            "geometry": self.geometry.as_dict(),
+            "format": self.format.name,
+            "eps_input": self.eps_input,
+            "eps_weight": self.eps_weight,
+            "eps_grad_output": self.eps_grad_output,
+            "round_inputs": self.round_inputs,
+            "batch_extension": self.geometry.N > 1,
+        }
+
+
+def _as_float64(name: str, value) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - numpy raises many kinds here
+        raise InvalidCase(f"{name} is not an array: {exc}") from None
+    if a.dtype.kind not in "fiub":
+        raise InvalidCase(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if a.ndim != 4:
+        raise InvalidCase(
+            f"{name} must have rank 4 ({_LAYOUT[name]}), got shape {tuple(a.shape)}"
+        )
+    a64 = a.astype(np.float64)
+    if a.dtype.kind in "iu" and not np.array_equal(a64.astype(a.dtype), a):
+        raise InvalidCase(f"{name} holds integers that float64 cannot represent exactly")
+    bad = np.argwhere(~np.isfinite(a64))
+    if bad.size:
+        idx = tuple(int(i) for i in bad[0])
+        raise InvalidCase(f"{name}{list(idx)} = {float(a64[idx])} is not finite; the NF model has no NaN or infinity")
+    big = np.argwhere(np.abs(a64) > MAX_MAGNITUDE)
+    if big.size:
+        idx = tuple(int(i) for i in big[0])
+        raise InvalidCase(f"{name}{list(idx)} = {float(a64[idx])!r} exceeds the supported magnitude 2^480")
+    a64 = np.ascontiguousarray(a64)
+    a64.setflags(write=False)
+    return a64
+
+
+_LAYOUT = {"input": "N, C, H, W", "weight": "O, C, kH, kW", "grad_output": "N, O, out_h, out_w"}
+
+
+def _geometry_of(arrays: dict[str, np.ndarray], stride: int, padding: int) -> Geometry:
+    N, C, H, W = arrays["input"].shape
+    O, C2, kH, kW = arrays["weight"].shape
+    if C2 != C:
+        raise InvalidCase(
+            f"weight has {C2} input channels (shape {arrays['weight'].shape}) but input has {C} "
+            f"(shape {arrays['input'].shape})"
+        )
+    g = Geometry(N=N, C=C, H=H, W=W, O=O, kH=kH, kW=kW, stride=stride, padding=padding)
+    if arrays["grad_output"].shape != g.grad_output_shape:
+        raise InvalidCase(
+            f"grad_output has shape {arrays['grad_output'].shape}; expected {g.grad_output_shape} "
+            f"(N, O, out_h, out_w) for input {g.input_shape}, weight {g.weight_shape}, "
+            f"stride {stride}, padding {padding}"
+        )
+    return g
+
+
+def _scalar(path: Path, name: str, value: np.ndarray, kind: type):
+    if value.ndim != 0:
+        raise CaseFileError(f"{path}: {name} must be a scalar, got shape {value.shape}")
+    v = value.item()
+    if kind is int and not (isinstance(v, (int, np.integer)) or (isinstance(v, float) and v.is_integer())):
+        raise CaseFileError(f"{path}: {name} must be an integer, got {v!r}")
+    if kind is float and not isinstance(v, (int, float)):
+        raise CaseFileError(f"{path}: {name} must be a number, got {v!r}")
+    if kind is str and not isinstance(v, str):
+        raise CaseFileError(f"{path}: {name} must be a string, got {v!r}")
+    return kind(v)

@@ -1,0 +1,129 @@
+r"""The order-free bound: sound for every evaluation order, with or without FMA.
+
+Setting. An entry is ``S = Σ_k a_k·b_k`` over the structural positions of its sum (padded
+reads and non-matching input-gradient steps are exact zeros in spec and runtime and are left
+out), computed from runtime values by any summation tree in which every operation (product,
+sum, or fused multiply-add) is correctly rounded to nearest in a format of precision ``p``,
+radix β, minimal exponent ``emin``. Let ``u = β^(1-p)/2``, ``η = β^emin/2`` (0 for FLX),
+``n`` the number of non-zero runtime products and ``γ_n = n·u / (1 - n·u)``.
+
+Derivation (Higham, *Accuracy and Stability*, §3.1, with underflow). A rounded sum is exact
+in the subnormal range and otherwise ``(x + y)(1 + δ)`` with ``|δ| <= u``; a rounded product
+(or FMA result) is ``z(1 + δ) + η'`` with ``|η'| <= η``. Adding an exact zero is exact, so on
+the path from any leaf to the root at most ``n - 1`` additions round, and with the leaf's own
+product rounding a leaf's value is multiplied by at most ``n`` factors ``(1 + δ)``:
+
+    |computed - Σ a_k b_k| <= γ_n · Σ|a_k b_k| + n · (1 + γ_n) · η.
+
+The eps hypotheses ``|a_R - a_S| <= e_a``, ``|b_R - b_S| <= e_b`` add, per structural position,
+``|a_R b_R - a_S b_S| <= (|a_R| + e_a)·e_b + (|b_R| + e_b)·e_a`` (the ``mulEps`` cross terms):
+
+    bound = γ_n·Σ|a b| + n·(1 + γ_n)·η + e_b·Σ|a| + e_a·Σ|b| + 2·e_a·e_b·m
+
+with ``m`` the number of structural positions. For the bias (sums of δ only, no products):
+``γ_(n-1)·Σ|δ| + m·epsδ``. Where ``n·u >= 1`` no such bound exists and it is ``+inf``.
+
+Computation. Counts are exact GEMMs of 0/1 matrices. ``Σ|a b|`` comes from a float64 GEMM
+``c`` of absolute values, inflated to a sure upper bound: any float64 evaluation satisfies
+``c >= S(1 - γ_K) - K·2^-1075``, so ``S <= (c + K·2^-1074)·(1 + K·2^-52)`` for
+``K·2^-53 <= 1/4``. Every other operation is rounded upward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .case import RuntimeInputs
+from .formats import Format
+from .fparith import add_up, half_ulp_up, mul_up
+from .geometry import Geometry, gemm_operands, gemm_result_to_gradient
+
+
+@dataclass(frozen=True)
+class OrderFree:
+    """Order-free bound of one gradient, with the ingredients a report may want."""
+
+    bound: np.ndarray
+    abs_sum: np.ndarray  # upper bound of Σ|a·b| (or Σ|δ|) per entry
+    terms: np.ndarray  # n: non-zero runtime products per entry
+
+
+def abs_gemm_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A sure upper bound of ``|a| @ |b|`` from one float64 GEMM (see module docstring)."""
+    k = a.shape[1]
+    if k * 2.0**-53 > 0.25:
+        raise ValueError(f"inner dimension {k} too large for the float64 inflation")
+    c = np.abs(a) @ np.abs(b)
+    c = add_up(c, np.float64(k) * 2.0**-1074)
+    return mul_up(c, np.float64(1.0 + k * 2.0**-52))
+
+
+def count_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact counts ``Σ_k [a_k != 0][b_k != 0]`` (integers below 2^53)."""
+    return (a != 0).astype(np.float64) @ (b != 0).astype(np.float64)
+
+
+def gamma_up(fmt: Format, n: np.ndarray) -> np.ndarray:
+    """``γ_n = n·u / (1 - n·u)`` rounded up; ``+inf`` where ``n·u >= 1``."""
+    u = float(fmt.unit_roundoff)
+    nu = np.asarray(n, dtype=np.float64) * u  # exact: n integer, u a power of two
+    den = 1.0 - nu  # exact for n·u in [2^-53·…, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where(nu > 0, np.nextafter(nu / np.where(den > 0, den, 1.0), np.inf), 0.0)
+    return np.where(nu >= 1.0, np.inf, g)
+
+
+def _eta_up(fmt: Format) -> float:
+    return 0.0 if fmt.emin is None else float(half_ulp_up(np.int64(fmt.emin)))
+
+
+def product_bound(
+    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float
+) -> OrderFree:
+    """Order-free bound of ``a @ b`` (runtime values) with structural masks ``ma``, ``mb``."""
+    s = abs_gemm_up(a, b)
+    n = count_gemm(a, b)
+    g = gamma_up(fmt, n)
+    with np.errstate(invalid="ignore"):
+        bound = add_up(mul_up(g, s), mul_up(mul_up(n, add_up(1.0, g)), np.float64(_eta_up(fmt))))
+    bound = np.where(np.isnan(bound), np.inf, bound)
+    if e_a or e_b:
+        m = count_gemm(ma, mb)
+        sa = abs_gemm_up(a, mb)  # Σ|a| over structural positions (a is 0 off them)
+        sb = abs_gemm_up(ma, b)
+        eps = add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))),
+                     mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
+        bound = add_up(bound, eps)
+    return OrderFree(bound=bound, abs_sum=s, terms=n)
+
+
+def order_free_bounds(rt: RuntimeInputs, g: Geometry) -> dict[str, OrderFree]:
+    """Order-free bounds of the three gradients for the runtime values ``rt``."""
+    fmt = rt.format
+    ops = gemm_operands(rt.input, rt.weight, rt.grad_output, g)
+    ones = gemm_operands(np.ones(g.input_shape), np.ones(g.weight_shape), np.ones(g.grad_output_shape), g)
+    out: dict[str, OrderFree] = {}
+
+    (a, b), (ma, mb) = ops["grad_weight"], ones["grad_weight"]  # a = δ, b = x̃
+    out["grad_weight"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_input)
+    (a, b), (ma, mb) = ops["grad_input"], ones["grad_input"]  # a = δ (transposed im2col), b = w
+    out["grad_input"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight)
+
+    d = ops["grad_bias"][0]  # (O, N·oh·ow)
+    s = abs_gemm_up(d, np.ones((d.shape[1], 1)))[:, 0]
+    n = np.count_nonzero(d, axis=1).astype(np.float64)
+    bias = mul_up(gamma_up(fmt, np.maximum(n - 1, 0)), s)
+    if rt.eps_grad_output:
+        bias = add_up(bias, mul_up(np.float64(d.shape[1]), np.float64(rt.eps_grad_output)))
+    out["grad_bias"] = OrderFree(bound=bias, abs_sum=s, terms=n)
+
+    return {
+        name: OrderFree(
+            bound=gemm_result_to_gradient(name, of.bound, g),
+            abs_sum=gemm_result_to_gradient(name, of.abs_sum, g),
+            terms=gemm_result_to_gradient(name, of.terms, g),
+        )
+        for name, of in out.items()
+    }

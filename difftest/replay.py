@@ -1,0 +1,147 @@
+"""Vectorised replay of TorchLean's folds: the NF runtime gradients and the ``torchlean`` bounds.
+
+The same fold as :mod:`difftest.lean` (``foldAddState`` with ``addEps``/``mulEps``), run
+across all entries of a gradient at once, the loop running over the fold axis:
+
+* NF values with one correct rounding per operation (:func:`~difftest.fparith.nf_add`,
+  :func:`~difftest.fparith.nf_mul`);
+* ``ulp`` of the exact sums and products (exact ``mag``);
+* the bound accumulated with upward rounding, so it is never below the real bound and above
+  it by at most a relative ``2^-52`` per operation (plus, for binary64 only, ``2^-1075``
+  terms rounded up to ``2^-1074``).
+
+For the input gradient only the contributing steps are visited; each run of ``k`` zero steps
+adds ``k · ulp(acc)/2`` in closed form, exactly as the ``k`` single steps would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .case import RuntimeInputs
+from .errors import UnsupportedFormat
+from .formats import Format
+from .fparith import add_up, half_ulp_of, half_ulp_of_product, half_ulp_of_sum, mul_up, nf_add, nf_mul
+from .geometry import Geometry, grad_output_rows, im2col
+
+
+class Fold:
+    """The state of ``foldAddState`` for many entries at once: runtime ``acc`` and bound ``e``."""
+
+    def __init__(self, fmt: Format, shape: tuple[int, ...]):
+        self.fmt = fmt
+        self.acc = np.zeros(shape)
+        self.e = np.zeros(shape)
+
+    def step(self, t: np.ndarray, e_t: np.ndarray | float, where: np.ndarray | None = None) -> None:
+        """One ``addEps`` step: ``e ← e + e_t + ulp(acc + t)/2``, ``acc ← acc ⊕ t``."""
+        e = add_up(add_up(self.e, np.broadcast_to(e_t, self.e.shape)), half_ulp_of_sum(self.fmt, self.acc, t))
+        acc = nf_add(self.fmt, self.acc, t)
+        if where is None:
+            self.e, self.acc = e, acc
+        else:
+            self.e = np.where(where, e, self.e)
+            self.acc = np.where(where, acc, self.acc)
+
+    def zero_steps(self, k: np.ndarray) -> None:
+        """``k`` steps of exact zero terms with zero error: ``e ← e + k·ulp(acc)/2``.
+
+        ``k · 2^q`` is exact in float64 (``k < 2^53``).
+        """
+        self.e = add_up(self.e, np.asarray(k, dtype=np.float64) * half_ulp_of(self.fmt, self.acc))
+
+
+def mul_eps(fmt: Format, x: np.ndarray, y: np.ndarray, e_x: float, e_y: float) -> np.ndarray:
+    """Mirrors TorchLean ``mulEps`` (rounded up): ``(|x| + e_x)·e_y + (|y| + e_y)·e_x + ulp(x·y)/2``."""
+    x, y = np.broadcast_arrays(x, y)
+    h = half_ulp_of_product(fmt, x, y)
+    if e_x == 0 and e_y == 0:
+        return h
+    ex, ey = np.float64(e_x), np.float64(e_y)
+    cross = add_up(mul_up(add_up(np.abs(x), ex), ey), mul_up(add_up(np.abs(y), ey), ex))
+    return add_up(cross, h)
+
+
+def bias_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
+    """``conv2dBiasPointBound`` for every output channel; steps over ``(n, i, j)``."""
+    d = grad_output_rows(rt.grad_output, g)
+    fold = Fold(rt.format, (g.O,))
+    for k in range(d.shape[1]):
+        fold.step(d[:, k], rt.eps_grad_output)
+    return fold
+
+
+def kernel_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
+    """``conv2dKernelPointBound`` for every ``(o, c, di, dj)``; steps over ``(n, i, j)``."""
+    fmt = rt.format
+    d = grad_output_rows(rt.grad_output, g)  # (O, K)
+    cols = im2col(rt.input, g)  # (K, C·kH·kW), padded reads are exact zeros
+    fold = Fold(fmt, (g.O, cols.shape[1]))
+    for k in range(d.shape[1]):
+        x = cols[k][None, :]
+        dv = d[:, k][:, None]
+        fold.step(nf_mul(fmt, x, dv), mul_eps(fmt, x, dv, rt.eps_input, rt.eps_grad_output))
+    return fold
+
+
+def _slots(n_in: int, n_out: int, k: int, s: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each input row ``h``, the output rows ``oi`` (ascending) with ``oi·s + di = h + p``.
+
+    Returns ``(oi, di, valid)`` shaped ``(slots, n_in)``.
+    """
+    h = np.arange(n_in)
+    lo = np.maximum(0, -((k - 1 - h - p) // s))  # ceil((h + p - k + 1) / s), at least 0
+    hi = np.minimum(n_out - 1, (h + p) // s)
+    count = int(max(0, np.max(hi - lo + 1)))
+    oi = lo[None, :] + np.arange(count)[:, None]
+    valid = oi <= hi[None, :]
+    oi = np.where(valid, oi, 0)
+    di = np.where(valid, h[None, :] + p - oi * s, 0)
+    return oi, di, valid
+
+
+def input_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
+    """``conv2dInputPointBound`` for every ``(n, c, h, w)``.
+
+    The Lean fold runs over all ``(o, oi, oj, di, dj)``. For a fixed entry the contributing
+    tuples, in that lexicographic order, are ``o`` ascending, then ``oi`` ascending, then
+    ``oj`` ascending (``di``, ``dj`` follow); the others are zero steps, added in runs.
+    """
+    fmt, s, p = rt.format, g.stride, g.padding
+    d, w = rt.grad_output, rt.weight
+    oi, di, vh = _slots(g.H, g.out_h, g.kH, s, p)
+    oj, dj, vw = _slots(g.W, g.out_w, g.kW, s, p)
+    total = g.O * g.out_h * g.out_w * g.kH * g.kW
+    fold = Fold(fmt, g.input_shape)
+    last = np.full((g.H, g.W), -1, dtype=np.int64)  # index of the last step taken, per (h, w)
+    for o in range(g.O):
+        for a in range(oi.shape[0]):
+            for b in range(oj.shape[0]):
+                valid = vh[a][:, None] & vw[b][None, :]  # (H, W)
+                if not valid.any():
+                    continue
+                r, q = oi[a][:, None], oj[b][None, :]
+                kr, kq = di[a][:, None], dj[b][None, :]
+                idx = (((o * g.out_h + r) * g.out_w + q) * g.kH + kr) * g.kW + kq
+                fold.zero_steps(np.where(valid, idx - last - 1, 0))
+                dv = d[:, o][:, r, q][:, None, :, :]  # (N, 1, H, W)
+                wv = w[o][:, kr, kq][None, :, :, :]  # (1, C, H, W)
+                fold.step(nf_mul(fmt, dv, wv), mul_eps(fmt, dv, wv, rt.eps_grad_output, rt.eps_weight), where=valid)
+                last = np.where(valid, idx, last)
+    fold.zero_steps(total - 1 - last)
+    return fold
+
+
+def replay(rt: RuntimeInputs, g: Geometry) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """NF runtime gradients and torchlean bound tensors: ``{gradient: (nf_value, bound)}``.
+
+    ``conv2d*BoundTensor`` is the absolute value of the point bound; point bounds are sums
+    of non-negative terms here, so it is the bound itself.
+    """
+    if not rt.format.vectorised:
+        raise UnsupportedFormat(f"the vectorised replay cannot emulate {rt.format.name}; use difftest.lean")
+    out = {}
+    for name, fn in (("grad_input", input_replay), ("grad_weight", kernel_replay), ("grad_bias", bias_replay)):
+        fold = fn(rt, g)
+        out[name] = (fold.acc.reshape(g.shape_of(name)), fold.e.reshape(g.shape_of(name)))
+    return out

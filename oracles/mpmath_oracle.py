@@ -1,0 +1,87 @@
+"""The reference oracle: the spec gradients summed in mpmath, entry by entry, exactly.
+
+The sums follow TorchLean's ``conv2d*DerivSpec`` literally (padded reads, matching input
+steps). mpmath is exact here only because the working precision covers the whole exponent
+span: products of float64 values (106 bits) lie in ``[2^-2148, 2^961)`` for case values capped
+at 2^480, so every product is exact and ``mpf_sum`` (which keeps ``2·prec`` extra bits before
+it drops a term) never drops or rounds one at ``PREC`` bits. A fixed 64- or 113-bit ``fsum``
+would not be exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpmath import mp, mpf
+
+from difftest.exact import ExactTensor
+from difftest.geometry import Geometry
+
+#: Working precision in bits: above the span 961 + 2148 + log2(terms) of any exact sum here.
+PREC = 4400
+
+
+def _exact_of(x) -> tuple[int, int]:
+    sign, man, exp, _ = x._mpf_
+    return (-man if sign else man), exp
+
+
+def _pack(values: list, shape: tuple[int, ...]) -> ExactTensor:
+    pairs = [_exact_of(v) for v in values]
+    k = min((e for m, e in pairs if m), default=0)
+    mant = np.empty(len(pairs), dtype=object)
+    mant[:] = [m << (e - k) if m else 0 for m, e in pairs]
+    return ExactTensor(mant.reshape(shape), k)
+
+
+class MpmathOracle:
+    """Reference spec gradients, one mpmath ``fsum`` per entry (slow; for tests and spot checks)."""
+
+    name = "mpmath"
+
+    def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict[str, ExactTensor]:
+        s, p = g.stride, g.padding
+        with mp.workprec(PREC):
+            X = np.vectorize(mpf, otypes=[object])(x)
+            Wt = np.vectorize(mpf, otypes=[object])(w)
+            D = np.vectorize(mpf, otypes=[object])(d)
+
+            def x_pad(n, c, r, q):  # getAtOrZero on the padded image
+                r, q = r - p, q - p
+                return X[n, c, r, q] if 0 <= r < g.H and 0 <= q < g.W else mpf(0)
+
+            bias = [
+                mp.fsum(D[n, o, i, j] for n in range(g.N) for i in range(g.out_h) for j in range(g.out_w))
+                for o in range(g.O)
+            ]
+            kernel = [
+                mp.fsum(
+                    x_pad(n, c, i * s + di, j * s + dj) * D[n, o, i, j]
+                    for n in range(g.N)
+                    for i in range(g.out_h)
+                    for j in range(g.out_w)
+                )
+                for o in range(g.O)
+                for c in range(g.C)
+                for di in range(g.kH)
+                for dj in range(g.kW)
+            ]
+            inp = [
+                mp.fsum(
+                    D[n, o, oi, oj] * Wt[o, c, di, dj]
+                    for o in range(g.O)
+                    for oi in range(g.out_h)
+                    for oj in range(g.out_w)
+                    for di in range(g.kH)
+                    for dj in range(g.kW)
+                    if oi * s + di == i + p and oj * s + dj == j + p
+                )
+                for n in range(g.N)
+                for c in range(g.C)
+                for i in range(g.H)
+                for j in range(g.W)
+            ]
+        return {
+            "grad_input": _pack(inp, g.input_shape),
+            "grad_weight": _pack(kernel, g.weight_shape),
+            "grad_bias": _pack(bias, g.bias_shape),
+        }
