@@ -1,0 +1,108 @@
+"""Vectorised exact arithmetic equals exact rational arithmetic on adversarial values."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from difftest.formats import BINARY64, PRESETS
+from difftest.fparith import (
+    add_up, half_ulp_of_product, half_ulp_of_sum, mag_of_product, mag_of_sum, mul_up, nf_add, nf_mul, sub_down, two_sum,
+)
+
+from strategies import format_values
+
+FORMATS = list(PRESETS.values())
+
+
+def pairs(fmt):
+    v = st.one_of(
+        format_values(fmt, lo=fmt.emin, hi=fmt.emin + 40),
+        format_values(fmt, lo=-40, hi=40),
+        format_values(fmt, lo=100, hi=200),
+        st.sampled_from([0.0, 1.0, -1.0, 0.5]),
+    )
+    return st.lists(st.tuples(v, v), min_size=1, max_size=30)
+
+
+def arrays(ps):
+    return np.array([a for a, _ in ps]), np.array([b for _, b in ps])
+
+
+def near_ties(fmt):
+    """Pairs whose exact sum lies on, or next to, a rounding midpoint of fmt."""
+    def make(m, q, k, sgn):
+        a = np.ldexp(float(2 ** (fmt.prec - 1) + m), q)  # a value of fmt with quantum 2^q
+        half = np.ldexp(1.0, q - 1)
+        tiny = np.ldexp(1.0, max(q - 1 - k, fmt.emin))
+        return a, half + sgn * tiny if sgn else half
+    return st.lists(
+        st.builds(make, st.integers(0, 2 ** (fmt.prec - 1) - 1), st.integers(fmt.emin, 50),
+                  st.integers(1, 60), st.sampled_from([-1, 0, 1])),
+        min_size=1, max_size=30,
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@given(data=st.data())
+def test_nf_add_rounds_the_exact_sum_once(fmt, data):
+    ps = data.draw(pairs(fmt) | near_ties(fmt))
+    a, b = arrays(ps)
+    got = nf_add(fmt, a, b)
+    for x, y, r in zip(a, b, got):
+        assert Fraction(r) == fmt.round(Fraction(x) + Fraction(y)), (x, y)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@given(data=st.data())
+def test_nf_mul_rounds_the_exact_product_once(fmt, data):
+    a, b = arrays(data.draw(pairs(fmt)))
+    got = nf_mul(fmt, a, b)
+    for x, y, r in zip(a, b, got):
+        assert Fraction(r) == fmt.round(Fraction(x) * Fraction(y)), (x, y)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@given(data=st.data())
+def test_half_ulp_of_exact_sum_and_product(fmt, data):
+    a, b = arrays(data.draw(pairs(fmt) | near_ties(fmt)))
+    hs, hp = half_ulp_of_sum(fmt, a, b), half_ulp_of_product(fmt, a, b)
+    for x, y, s, p in zip(a, b, hs, hp):
+        want_s = fmt.ulp(Fraction(x) + Fraction(y)) / 2
+        want_p = fmt.ulp(Fraction(x) * Fraction(y)) / 2
+        # exact, except 2^-1075 (binary64's ulp(0)/2), which float64 rounds up to 2^-1074
+        assert Fraction(s) == max(want_s, Fraction(2) ** -1074)
+        assert Fraction(p) == max(want_p, Fraction(2) ** -1074)
+
+
+@given(st.lists(st.tuples(format_values(BINARY64, lo=-1074, hi=900), format_values(BINARY64, lo=-1074, hi=900)),
+                min_size=1, max_size=30))
+def test_mag_of_sum_and_product_are_exact_over_binary64(ps):
+    a, b = arrays(ps)
+    s, e = two_sum(a, b)
+    for x, y, ms, mp in zip(a, b, mag_of_sum(s, e), mag_of_product(a, b)):
+        assert ms == BINARY64.mag(Fraction(x) + Fraction(y))
+        assert mp == BINARY64.mag(Fraction(x) * Fraction(y))
+
+
+def test_mag_when_float64_rounds_up_to_a_power_of_two():
+    # (1 - 2^-27)(1 + 2^-27) = 1 - 2^-54: a float64 tie that rounds to 1.0, yet mag is 0.
+    x, y = np.array([1.0 - 2.0**-27]), np.array([1.0 + 2.0**-27])
+    assert float(x[0] * y[0]) == 1.0
+    assert mag_of_product(x, y)[0] == 0 == BINARY64.mag(Fraction(x[0]) * Fraction(y[0]))
+    # 1 - 2^-54 is a float64 tie that rounds to 1.0, yet the exact sum is below 1.
+    a, b = np.array([1.0]), np.array([-(2.0**-54)])
+    s, e = two_sum(a, b)
+    assert s[0] == 1.0 and mag_of_sum(s, e)[0] == 0
+
+
+@given(st.lists(st.tuples(st.floats(0, 2.0**480), st.floats(0, 2.0**480)), min_size=1, max_size=30))
+def test_directed_rounding_brackets_the_exact_result(ps):
+    a, b = arrays(ps)
+    for x, y, s, p, d in zip(a, b, add_up(a, b), mul_up(a, b), sub_down(a, b)):
+        assert Fraction(s) >= Fraction(x) + Fraction(y)
+        assert Fraction(s) - (Fraction(x) + Fraction(y)) <= Fraction(s) * Fraction(2) ** -52
+        assert Fraction(p) >= Fraction(x) * Fraction(y)
+        assert Fraction(d) <= Fraction(x) - Fraction(y)
