@@ -75,12 +75,17 @@ def error_bounds(values: np.ndarray, exact: ExactTensor) -> Errors:
     hi, lo = exact.nearest, exact.residual
     finite = np.isfinite(values)
     b = np.where(finite, values, 0.0)
-    d1 = b - hi
-    d2 = d1 - lo
-    approx = np.abs(d2)
-    tail = half_ulp_of(BINARY64, lo)
-    slack = add_up(mul_up(add_up(np.abs(d1), approx), np.float64(2.0**-52 * (1 + 2.0**-50))), tail)
-    lower = np.maximum(sub_down(approx, slack), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d1 = b - hi
+        overflow = ~np.isfinite(d1)  # |b - hi| beyond float64: the error is above 2^1023 surely
+        d1 = np.where(overflow, 0.0, d1)
+        d2 = d1 - lo
+        approx = np.abs(d2)
+        tail = half_ulp_of(BINARY64, lo)
+        slack = add_up(mul_up(add_up(np.abs(d1), approx), np.float64(2.0**-52 * (1 + 2.0**-50))), tail)
+        lower = np.maximum(sub_down(approx, slack), 0.0)
+    approx = np.where(overflow, np.inf, approx)
+    lower = np.where(overflow, 2.0**1023, lower)
     approx = np.where(finite, approx, np.inf)
     lower = np.where(finite, lower, np.inf)
     return Errors(approx=approx, lower=lower, finite=finite)

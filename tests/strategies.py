@@ -52,7 +52,7 @@ def geometries(draw, max_size: int = 5, max_channels: int = 2, max_batch: int = 
 @st.composite
 def cases(draw, fmt: Format, values=None, eps: bool = False, **geo) -> Case:
     g = draw(geometries(**geo))
-    values = values or format_values(fmt, lo=-20, hi=5)
+    values = values if values is not None else format_values(fmt, lo=-20, hi=5)
 
     def arr(shape):
         return draw(hnp.arrays(np.float64, shape, elements=values))
