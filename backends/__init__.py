@@ -12,8 +12,10 @@ from difftest.errors import UnknownBackend
 from .base import Backend
 from .nf_backend import NFBackend, nf_backends
 from .numpy_backend import NumpyBackend, numpy_backends
+from .onnx_backend import OnnxRuntimeBackend, onnx_backends
+from .torch_backend import TorchBackend, torch_backends
 
-_FACTORIES = (numpy_backends, nf_backends)
+_FACTORIES = (numpy_backends, torch_backends, onnx_backends, nf_backends)
 
 
 def _plugins() -> list[Backend]:
@@ -61,4 +63,4 @@ def get_backend(name: str) -> Backend:
         raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(sorted(known))}") from None
 
 
-__all__ = ["Backend", "NFBackend", "NumpyBackend", "all_backends", "get_backend"]
+__all__ = ["Backend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends", "get_backend"]

@@ -50,16 +50,31 @@ class Backend(ABC):
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpu": _cpu_model(),
+            "cpu_flags": cpu_flags(),
             "cpu_count": os.cpu_count(),
         }
 
 
-def _cpu_model() -> str:
+def _cpuinfo_field(key: str) -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def _cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+#: CPU features that change what floating-point kernels compute (FMA, vector widths, bf16/fp16 units).
+_NUMERIC_FLAGS = ("fma", "avx", "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "f16c", "asimd", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """The numerically relevant CPU feature flags present here."""
+    flags = set((_cpuinfo_field("flags") or _cpuinfo_field("Features")).split())
+    return [f for f in _NUMERIC_FLAGS if f in flags]

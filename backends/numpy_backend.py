@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from difftest.formats import BINARY16, BINARY32, BINARY64, Format
+from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
 from difftest.geometry import Geometry, col2im_add, grad_output_rows, im2col
 
 from .base import Backend
@@ -16,17 +16,32 @@ class NumpyBackend(Backend):
 
     def __init__(self, name: str, dtype, fmt: Format, accumulation: str):
         self.name = name
-        self.dtype = np.dtype(dtype)
+        self._dtype = dtype  # a numpy dtype, or a callable returning one (optional packages)
         self.format = fmt
         self.accumulation = accumulation
-        self.description = f"numpy {self.dtype.name}: im2col + matmul"
+        self.description = f"numpy {name.split('-', 1)[1]}: im2col + matmul, results stored in that dtype"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._dtype() if callable(self._dtype) else self._dtype)
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            self.dtype
+        except ImportError as exc:
+            return False, f"{exc.name or 'a package'} is not installed; pip install 'difftest[bfloat16]'"
+        return True, ""
 
     def conv2d_backward(self, x, w, d, stride, padding):
         g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
-        xt, wt, dt = (np.asarray(a).astype(self.dtype) for a in (x, w, d))
+        dtype = self.dtype
+        xt, wt, dt = (np.asarray(a).astype(dtype) for a in (x, w, d))
+        for name, a, t in (("input", x, xt), ("weight", w, wt), ("grad_output", d, dt)):
+            if not np.array_equal(t.astype(np.float64), a):
+                raise ValueError(f"{name} is not exactly representable in numpy {dtype}")
         drows = grad_output_rows(dt, g)  # (O, N·oh·ow)
-        grad_weight = (drows @ im2col(xt, g)).reshape(g.weight_shape)
-        cols = drows.T @ wt.reshape(g.O, -1)  # (N·oh·ow, C·kH·kW)
+        grad_weight = (drows @ im2col(xt, g)).astype(dtype).reshape(g.weight_shape)
+        cols = (drows.T @ wt.reshape(g.O, -1)).astype(dtype)  # (N·oh·ow, C·kH·kW)
         grad_input = col2im_add(cols, g)
         grad_bias = drows.sum(axis=1)
         return {
@@ -36,9 +51,18 @@ class NumpyBackend(Backend):
         }
 
 
+def _bfloat16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
 def numpy_backends() -> list[Backend]:
     return [
         NumpyBackend("numpy-float32", np.float32, BINARY32, "float32 BLAS GEMM (blocked, FMA); pairwise sum"),
         NumpyBackend("numpy-float64", np.float64, BINARY64, "float64 BLAS GEMM (blocked, FMA); pairwise sum"),
         NumpyBackend("numpy-float16", np.float16, BINARY16, "float16 matmul accumulates in float32; float16 col2im and sum"),
+        NumpyBackend("numpy-bfloat16", _bfloat16, BFLOAT16,
+                     "ml_dtypes bfloat16 matmul accumulates and returns float32, stored as bfloat16; "
+                     "bfloat16 col2im; bias summed sequentially in bfloat16"),
     ]

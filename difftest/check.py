@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,7 @@ class BackendResult:
     gradients: dict[str, GradientResult]
     seconds: float = 0.0
     error: str = ""
+    environment: dict = field(default_factory=dict)
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
@@ -73,6 +75,7 @@ class BackendResult:
             "format": self.format,
             "gradients": {g: r.as_dict() for g, r in self.gradients.items()},
             "seconds": self.seconds,
+            "environment": self.environment,
         }
         if self.error:
             d["error"] = self.error
@@ -85,11 +88,33 @@ class BackendResult:
         return max((r.verdict for r in self.gradients.values()), key=order.index)
 
 
+_ENVIRONMENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def environment_of(backend) -> dict:
+    """What the backend says ran (read once per backend object); if it cannot be read, why."""
+    try:
+        return _ENVIRONMENTS[backend]
+    except (KeyError, TypeError):
+        pass
+    try:
+        env = backend.environment()
+    except Exception as exc:
+        env = {"backend": getattr(backend, "name", "?"), "environment_error": f"{type(exc).__name__}: {exc}"}
+    try:
+        _ENVIRONMENTS[backend] = env
+    except TypeError:  # not weak-referenceable: just don't cache
+        pass
+    return env
+
+
 def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactTensor]) -> BackendResult:
     """Run one backend and judge it; a raising backend gives ``error`` and nothing else stops."""
     fmt = backend.format
+    env = environment_of(backend)
     if model.domain_reason:
-        return BackendResult(backend.name, fmt.name, {g: verdict_only("domain", model.domain_reason) for g in GRADIENTS})
+        return BackendResult(backend.name, fmt.name, {g: verdict_only("domain", model.domain_reason) for g in GRADIENTS},
+                             environment=env)
     rt = model.runtime
     t0 = time.perf_counter()
     try:
@@ -108,7 +133,7 @@ def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactT
         tb = traceback.format_exc(limit=3)
         return BackendResult(
             backend.name, fmt.name, {g: verdict_only("error", msg) for g in GRADIENTS},
-            seconds=time.perf_counter() - t0, error=tb,
+            seconds=time.perf_counter() - t0, error=tb, environment=env,
         )
     seconds = time.perf_counter() - t0
     results = {}
@@ -116,7 +141,7 @@ def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactT
         of = model.order_free[g]
         reach = add_up(of.abs_sum, of.bound)
         results[g] = compare_gradient(outputs[g], exact[g], model.bound[g], of.bound, reach, fmt)
-    return BackendResult(backend.name, fmt.name, results, seconds=seconds, outputs=outputs)
+    return BackendResult(backend.name, fmt.name, results, seconds=seconds, environment=env, outputs=outputs)
 
 
 def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]:
