@@ -12,12 +12,13 @@ _root = _os.path.dirname(_here)
 if not _os.path.isdir(_os.path.join(_here, "backends")) and _os.path.isfile(_os.path.join(_root, "backends", "__init__.py")):
     __path__.append(_root)
 
+from .api import assert_within_bounds  # noqa: E402
 from .case import Case, RuntimeInputs  # noqa: E402
 from .errors import DifftestError, InvalidCase  # noqa: E402
 from .formats import PRESETS, Format, get_format  # noqa: E402
 from .geometry import GRADIENTS, Geometry  # noqa: E402
 
 __all__ = [
-    "Case", "RuntimeInputs", "DifftestError", "InvalidCase", "PRESETS", "Format", "get_format",
+    "assert_within_bounds", "Case", "RuntimeInputs", "DifftestError", "InvalidCase", "PRESETS", "Format", "get_format",
     "GRADIENTS", "Geometry", "__version__",
 ]

@@ -9,6 +9,7 @@ tensor grows by its exact maximal rounding error (Lean's ``approxT`` hypotheses 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -181,6 +182,18 @@ class Case:
             _scalar(path, "format", data["format"], str) if "format" in data else BINARY32.name
         )
         return cls(**kwargs, format=get_format(fmt_name), round_inputs=round_inputs)
+
+    @property
+    def case_id(self) -> str:
+        """A content hash: equal cases have equal ids, on any machine."""
+        h = hashlib.sha256()
+        h.update(f"{self.format.name}|{self.stride}|{self.padding}|{self.eps_input!r}|{self.eps_weight!r}|"
+                 f"{self.eps_grad_output!r}|{self.round_inputs}".encode())
+        for name in TENSORS:
+            a = getattr(self, name)
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+        return h.hexdigest()[:16]
 
     def describe(self) -> dict:
         """Plain-JSON description (geometry, format, eps); arrays are left out."""

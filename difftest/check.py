@@ -81,6 +81,9 @@ class BackendResult:
             d["error"] = self.error
         return d
 
+    def without_outputs(self) -> "BackendResult":
+        return BackendResult(self.backend, self.format, self.gradients, self.seconds, self.error, self.environment)
+
     @property
     def verdict(self) -> str:
         """The worst verdict over the three gradients."""

@@ -16,6 +16,7 @@ from .compare import MEANING
 from .errors import DifftestError
 from .formats import PRESETS
 from .geometry import GRADIENTS
+from .results import jsonable
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 
@@ -24,17 +25,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 2 with a one-line reason
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"difftest: error: {message}\n")
-
-
-def _jsonable(x):
-    """JSON without NaN/Infinity literals: non-finite numbers become the strings "inf", "-inf", "nan"."""
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
 
 
 def _load_case(args) -> Case:
@@ -60,7 +50,7 @@ def cmd_check(args) -> int:
                 np.savez(out / f"{r.backend}.npz", **r.outputs)
     if args.json:
         doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.as_dict() for r in results]}
-        print(json.dumps(_jsonable(doc), indent=2))
+        print(json.dumps(jsonable(doc), indent=2))
     else:
         _print_table(case, results)
     return EXIT_OK if all(r.verdict == "pass" for r in results) else EXIT_FINDING
@@ -136,6 +126,65 @@ def cmd_backends(args) -> int:
     return EXIT_OK
 
 
+def cmd_run(args) -> int:
+    from .backends import get_backend
+    from .campaign import PROFILES, Campaign, CampaignConfig, default_backends, parse_shard
+    from .results import exit_code, format_summary, read_campaign, read_results
+
+    if args.backend:
+        backends = [get_backend(n) for n in args.backend]
+        for b in backends:
+            ok, reason = b.availability()
+            if not ok:
+                raise DifftestError(f"backend {b.name} is not available here: {reason}")
+    else:
+        backends = default_backends()
+    if args.examples is not None and args.examples < 1:
+        raise DifftestError("--examples must be >= 1")
+    if args.rounds is not None and args.rounds < 1:
+        raise DifftestError("--rounds must be >= 1")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise DifftestError("--time-budget must be > 0 seconds")
+    config = CampaignConfig(
+        backends=backends,
+        profile=PROFILES[args.profile],
+        examples=args.examples,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        shard=parse_shard(args.shard),
+        out=Path(args.out),
+        database=None if args.no_database else Path(args.database),
+        progress=not args.quiet,
+        rounds=args.rounds,
+    )
+    campaign = Campaign(config)
+    print(f"difftest run: profile {args.profile}, {len(backends)} backends "
+          f"({', '.join(b.name for b in backends)}), budget {campaign.budget:g}s, seed {args.seed}, "
+          f"shard {args.shard} -> {args.out}", file=sys.stderr)
+    interrupted = False
+    try:
+        campaign.run()
+    except KeyboardInterrupt:
+        interrupted = True
+    records = read_results(config.out)
+    info = read_campaign(config.out)
+    print(format_summary(records))
+    print(f"\n{info.get('status', '?')}: {info.get('cases', 0)} cases in {info.get('duration_s', 0):.1f}s; "
+          f"results in {config.out}/results.jsonl")
+    if interrupted:
+        return 130
+    return exit_code(records, args.fail_on)
+
+
+def cmd_merge(args) -> int:
+    from .results import format_summary, merge, read_results
+
+    n = merge([Path(d) for d in args.dirs], Path(args.out))
+    print(format_summary(read_results(Path(args.out))))
+    print(f"\nmerged {len(args.dirs)} directories, {n} result lines -> {args.out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="difftest",
@@ -170,6 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--format", choices=list(PRESETS), help="format to compute in (default: the case file's)")
     b.add_argument("--out", required=True, metavar="OUT.npz", help="output file")
     b.set_defaults(func=cmd_bounds)
+
+    r = sub.add_parser(
+        "run", help="run a fuzz campaign (hypothesis search, shrunk reproducers, results.jsonl)",
+        description="Search cases with hypothesis, judge every backend on each, shrink each new finding to a "
+                    "minimal reproducer. Writes OUT/results.jsonl (one line per case and backend), "
+                    "OUT/cases/<id>.npz reproducers, OUT/environments.json and OUT/campaign.json.",
+        epilog="Exit codes: 0 nothing at or above --fail-on, 1 a finding at or above it, 2 usage error, "
+               "130 interrupted (what was done is kept).",
+    )
+    r.add_argument("--backend", action="append", metavar="NAME",
+                   help="backend to put on trial (repeatable; default: every available CPU backend)")
+    r.add_argument("--profile", default="quick", choices=["quick", "ci", "nightly"],
+                   help="case sizes and effort: quick (~1 min), ci (~5 min), nightly (~1 h)")
+    r.add_argument("--examples", type=int, metavar="N", help="hypothesis examples per search round (default: the profile's)")
+    r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
+    r.add_argument("--rounds", type=int, metavar="R",
+                   help="at most R search rounds per format (with --examples: a campaign bounded by work, not time)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    r.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (cases are partitioned by content hash)")
+    r.add_argument("--out", default="reports/latest", metavar="DIR", help="result directory (default reports/latest)")
+    r.add_argument("--fail-on", default="order", choices=["order", "precision", "never"],
+                   help="exit 1 on: order = any verdict but pass (default); precision = precision or error; never")
+    r.add_argument("--database", default=".difftest/hypothesis", metavar="DIR",
+                   help="hypothesis example database, kept between runs so failures replay first (default .difftest/hypothesis)")
+    r.add_argument("--no-database", action="store_true", help="do not read or write an example database")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("merge", help="combine result directories (shards, machines, nights)")
+    m.add_argument("dirs", nargs="+", metavar="DIR", help="result directories")
+    m.add_argument("--out", required=True, metavar="DIR", help="merged result directory")
+    m.set_defaults(func=cmd_merge)
 
     k = sub.add_parser("backends", help="list known backends and whether they can run here")
     k.add_argument("--json", action="store_true", help="print JSON")

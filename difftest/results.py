@@ -1,0 +1,255 @@
+"""Result directories: ``results.jsonl``, ``cases/``, ``environments.json``, ``campaign.json``.
+
+A result directory is the only thing reports and merges read, so a report can be rebuilt
+anywhere from the files alone:
+
+* ``results.jsonl`` — one JSON object per line, per case and backend: ``case_id``,
+  ``backend``, ``format``, ``gradients`` (as in ``check --json``), ``geometry``, ``phase``
+  (``search`` for cases the search generated, ``shrunk`` for the minimal reproducer of a
+  finding), ``seed``, ``shard``, ``timings``, ``environment_id`` and, for non-``pass`` results,
+  ``case_file``. Lines are flushed one by one; a torn last line (a killed process) is skipped.
+* ``cases/<case_id>.npz`` — reproducers, replayable with ``difftest check``.
+* ``environments.json`` — ``{environment_id: environment}``.
+* ``campaign.json`` — settings and outcome of the campaign (or of each merged shard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .compare import VERDICTS
+from .errors import DifftestError
+from .geometry import GRADIENTS
+
+RESULTS = "results.jsonl"
+CASES = "cases"
+ENVIRONMENTS = "environments.json"
+CAMPAIGN = "campaign.json"
+
+
+def jsonable(x):
+    """JSON without NaN/Infinity literals: non-finite floats become "inf", "-inf", "nan"."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return jsonable(x.item())
+    return x
+
+
+def as_float(x) -> float:
+    """Inverse of :func:`jsonable` for numbers."""
+    return float(x)
+
+
+def environment_id(env: dict) -> str:
+    return hashlib.sha256(json.dumps(jsonable(env), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class ResultsWriter:
+    """Appends result lines as they come (flushed), keeps environments and reproducers."""
+
+    def __init__(self, out: Path, fresh: bool = True):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for name in (RESULTS, ENVIRONMENTS, CAMPAIGN):
+                (self.out / name).unlink(missing_ok=True)
+            shutil.rmtree(self.out / CASES, ignore_errors=True)
+        (self.out / CASES).mkdir(exist_ok=True)
+        self._file = open(self.out / RESULTS, "a", encoding="utf-8")
+        self.environments: dict[str, dict] = read_environments(self.out)
+
+    def environment(self, env: dict) -> str:
+        eid = environment_id(env)
+        if eid not in self.environments:
+            self.environments[eid] = jsonable(env)
+            _write_json(self.out / ENVIRONMENTS, self.environments)
+        return eid
+
+    def save_case(self, case, case_id: str) -> str:
+        rel = f"{CASES}/{case_id}.npz"
+        path = self.out / rel
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            case.save(tmp)
+            tmp.replace(path)  # atomic: a reproducer is whole or absent
+        return rel
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(jsonable(record)) + "\n")
+        self._file.flush()
+
+    def campaign(self, info: dict) -> None:
+        _write_json(self.out / CAMPAIGN, info)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_results(d: Path) -> list[dict]:
+    """The result lines of a directory; a torn (unparsable) last line is skipped."""
+    path = Path(d) / RESULTS
+    if not path.is_file():
+        raise DifftestError(f"{d} holds no {RESULTS}: not a difftest result directory")
+    out = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:
+                break  # torn by a kill: everything before it is whole
+            raise DifftestError(f"{path}:{k + 1} is not valid JSON") from None
+    return out
+
+
+def read_environments(d: Path) -> dict:
+    p = Path(d) / ENVIRONMENTS
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def read_campaign(d: Path) -> dict:
+    p = Path(d) / CAMPAIGN
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+@dataclass
+class Cell:
+    """Summary of one backend × gradient."""
+
+    cases: int = 0
+    worst_ratio: float = 0.0
+    worst_ratio_order_free: float = 0.0
+    counts: dict[str, int] = field(default_factory=lambda: {v: 0 for v in VERDICTS})
+
+    @property
+    def worst_verdict(self) -> str:
+        for v in ("error", "precision", "domain", "order", "pass"):
+            if self.counts[v]:
+                return v
+        return "pass"
+
+
+def summarize(records: list[dict]) -> dict[str, dict[str, Cell]]:
+    """``{backend: {gradient: Cell}}`` over every distinct (case, backend) result, searched or shrunk."""
+    table: dict[str, dict[str, Cell]] = defaultdict(lambda: {g: Cell() for g in GRADIENTS})
+    seen = set()
+    for r in records:
+        key = (r["case_id"], r["backend"])
+        if key in seen:
+            continue
+        seen.add(key)
+        for g in GRADIENTS:
+            gr = r["gradients"][g]
+            c = table[r["backend"]][g]
+            c.cases += 1
+            c.counts[gr["verdict"]] += 1
+            c.worst_ratio = max(c.worst_ratio, as_float(gr.get("max_ratio", 0.0)))
+            c.worst_ratio_order_free = max(c.worst_ratio_order_free, as_float(gr.get("max_ratio_order_free", 0.0)))
+    return dict(table)
+
+
+def findings(records: list[dict]) -> list[dict]:
+    """Shrunk reproducers, one per (backend, gradient, verdict), worst ratio first."""
+    out = [r for r in records if r.get("phase") == "shrunk"]
+    return sorted(out, key=lambda r: -as_float(r["gradients"][r["finding"]["gradient"]].get("max_ratio", 0.0)))
+
+
+SEVERITY = {"pass": 0, "order": 1, "domain": 2, "precision": 3, "error": 4}
+FAIL_ON = {"order": 1, "precision": 3, "never": 99}
+
+
+def exit_code(records: list[dict], fail_on: str) -> int:
+    """1 when a verdict at or above ``fail_on`` occurred (``order``: anything but pass;
+    ``precision``: precision or error; ``never``: never), else 0."""
+    threshold = FAIL_ON[fail_on]
+    for r in records:
+        for g in GRADIENTS:
+            v = r["gradients"][g]["verdict"]
+            if SEVERITY[v] >= threshold and not (fail_on == "precision" and v == "domain"):
+                return 1
+    return 0
+
+
+def merge(dirs: list[Path], out: Path) -> int:
+    """Combine result directories (shards, machines, nights) into ``out``; returns the line count."""
+    out = Path(out)
+    writer = ResultsWriter(out, fresh=True)
+    seen: set[tuple] = set()
+    n = 0
+    campaigns = []
+    try:
+        for d in dirs:
+            d = Path(d)
+            records = read_results(d)
+            for eid, env in read_environments(d).items():
+                writer.environments.setdefault(eid, env)
+            for r in records:
+                key = (r["case_id"], r["backend"], r.get("phase"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                if r.get("case_file"):
+                    src = d / r["case_file"]
+                    dst = out / r["case_file"]
+                    if src.is_file() and not dst.exists():
+                        shutil.copyfile(src, dst)
+                writer.write(r)
+                n += 1
+            info = read_campaign(d)
+            campaigns.extend(info.get("merged_from", [info]) if info else [])
+        _write_json(out / ENVIRONMENTS, writer.environments)
+        writer.campaign({"merged_from": campaigns, "sources": [str(d) for d in dirs]})
+    finally:
+        writer.close()
+    return n
+
+
+def format_summary(records: list[dict]) -> str:
+    """The backend × gradient table: cases, worst ratios, verdict counts; then the findings."""
+    lines = []
+    header = f"{'backend':<24} {'gradient':<12} {'cases':>6} {'worst_ratio':>11} {'ratio_of':>9}  " + " ".join(
+        f"{v:>9}" for v in VERDICTS
+    )
+    lines += [header, "-" * len(header)]
+    for backend, row in summarize(records).items():
+        for g, c in row.items():
+            counts = " ".join(f"{c.counts[v]:>9}" for v in VERDICTS)
+            lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {_num(c.worst_ratio):>11} {_num(c.worst_ratio_order_free):>9}  {counts}")
+    found = findings(records)
+    if found:
+        lines += ["", f"{len(found)} finding(s), each shrunk to a minimal reproducer:"]
+        for r in found:
+            f = r["finding"]
+            gr = r["gradients"][f["gradient"]]
+            ratios = f"ratio {_num(as_float(gr.get('max_ratio', 0.0))):>7} / {_num(as_float(gr.get('max_ratio_order_free', 0.0))):>7}"
+            lines.append(f"  {f['backend']:<24} {f['gradient']:<12} {f['verdict']:<10} {ratios}  {r['case_file']}")
+        lines.append("  (ratio = error / TorchLean bound / order-free bound; replay: difftest check DIR/<case_file> --backend NAME)")
+    return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    """3 significant digits, never rounding a ratio below 1 up to "1"."""
+    if math.isinf(x):
+        return "inf"
+    if x < 1:
+        return f"{math.floor(x * 1e4) / 1e4:.4g}"
+    return f"{x:.3g}"

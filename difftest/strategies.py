@@ -1,0 +1,244 @@
+"""Hypothesis strategies for Conv2D-backward cases: geometries, values of a format, whole cases.
+
+Small composable functions returning strategies, in the hypothesis style::
+
+    from hypothesis import given
+    from difftest import strategies as dst
+
+    @given(dst.cases(dst.BINARY16, values=dst.log_uniform(dst.BINARY16)))
+    def test_my_backend(case): ...
+
+Every value strategy yields values of the given format exactly (so a case never needs
+``round_inputs``), and the geometry strategies yield only geometries of the spec's comparable
+domain (kernel within the padded input).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from .case import Case
+from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, TF32, Format, get_format
+from .geometry import Geometry
+
+__all__ = [
+    "BINARY64", "BINARY32", "TF32", "BINARY16", "BFLOAT16", "Limits",
+    "geometries", "format_values", "normal", "uniform", "log_uniform", "integers", "powers_of_two",
+    "subnormals", "near_ties", "values", "arrays", "cancellation", "constant_blocks", "tensors", "structured",
+    "cases",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits of generated cases (a campaign profile sets them)."""
+
+    max_batch: int = 2
+    max_channels: int = 4
+    max_size: int = 8
+    max_kernel: int = 3
+    max_stride: int = 3
+    max_padding: int = 2
+
+    @property
+    def max_terms(self) -> int:
+        """Most terms any gradient entry can sum (for overflow-free value ranges)."""
+        big = max(self.max_batch * self.max_size**2, self.max_channels * self.max_kernel**2)
+        return max(big, 1)
+
+
+@st.composite
+def geometries(draw, limits: Limits = Limits()) -> Geometry:
+    """Valid geometries within ``limits``; non-square images and kernels, any stride/padding."""
+    kH = draw(st.integers(1, limits.max_kernel))
+    kW = draw(st.integers(1, limits.max_kernel))
+    p = draw(st.integers(0, limits.max_padding))
+    s = draw(st.integers(1, limits.max_stride))
+    H = draw(st.integers(max(1, kH - 2 * p), max(limits.max_size, kH)))
+    W = draw(st.integers(max(1, kW - 2 * p), max(limits.max_size, kW)))
+    return Geometry(
+        N=draw(st.integers(1, limits.max_batch)), C=draw(st.integers(1, limits.max_channels)), H=H, W=W,
+        O=draw(st.integers(1, limits.max_channels)), kH=kH, kW=kW, stride=s, padding=p,
+    )
+
+
+# --- values of a format ------------------------------------------------------------------
+
+def _safe_max_exp(fmt: Format, limits: Limits) -> int:
+    """Largest exponent ``e`` with ``|x|, |y| < 2^e`` keeping every sum of ``max_terms``
+    products below the format's overflow threshold (no ``domain`` noise in campaigns)."""
+    emax = fmt.emax if fmt.emax is not None else 127
+    return max(1, (emax - math.ceil(math.log2(limits.max_terms)) - 2) // 2)
+
+
+def format_values(fmt: Format, min_exp: int | None = None, max_exp: int = 4) -> st.SearchStrategy[float]:
+    """``±m·2^q`` with ``m < 2^p`` and ``min_exp <= q``, ``q + p <= max_exp``: values below 2^max_exp."""
+    lo = fmt.emin if min_exp is None else max(min_exp, fmt.emin)
+    hi = max(lo, max_exp - fmt.prec)
+    return st.builds(
+        lambda sign, m, q: math.ldexp(sign * m, q),
+        st.sampled_from([1, -1]), st.integers(0, 2**fmt.prec - 1), st.integers(lo, hi),
+    )
+
+
+def _rounded(fmt: Format, xs: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
+    return xs.map(lambda x: float(fmt.round_array(np.float64(x))))
+
+
+def normal(fmt: Format, scale: float = 1.0) -> st.SearchStrategy[float]:
+    """Normally distributed values (inverse CDF of a uniform draw, shrinking to 0), rounded into ``fmt``."""
+    dist = NormalDist(0.0, scale)
+    u = st.floats(-1.0, 1.0, exclude_min=True, exclude_max=True)
+    return _rounded(fmt, u.map(lambda t: dist.inv_cdf(min(max(0.5 + 0.5 * t, 1e-12), 1 - 1e-12))))
+
+
+def uniform(fmt: Format, lo: float = -1.0, hi: float = 1.0) -> st.SearchStrategy[float]:
+    """Uniform values in ``[lo, hi]`` rounded into ``fmt``."""
+    return _rounded(fmt, st.floats(lo, hi))
+
+
+def log_uniform(fmt: Format, max_exp: int | None = None, limits: Limits = Limits()) -> st.SearchStrategy[float]:
+    """Values whose exponent is uniform over the format's range, subnormals to ``2^max_exp``."""
+    top = _safe_max_exp(fmt, limits) if max_exp is None else max_exp
+    return format_values(fmt, fmt.emin, top)
+
+
+def integers(fmt: Format, bound: int = 16) -> st.SearchStrategy[float]:
+    """Small integers (exact sums and products until they grow past ``2^p``)."""
+    bound = min(bound, 2**fmt.prec)
+    return st.integers(-bound, bound).map(float)
+
+
+def powers_of_two(fmt: Format, max_exp: int = 4) -> st.SearchStrategy[float]:
+    """``±2^k`` from the smallest subnormal up to ``2^max_exp``."""
+    return st.builds(lambda s, k: math.ldexp(s, k), st.sampled_from([1.0, -1.0]), st.integers(fmt.emin, max_exp))
+
+
+def subnormals(fmt: Format) -> st.SearchStrategy[float]:
+    """Subnormal values of the format (``m·2^emin``, ``m < 2^(p-1)``) and the smallest normals."""
+    return st.builds(lambda s, m: math.ldexp(s * m, fmt.emin), st.sampled_from([1, -1]), st.integers(0, 2**fmt.prec - 1))
+
+
+def near_ties(fmt: Format) -> st.SearchStrategy[float]:
+    """Values ``(2^(p-1) + m)·2^q`` with few low bits, whose sums and products land on or next
+    to rounding midpoints (``1 + 2^-(p-1)`` squared, ``1 + 3·2^-p`` sums, ...)."""
+    p = fmt.prec
+    mant = st.sampled_from([2 ** (p - 1), 2 ** (p - 1) + 1, 2 ** (p - 1) + 2, 2 ** (p - 1) + 3, 2**p - 1, 3 * 2 ** (p - 2) + 1])
+    return st.builds(lambda s, m, q: math.ldexp(s * m, q - p + 1), st.sampled_from([1, -1]), mant, st.integers(-3, 2))
+
+
+def _clipped(fmt: Format, limits: Limits, xs: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
+    """Keep magnitudes below ``2^top`` (no overflow of any sum in the IEEE counterpart)."""
+    m = math.ldexp(1.0, _safe_max_exp(fmt, limits)) * (1 - 2.0 ** -fmt.prec)
+    return xs.map(lambda x: min(max(x, -m), m))
+
+
+def values(fmt: Format, limits: Limits = Limits()) -> st.SearchStrategy[float]:
+    """A mix of every value family above, within the overflow-free range of ``limits``."""
+    top = _safe_max_exp(fmt, limits)
+    return _clipped(fmt, limits, st.one_of(
+        normal(fmt), uniform(fmt), log_uniform(fmt, limits=limits), integers(fmt, min(16, 2 ** max(top - 1, 0))),
+        powers_of_two(fmt, min(top - 1, 4)), subnormals(fmt), near_ties(fmt),
+    ))
+
+
+# --- arrays -------------------------------------------------------------------------------
+
+def arrays(shape: tuple[int, ...], elements: st.SearchStrategy[float]) -> st.SearchStrategy[np.ndarray]:
+    """float64 arrays of the given shape with elements from ``elements``."""
+    return hnp.arrays(np.float64, shape, elements=elements)
+
+
+@st.composite
+def cancellation(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> np.ndarray:
+    """Structured cancellation along the spec's fold order (axis 1 is the summed-over channel
+    for the input gradient; axes 0, 2, 3 are the ``(n, i, j)`` fold of the other two):
+    ``+B, -B`` next to each other, early, among many small terms just below ``ulp(B)/2``.
+
+    A sequential fold cancels the pair at once and keeps every small term; a blocked, pairwise
+    or vectorised order adds ``B`` to partial sums of small terms and rounds them away, which
+    is beyond the TorchLean bound (certified for the sequential order) and within the
+    order-free bound.
+    """
+    top = _safe_max_exp(fmt, limits)
+    b = draw(st.integers(max(fmt.emin + 2 * fmt.prec + 2, top - 8), top - 1))  # B = 2^b
+    small = st.builds(lambda m: math.ldexp(m, b - 2 * fmt.prec), st.integers(2 ** (fmt.prec - 2), 2**fmt.prec - 1))
+    a = draw(arrays(shape, small)) * draw(st.sampled_from([1.0, -1.0]))
+    flat = a.transpose(1, 0, 2, 3).reshape(shape[1], -1)  # (channel, fold order), a copy
+    k = flat.shape[1]
+    if k >= 2:
+        pos = draw(st.integers(0, min(k - 2, 7)))
+        flat[:, pos], flat[:, pos + 1] = math.ldexp(1.0, b), -math.ldexp(1.0, b)
+    return flat.reshape(shape[1], shape[0], *shape[2:]).transpose(1, 0, 2, 3).copy()
+
+
+@st.composite
+def constant_blocks(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> np.ndarray:
+    """Blocks of one repeated value: long sums of equal terms round systematically, and
+    differently in sequential and blocked orders."""
+    v = draw(_clipped(fmt, limits, st.one_of(near_ties(fmt), log_uniform(fmt, limits=limits))))
+    a = np.full(shape, v)
+    if a.size > 1 and draw(st.booleans()):
+        cut = draw(st.integers(1, a.size - 1))
+        a.reshape(-1)[cut:] = draw(_clipped(fmt, limits, st.one_of(near_ties(fmt), integers(fmt))))
+    return a
+
+
+def tensors(fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> st.SearchStrategy[np.ndarray]:
+    """An input, weight or grad_output tensor: mixed elements, or a structured pattern."""
+    return st.one_of(
+        arrays(shape, values(fmt, limits)),
+        arrays(shape, _clipped(fmt, limits, st.one_of(normal(fmt), uniform(fmt)))),
+        cancellation(fmt, shape, limits),
+        constant_blocks(fmt, shape, limits),
+    )
+
+
+def _ones_like(fmt: Format, shape) -> st.SearchStrategy[np.ndarray]:
+    return st.sampled_from([1.0, 2.0, 0.5]).map(lambda v: np.full(shape, v))
+
+
+@st.composite
+def structured(draw, fmt: Format, g: Geometry, limits: Limits = Limits()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(input, weight, grad_output)`` aimed at one gradient's fold: a cancellation pattern in
+    one tensor and constants in the others, so each entry's sum is the pattern itself."""
+    which = draw(st.sampled_from(["grad_bias", "grad_weight", "grad_input"]))
+    x, w, d = (draw(_ones_like(fmt, shape)) for shape in (g.input_shape, g.weight_shape, g.grad_output_shape))
+    if which == "grad_weight":
+        x = draw(cancellation(fmt, g.input_shape, limits))
+    elif which == "grad_input":
+        # the input gradient folds over the output channel first: cancel along O
+        w = draw(cancellation(fmt, (g.C, g.O, g.kH, g.kW), limits)).transpose(1, 0, 2, 3).copy()
+    else:
+        d = draw(cancellation(fmt, g.grad_output_shape, limits))
+    return x, w, d
+
+
+@st.composite
+def cases(draw, fmt: Format | str = BINARY32, geometry=None, tensor=None, limits: Limits = Limits()) -> Case:
+    """Whole cases of ``fmt``: a geometry and three tensors of representable values.
+
+    ``geometry`` is a strategy of :class:`Geometry` (default :func:`geometries`); ``tensor`` a
+    function ``(fmt, shape) -> strategy`` (default :func:`tensors`) or a value strategy.
+    """
+    fmt = get_format(fmt)
+    g = draw(geometry if geometry is not None else geometries(limits))
+    if tensor is None:
+        if draw(st.integers(0, 3)) == 0:
+            x, w, d = draw(structured(fmt, g, limits))
+            return Case(x, w, d, stride=g.stride, padding=g.padding, format=fmt)
+        make = lambda shape: tensors(fmt, shape, limits)  # noqa: E731
+    elif isinstance(tensor, st.SearchStrategy):
+        make = lambda shape: arrays(shape, tensor)  # noqa: E731
+    else:
+        make = lambda shape: tensor(fmt, shape)  # noqa: E731
+    return Case(
+        draw(make(g.input_shape)), draw(make(g.weight_shape)), draw(make(g.grad_output_shape)),
+        stride=g.stride, padding=g.padding, format=fmt,
+    )
