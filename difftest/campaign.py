@@ -203,6 +203,8 @@ class Campaign:
                 rec["traceback"] = r.error
             if case_file and r.verdict != "pass":
                 rec["case_file"] = case_file
+                if r.outputs is not None:
+                    rec["outputs_file"] = self.writer.save_outputs(case.case_id, r.backend, r.outputs)
             rec.update(extra)
             self.writer.write(rec)
 
@@ -266,9 +268,10 @@ class Campaign:
                 return
             results, new, model_s = self._evaluate(case, backends, stop_at_new=shrinking)
             if len(results) == len(backends):
-                if len(self._evaluated) > 4096:
+                if len(self._evaluated) > 2048:
                     self._evaluated.clear()
-                self._evaluated[cid] = [r.without_outputs() for r in results]
+                # raw outputs are kept only where a reproducer may need them
+                self._evaluated[cid] = [r if r.verdict != "pass" else r.without_outputs() for r in results]
             if not shrinking:
                 self._record(case, results, "search", model_s=model_s, round=round_no)
                 self.progress.cases += 1

@@ -171,9 +171,23 @@ def cmd_run(args) -> int:
     print(format_summary(records))
     print(f"\n{info.get('status', '?')}: {info.get('cases', 0)} cases in {info.get('duration_s', 0):.1f}s; "
           f"results in {config.out}/results.jsonl")
+    if not args.no_report:
+        from .report import render
+
+        print(f"report: {render([config.out], config.out / 'report.html')}")
     if interrupted:
         return 130
     return exit_code(records, args.fail_on)
+
+
+def cmd_report(args) -> int:
+    from .report import render
+
+    dirs = [Path(d) for d in args.dirs]
+    out = Path(args.output) if args.output else dirs[0] / "report.html"
+    render(dirs, out, baseline=Path(args.baseline) if args.baseline else None)
+    print(f"wrote {out}")
+    return EXIT_OK
 
 
 def cmd_merge(args) -> int:
@@ -245,12 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hypothesis example database, kept between runs so failures replay first (default .difftest/hypothesis)")
     r.add_argument("--no-database", action="store_true", help="do not read or write an example database")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.add_argument("--no-report", action="store_true", help="do not write OUT/report.html at the end")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("merge", help="combine result directories (shards, machines, nights)")
     m.add_argument("dirs", nargs="+", metavar="DIR", help="result directories")
     m.add_argument("--out", required=True, metavar="DIR", help="merged result directory")
     m.set_defaults(func=cmd_merge)
+
+    h = sub.add_parser("report", help="write a self-contained HTML report of result directories",
+                       description="One HTML file (inline CSS and images, no scripts, no network) from one or "
+                                   "more result directories: overview, findings with heatmaps and reproduce "
+                                   "commands, tightness, environments.")
+    h.add_argument("dirs", nargs="+", metavar="DIR", help="result directories (shards, machines, nights)")
+    h.add_argument("-o", "--output", metavar="FILE.html", help="output file (default DIR/report.html of the first DIR)")
+    h.add_argument("--baseline", metavar="DIR", help="mark findings that are not in this earlier result directory as new")
+    h.set_defaults(func=cmd_report)
 
     k = sub.add_parser("backends", help="list known backends and whether they can run here")
     k.add_argument("--json", action="store_true", help="print JSON")

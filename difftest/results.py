@@ -23,6 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .compare import VERDICTS
 from .errors import DifftestError
 from .geometry import GRADIENTS
@@ -83,6 +85,17 @@ class ResultsWriter:
             tmp = path.with_suffix(".tmp")
             case.save(tmp)
             tmp.replace(path)  # atomic: a reproducer is whole or absent
+        return rel
+
+    def save_outputs(self, case_id: str, backend: str, outputs: dict) -> str:
+        """The backend's raw gradients on a case, so reports can re-judge it anywhere."""
+        rel = f"{CASES}/{case_id}--{backend}.npz"
+        path = self.out / rel
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, **outputs)
+            tmp.replace(path)
         return rel
 
     def write(self, record: dict) -> None:
@@ -207,11 +220,11 @@ def merge(dirs: list[Path], out: Path) -> int:
                 if key in seen:
                     continue
                 seen.add(key)
-                if r.get("case_file"):
-                    src = d / r["case_file"]
-                    dst = out / r["case_file"]
-                    if src.is_file() and not dst.exists():
-                        shutil.copyfile(src, dst)
+                for key in ("case_file", "outputs_file"):
+                    if r.get(key):
+                        src, dst = d / r[key], out / r[key]
+                        if src.is_file() and not dst.exists():
+                            shutil.copyfile(src, dst)
                 writer.write(r)
                 n += 1
             info = read_campaign(d)

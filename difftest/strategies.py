@@ -23,7 +23,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from .case import Case
+from .case import MAX_MAGNITUDE, Case
 from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, TF32, Format, get_format
 from .geometry import Geometry
 
@@ -74,7 +74,8 @@ def _safe_max_exp(fmt: Format, limits: Limits) -> int:
     """Largest exponent ``e`` with ``|x|, |y| < 2^e`` keeping every sum of ``max_terms``
     products below the format's overflow threshold (no ``domain`` noise in campaigns)."""
     emax = fmt.emax if fmt.emax is not None else 127
-    return max(1, (emax - math.ceil(math.log2(limits.max_terms)) - 2) // 2)
+    top = (emax - math.ceil(math.log2(limits.max_terms)) - 2) // 2
+    return max(1, min(top, int(math.log2(MAX_MAGNITUDE))))
 
 
 def format_values(fmt: Format, min_exp: int | None = None, max_exp: int = 4) -> st.SearchStrategy[float]:

@@ -1,0 +1,289 @@
+"""Self-contained HTML discrepancy reports from result directories.
+
+A report reads only files (``results.jsonl``, ``cases/``, ``environments.json``,
+``campaign.json``), never live backends: the heatmaps re-judge a finding from its saved case
+and the backend's saved raw outputs with the exact oracle and the bound models, which run
+anywhere. Plots are matplotlib, embedded (SVG inline, heatmaps as PNG data URIs); the page
+has no script and fetches nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .compare import MEANING, VERDICTS
+from .geometry import GRADIENTS
+from .results import (
+    SEVERITY,
+    as_float,
+    findings,
+    read_campaign,
+    read_environments,
+    read_results,
+    summarize,
+)
+
+#: Detailed sections (with heatmaps) beyond this many non-pass results are listed in a table.
+MAX_DETAILED = 60
+
+COLORS = {"pass": "#2e7d32", "order": "#f9a825", "domain": "#607d8b", "precision": "#c62828", "error": "#6a1b9a"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    _plt().close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline SVG
+
+
+def _png_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(x, digits: int = 4) -> str:
+    try:
+        v = as_float(x)
+    except (TypeError, ValueError):
+        return html.escape(str(x))
+    if math.isinf(v) or math.isnan(v):
+        return str(v)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.{digits}e}"
+    return f"{v:.{digits}g}"
+
+
+# --- figures -------------------------------------------------------------------------------
+
+def ratio_histograms(records: list[dict], backends: list[str]) -> str:
+    """Per backend × gradient, the histogram of per-case ``max_ratio`` on a log scale."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(backends), 3, figsize=(9, 1.6 * len(backends) + 0.6), squeeze=False, sharex=True)
+    edges = np.logspace(-6, 3, 37)
+    for i, b in enumerate(backends):
+        rows = [r for r in records if r["backend"] == b]
+        for j, g in enumerate(GRADIENTS):
+            ax = axes[i][j]
+            ratios = np.array([as_float(r["gradients"][g].get("max_ratio", 0.0)) for r in rows])
+            ratios = np.clip(ratios[np.isfinite(ratios)], edges[0], edges[-1])
+            ax.hist(ratios, bins=edges, color="#546e7a")
+            ax.axvline(1.0, color=COLORS["precision"], lw=1)
+            ax.set_xscale("log")
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(g, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(b, fontsize=7, rotation=0, ha="right", va="center")
+    axes[-1][1].set_xlabel("max |backend - exact| / TorchLean bound per case (red line: the bound)", fontsize=8)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def _grid(t: np.ndarray) -> np.ndarray:
+    """A tensor as one 2-D image: ``(a, b, c, d)`` -> a × b tiles of c × d, NaN separators."""
+    if t.ndim == 1:
+        return t[None, :]
+    if t.ndim == 2:
+        return t
+    a, b, c, d = t.shape
+    img = np.full((a * (c + 1) - 1, b * (d + 1) - 1), np.nan)
+    for i in range(a):
+        for j in range(b):
+            img[i * (c + 1): i * (c + 1) + c, j * (d + 1): j * (d + 1) + d] = t[i, j]
+    return img
+
+
+def heatmap(ratio: np.ndarray, title: str) -> str:
+    """error / TorchLean bound over a gradient tensor, log scale; entries beyond 1 in red."""
+    plt = _plt()
+    from matplotlib.colors import LinearSegmentedColormap
+
+    img = _grid(np.asarray(ratio, dtype=float))
+    with np.errstate(divide="ignore"):
+        logr = np.log10(np.clip(img, 1e-6, 1e6))
+    cmap = LinearSegmentedColormap.from_list("r", ["#e8f5e9", "#81c784", "#fff59d", "#ef5350", "#b71c1c"])
+    cmap.set_bad("#ffffff")
+    h, w = img.shape
+    fig, ax = plt.subplots(figsize=(min(8, 1.5 + 0.18 * w), min(6, 0.8 + 0.18 * h)))
+    im = ax.imshow(np.ma.masked_invalid(logr), cmap=cmap, vmin=-4, vmax=2, interpolation="nearest", aspect="auto")
+    ys, xs = np.nonzero(np.nan_to_num(img) > 1)
+    ax.scatter(xs, ys, marker="s", s=12, facecolors="none", edgecolors="black", linewidths=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    cb = fig.colorbar(im, ax=ax, fraction=0.05)
+    cb.set_label("log10(error / bound)", fontsize=7)
+    cb.ax.tick_params(labelsize=7)
+    return _png_data_uri(fig)
+
+
+# --- data for the template ------------------------------------------------------------------
+
+@dataclass
+class Detail:
+    record: dict
+    gradient: str
+    verdict: str
+    command: str
+    shrunk: bool
+    new: bool
+    heatmap: str = ""
+    note: str = ""
+    worst: dict = field(default_factory=dict)
+
+
+def _rejudge(d: Path, r: dict, gradient: str) -> tuple[np.ndarray | None, str]:
+    """error/bound per entry, from the saved case and raw outputs (no backend needed)."""
+    from .case import Case
+    from .check import exact_gradients, model_for
+    from .compare import error_bounds
+    from .formats import get_format
+
+    if not r.get("outputs_file") or not (d / r["outputs_file"]).is_file():
+        return None, "no raw outputs saved for this result"
+    try:
+        case = Case.load(d / r["case_file"])
+        with np.load(d / r["outputs_file"]) as z:
+            values = z[gradient]
+        model = model_for(case, get_format(r["format"]))
+        if model.domain_reason:
+            return None, model.domain_reason
+        exact = exact_gradients(case)[gradient]
+        err = error_bounds(values, exact).approx
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(model.bound[gradient] > 0, err / model.bound[gradient], np.where(err > 0, np.inf, 0.0))
+        return ratio, ""
+    except Exception as exc:  # a report must render even when one finding cannot be re-judged
+        return None, f"could not re-judge: {type(exc).__name__}: {exc}"
+
+
+def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
+    records: list[dict] = []
+    envs: dict = {}
+    campaigns: list[dict] = []
+    origin: dict[int, Path] = {}
+    for d in dirs:
+        d = Path(d)
+        rs = read_results(d)
+        for r in rs:
+            origin[id(r)] = d
+        records += rs
+        envs.update(read_environments(d))
+        info = read_campaign(d)
+        campaigns += info.get("merged_from", [info]) if info else []
+    base_keys = set()
+    if baseline is not None:
+        for r in read_results(Path(baseline)):
+            for g in GRADIENTS:
+                v = r["gradients"][g]["verdict"]
+                if v != "pass":
+                    base_keys.add((r["backend"], g, v))
+
+    table = summarize(records)
+    backends = list(table)
+    overview = []
+    for b in backends:
+        cells = table[b]
+        worst = max((c.worst_verdict for c in cells.values()), key=lambda v: SEVERITY[v])
+        env_ids = sorted({r["environment_id"] for r in records if r["backend"] == b and r.get("environment_id")})
+        overview.append({"backend": b, "cells": cells, "worst": worst,
+                         "format": next((r["format"] for r in records if r["backend"] == b), ""),
+                         "environments": [envs.get(e, {}) for e in env_ids]})
+
+    # non-pass results, worst first: shrunk findings, then the rest
+    shrunk_cases = {(r["case_id"], r["backend"]) for r in records if r.get("phase") == "shrunk"}
+    items = []
+    seen = set()
+    for r in sorted(records, key=lambda r: (r.get("phase") != "shrunk", -_worst_ratio(r))):
+        for g in GRADIENTS:
+            v = r["gradients"][g]["verdict"]
+            if v == "pass" or (r["case_id"], r["backend"], g) in seen:
+                continue
+            if r.get("phase") != "shrunk" and (r["case_id"], r["backend"]) in shrunk_cases:
+                continue
+            seen.add((r["case_id"], r["backend"], g))
+            d = origin[id(r)]
+            cmd = (f"difftest check {d / r['case_file']} --backend {r['backend']}" if r.get("case_file")
+                   else "(no case file saved)")
+            items.append(Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=r.get("phase") == "shrunk",
+                                new=baseline is not None and (r["backend"], g, v) not in base_keys,
+                                worst=r["gradients"][g].get("worst") or {}))
+    items.sort(key=lambda it: (not it.shrunk, -SEVERITY[it.verdict], -as_float(it.record["gradients"][it.gradient].get("max_ratio", 0.0))))
+    detailed, listed = items[:MAX_DETAILED], items[MAX_DETAILED:]
+    for it in detailed:
+        if it.verdict in ("order", "precision"):
+            ratio, note = _rejudge(origin[id(it.record)], it.record, it.gradient)
+            if ratio is not None:
+                it.heatmap = heatmap(ratio, f"{it.record['backend']} {it.gradient}: error / TorchLean bound "
+                                            f"(boxed: beyond the bound)")
+            it.note = note
+
+    nf_use = []
+    for b in backends:
+        if b.startswith("nf-"):
+            for g in GRADIENTS:
+                rs = [as_float(r["gradients"][g].get("max_ratio", 0.0)) for r in records if r["backend"] == b]
+                if rs:
+                    nf_use.append({"backend": b, "gradient": g, "cases": len(rs), "median": float(np.median(rs)),
+                                   "p90": float(np.percentile(rs, 90)), "max": float(np.max(rs))})
+
+    exceeded = [o for o in overview if o["worst"] != "pass"]
+    return {
+        "records": records,
+        "overview": overview,
+        "verdicts": VERDICTS,
+        "meaning": MEANING,
+        "colors": COLORS,
+        "gradients": GRADIENTS,
+        "campaigns": campaigns,
+        "sources": [str(d) for d in dirs],
+        "baseline": str(baseline) if baseline else "",
+        "detailed": detailed,
+        "listed": listed,
+        "n_findings": len(items),
+        "n_new": sum(it.new for it in items),
+        "histograms": ratio_histograms(records, backends) if records else "",
+        "nf_use": nf_use,
+        "passed": [o for o in overview if o["worst"] == "pass"],
+        "exceeded": exceeded,
+        "batch_extension": any(r.get("batch_extension") for r in records),
+        "fmt": _fmt,
+    }
+
+
+def _worst_ratio(r: dict) -> float:
+    return max(as_float(r["gradients"][g].get("max_ratio", 0.0)) for g in GRADIENTS)
+
+
+def render(dirs: list[Path], out: Path, baseline: Path | None = None) -> Path:
+    """Write the report for ``dirs`` to ``out`` (one self-contained HTML file)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("difftest", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    page = env.get_template("report.html.j2").render(**build_context([Path(d) for d in dirs], baseline))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

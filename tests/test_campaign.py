@@ -1,0 +1,128 @@
+"""Campaigns find discrepancies, shrink them to replayable reproducers, and never lose a finding."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from difftest.backends import get_backend
+from difftest.campaign import PROFILES, Campaign, CampaignConfig, Progress, shard_of
+from difftest.case import Case
+from difftest.check import check_case
+from difftest.cli import main
+from difftest.geometry import GRADIENTS
+from difftest.results import findings, read_campaign, read_results
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'difftest[torch]')")
+
+
+def run_campaign(tmp_path, names, **kw):
+    cfg = CampaignConfig(backends=[get_backend(n) for n in names], out=tmp_path / "out", database=None,
+                         progress=False, **kw)
+    return cfg.out, Campaign(cfg).run()
+
+
+def test_a_seeded_quick_campaign_finds_order_discrepancies_in_torch_and_its_reproducers_replay(tmp_path):
+    out, records = run_campaign(tmp_path, ["torch-cpu-float32"], seed=0, time_budget=12)
+    found = [r for r in findings(records) if r["finding"]["verdict"] == "order"]
+    assert found, "no order finding"
+    for r in found:
+        f = r["finding"]
+        case = Case.load(out / r["case_file"])
+        (replay,) = check_case(case, [get_backend(f["backend"])])
+        assert replay.gradients[f["gradient"]].verdict == f["verdict"]
+    # every non-pass line has its reproducer on disk
+    for r in records:
+        if any(r["gradients"][g]["verdict"] != "pass" for g in GRADIENTS):
+            assert (out / r["case_file"]).is_file()
+
+
+def test_nf_backends_never_give_a_non_pass_verdict(tmp_path):
+    _, records = run_campaign(tmp_path, ["nf-binary16", "nf-bfloat16", "nf-tf32", "nf-binary32"], seed=3, time_budget=12)
+    assert len(records) > 40
+    assert {r["gradients"][g]["verdict"] for r in records for g in GRADIENTS} == {"pass"}
+
+
+def test_shards_are_deterministic_disjoint_and_merge_into_one_set(tmp_path, capsys):
+    def shard(k, out):
+        assert main(["run", "--backend", "nf-binary32", "--backend", "nf-binary16", "--shard", f"{k}/2",
+                     "--examples", "20", "--rounds", "2", "--seed", "9", "--out", str(out), "--no-database",
+                     "--quiet", "--fail-on", "never"]) == 0
+        return [r for r in read_results(out) if r["phase"] == "search"]
+
+    a1, a2, b = shard(1, tmp_path / "a1"), shard(1, tmp_path / "a2"), shard(2, tmp_path / "b")
+    ids = lambda rs: [r["case_id"] for r in rs]  # noqa: E731
+    assert ids(a1) == ids(a2)
+    assert not set(ids(a1)) & set(ids(b))
+    assert all(shard_of(i, 2) == 1 for i in ids(a1)) and all(shard_of(i, 2) == 2 for i in ids(b))
+    assert main(["merge", str(tmp_path / "a1"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    merged = read_results(tmp_path / "m")
+    assert {(r["case_id"], r["backend"]) for r in merged} == {(r["case_id"], r["backend"]) for r in a1 + b} | {
+        (r["case_id"], r["backend"]) for r in read_results(tmp_path / "a1") + read_results(tmp_path / "b")}
+    assert len(read_campaign(tmp_path / "m")["merged_from"]) == 2
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_killing_a_campaign_midway_leaves_a_valid_results_file(tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "difftest", "run", "--backend", "numpy-float32", "--backend", "nf-binary32",
+         "--time-budget", "120", "--out", str(out), "--no-database"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while _lines(out / "results.jsonl") < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    stdout, _ = proc.communicate(timeout=60)
+    records = read_results(out)  # parses; a torn last line is skipped
+    assert len(records) >= 20
+    assert all(set(r) >= {"case_id", "backend", "format", "gradients", "geometry", "environment_id"} for r in records)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert read_campaign(out)["status"] == "interrupted"
+        assert "interrupted" in stdout and "numpy-float32" in stdout  # the summary of what was done
+
+
+def test_results_lines_carry_the_documented_fields(tmp_path):
+    out, records = run_campaign(tmp_path, ["numpy-float16", "nf-binary16"], seed=1, examples=15, rounds=1)
+    r = records[0]
+    assert {"case_id", "backend", "format", "gradients", "geometry", "seed", "shard", "timings", "environment_id", "phase"} <= set(r)
+    envs = json.loads((out / "environments.json").read_text())
+    assert r["environment_id"] in envs and envs[r["environment_id"]]["backend"] == r["backend"]
+    info = read_campaign(out)
+    assert info["status"] == "complete" and info["profile"] == "quick" and info["backends"] == ["numpy-float16", "nf-binary16"]
+
+
+def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_in_logs(capsys):
+    import io
+
+    log = io.StringIO()
+    p = Progress(stream=log)
+    p.cases, p.findings = 12, 1
+    p.update("x", force=True)
+    assert log.getvalue().startswith("difftest: 12 cases, 1 findings") and log.getvalue().endswith("\n")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    Progress(stream=tty).update(force=True)
+    assert tty.getvalue().startswith("\r")
+
+
+def test_the_run_command_rejects_bad_options(capsys):
+    assert main(["run", "--shard", "3/2"]) == 2
+    assert main(["run", "--shard", "x"]) == 2
+    assert main(["run", "--examples", "0"]) == 2
+    assert main(["run", "--backend", "torch-cuda-float32"]) in (2, 0)  # 2 where no GPU: unavailable
