@@ -121,8 +121,7 @@ def heatmap(ratio: np.ndarray, title: str) -> str:
     img = _grid(np.asarray(ratio, dtype=float))
     with np.errstate(divide="ignore"):
         logr = np.log10(np.clip(img, 1e-6, 1e6))
-    cmap = LinearSegmentedColormap.from_list("r", ["#e8f5e9", "#81c784", "#fff59d", "#ef5350", "#b71c1c"])
-    cmap.set_bad("#ffffff")
+    cmap = LinearSegmentedColormap.from_list("r", ["#e8f5e9", "#81c784", "#fff59d", "#ef5350", "#b71c1c"]).with_extremes(bad="#ffffff")
     h, w = img.shape
     fig, ax = plt.subplots(figsize=(min(8, 1.5 + 0.18 * w), min(6, 0.8 + 0.18 * h)))
     im = ax.imshow(np.ma.masked_invalid(logr), cmap=cmap, vmin=-4, vmax=2, interpolation="nearest", aspect="auto")
