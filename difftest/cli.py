@@ -190,6 +190,33 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    if args.repeat < 1:
+        raise DifftestError("--repeat must be >= 1")
+    doc: dict = {"machine": bench.machine()}
+    if args.layer in bench.LAYERS:
+        doc["layer"] = bench.bench_layer(bench.LAYERS[args.layer], args.repeat)
+        if args.layer == "small":
+            doc["campaign"] = bench.campaign_rate(args.campaign_seconds)
+    elif args.layer == "scaling":
+        doc["scaling"] = bench.scaling(repeat=args.repeat)
+    if args.json:
+        print(json.dumps(jsonable(doc), indent=2))
+        return EXIT_OK
+    if "layer" in doc:
+        bench.print_layer(doc["layer"])
+    if "campaign" in doc:
+        c = doc["campaign"]
+        print(f"campaign of small cases ({', '.join(c['backends'])}): {c['cases']} cases in {c['seconds']:.1f} s "
+              f"= {c['cases_per_second']:.1f} cases/s")
+    for row in doc.get("scaling", []):
+        print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
+              f"{row['ns_per_mac']:.2f} ns/MAC")
+    return EXIT_OK
+
+
 def cmd_merge(args) -> int:
     from .results import format_summary, merge, read_results
 
@@ -275,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("-o", "--output", metavar="FILE.html", help="output file (default DIR/report.html of the first DIR)")
     h.add_argument("--baseline", metavar="DIR", help="mark findings that are not in this earlier result directory as new")
     h.set_defaults(func=cmd_report)
+
+    bn = sub.add_parser("bench", help="time a full check of a reference layer, stage by stage, against torch",
+                        description="Exact spec, NF reference + TorchLean bounds, order-free bounds and comparison of "
+                                    "a layer, each the median of --repeat runs, next to torch's float64 backward of the "
+                                    "same layer measured in the same process; peak memory. 'small' adds the campaign "
+                                    "rate of small cases, 'scaling' the curve from 8 to 128 channels.")
+    bn.add_argument("--layer", default="resnet50-conv2", choices=["resnet50-conv2", "strided", "small", "scaling"],
+                    help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
+                         "small: 8->8, 16x16; scaling: C->C for C = 8..128")
+    bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
+    bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
+    bn.add_argument("--json", action="store_true", help="print JSON")
+    bn.set_defaults(func=cmd_bench)
 
     k = sub.add_parser("backends", help="list known backends and whether they can run here")
     k.add_argument("--json", action="store_true", help="print JSON")

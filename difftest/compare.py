@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .exact import ExactTensor
-from .formats import BINARY64, Format
+from .formats import Format
 from .fparith import add_up, half_ulp_of, mul_up, sub_down
 
 VERDICTS = ("pass", "order", "precision", "domain", "error")
@@ -69,10 +69,10 @@ class Errors:
 def error_bounds(values: np.ndarray, exact: ExactTensor) -> Errors:
     """``|values - exact|``: a float64 estimate and a certain lower bound.
 
-    With ``exact = hi + lo + r``, ``|r| <= ulp(lo)/2``, ``d1 = fl(b - hi)``, ``d2 = fl(d1 - lo)``:
-    ``| |d2| - |b - exact| | <= 2^-52·(|d1| + |d2|) + ulp(lo)/2``.
+    With ``exact = hi + lo + r``, ``|r| <= tail``, ``d1 = fl(b - hi)``, ``d2 = fl(d1 - lo)``:
+    ``| |d2| - |b - exact| | <= 2^-52·(|d1| + |d2|) + tail``.
     """
-    hi, lo = exact.nearest, exact.residual
+    hi, lo, tail = exact.nearest, exact.residual, exact.tail
     finite = np.isfinite(values)
     b = np.where(finite, values, 0.0)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -81,7 +81,6 @@ def error_bounds(values: np.ndarray, exact: ExactTensor) -> Errors:
         d1 = np.where(overflow, 0.0, d1)
         d2 = d1 - lo
         approx = np.abs(d2)
-        tail = half_ulp_of(BINARY64, lo)
         slack = add_up(mul_up(add_up(np.abs(d1), approx), np.float64(2.0**-52 * (1 + 2.0**-50))), tail)
         lower = np.maximum(sub_down(approx, slack), 0.0)
     approx = np.where(overflow, np.inf, approx)

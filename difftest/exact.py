@@ -1,8 +1,17 @@
-"""Exact real tensors (dyadic rationals) and their correctly rounded float64 views.
+"""Exact real tensors (dyadic rationals) and their float64 views.
 
-The spec gradients are sums of products of float64 values, so they are dyadic rationals:
-``mant · 2^exp`` with integer ``mant``. An :class:`ExactTensor` holds one Python integer per
-entry and one exponent for the whole tensor, which makes equality and exact comparison trivial.
+The spec gradients are sums of products of float64 values, so they are dyadic rationals. An
+:class:`ExactTensor` holds them in one of two exact forms:
+
+* ``mant · 2^exp``: one Python integer per entry and one exponent for the tensor;
+* *levels* (what the sliced oracle produces): ``Σ_L levels[L] · 2^(exp + L·width)`` with int64
+  arrays, which stay vectorised.
+
+Its float64 views are ``nearest`` (the float64 nearest to each entry, ties to even), and
+``residual`` and ``tail`` with ``|exact - nearest - residual| <= tail``. From levels they are
+computed with error-free transformations (a double-double sum with a rigorous error bound); an
+entry whose rounding that bound cannot decide — next to a rounding midpoint, or in heavy
+cancellation — is recomputed exactly with Python integers.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from fractions import Fraction
 from functools import cached_property
 
 import numpy as np
+
+_U = 2.0**-53
 
 
 def dyadic_to_float(m: int, e: int) -> float:
@@ -28,15 +39,39 @@ def float_to_dyadic(x: float) -> tuple[int, int]:
     return n, -(d.bit_length() - 1)
 
 
+def _two_sum(a, b):
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _exact_views(m: int, e: int) -> tuple[float, float, float]:
+    """nearest, residual (RN of exact - nearest) and tail (ulp(residual)/2) of ``m · 2^e``."""
+    hi = dyadic_to_float(m, e)
+    hm, he = float_to_dyadic(hi)
+    k = min(e, he)
+    rest = (m << (e - k)) - (hm << (he - k))
+    lo = dyadic_to_float(rest, k)
+    if rest == 0:
+        return hi, lo, 0.0
+    if lo == 0.0:  # |rest| < 2^-1075
+        return hi, lo, 2.0**-1074
+    return hi, lo, float(np.ldexp(1.0, max(int(np.frexp(lo)[1]) - 54, -1074)))  # ulp(lo)/2, rounded up
+
+
 @dataclass(frozen=True, eq=False)
 class ExactTensor:
-    """An exact real tensor: entry ``k`` is ``mant[k] · 2^exp``."""
+    """An exact real tensor: ``mant · 2^exp``, or ``Σ_L levels[L] · 2^(exp + L·width)``."""
 
-    mant: np.ndarray  # dtype object, Python ints
+    mant: np.ndarray | None  # dtype object, Python ints
     exp: int
+    levels: dict | None = None  # level -> int64 array
+    width: int = 0
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.levels is not None:
+            return next(iter(self.levels.values())).shape
         return self.mant.shape
 
     @classmethod
@@ -44,6 +79,10 @@ class ExactTensor:
         m = np.empty(shape, dtype=object)
         m.fill(0)
         return cls(m, 0)
+
+    @classmethod
+    def from_levels(cls, levels: dict, exp: int, width: int) -> "ExactTensor":
+        return cls(None, exp, levels, width)
 
     @classmethod
     def from_fractions(cls, values: np.ndarray) -> "ExactTensor":
@@ -57,41 +96,105 @@ class ExactTensor:
         m.ravel()[:] = [int(Fraction(v) * (1 << k)) for v in vals.ravel()]
         return cls(m, -k)
 
+    def map(self, fn) -> "ExactTensor":
+        """Apply a shape operation (reshape, transpose, indexing) to every entry array."""
+        if self.levels is not None:
+            return ExactTensor(None, self.exp, {k: fn(v) for k, v in self.levels.items()}, self.width)
+        return ExactTensor(fn(self.mant), self.exp)
+
+    def reshape(self, shape) -> "ExactTensor":
+        return self.map(lambda a: a.reshape(shape))
+
+    def transpose(self, *axes) -> "ExactTensor":
+        return self.map(lambda a: a.transpose(*axes))
+
+    @cached_property
+    def integers(self) -> np.ndarray:
+        """``mant`` with ``exact = mant · 2^exp`` (object array of Python ints)."""
+        if self.levels is None:
+            return self.mant
+        total = np.zeros(self.shape, dtype=object)
+        for level, v in self.levels.items():
+            total = total + (v.astype(object) << (level * self.width))
+        return total
+
     def to_fractions(self) -> np.ndarray:
         scale = Fraction(2) ** self.exp
         out = np.empty(self.shape, dtype=object)
-        out.ravel()[:] = [Fraction(int(m)) * scale for m in self.mant.ravel()]
+        out.ravel()[:] = [Fraction(int(m)) * scale for m in self.integers.ravel()]
         return out
-
-    def reshape(self, shape) -> "ExactTensor":
-        return ExactTensor(self.mant.reshape(shape), self.exp)
-
-    def transpose(self, *axes) -> "ExactTensor":
-        return ExactTensor(self.mant.transpose(*axes), self.exp)
 
     def same_values(self, other: "ExactTensor") -> bool:
         """Exact equality of every entry (and of the shapes)."""
         if self.shape != other.shape:
             return False
         k = min(self.exp, other.exp)
-        a = [int(m) << (self.exp - k) for m in self.mant.ravel()]
-        b = [int(m) << (other.exp - k) for m in other.mant.ravel()]
+        a = [int(m) << (self.exp - k) for m in self.integers.ravel()]
+        b = [int(m) << (other.exp - k) for m in other.integers.ravel()]
         return a == b
 
-    @cached_property
-    def nearest(self) -> np.ndarray:
-        """The float64 nearest to each entry (ties to even)."""
-        out = np.array([dyadic_to_float(int(m), self.exp) for m in self.mant.ravel()], dtype=np.float64)
-        return out.reshape(self.shape)
+    # --- float64 views -------------------------------------------------------------------
 
     @cached_property
+    def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.levels is not None and self.exp >= -1074:
+            hi, lo, tail, undecided = self._double_double()
+        else:
+            hi, lo, tail = (np.empty(self.shape) for _ in range(3))
+            undecided = np.ones(self.shape, dtype=bool)
+        if undecided.any():
+            ints = self._integers_at(undecided)
+            for k, m in zip(np.flatnonzero(undecided), ints):
+                hi.flat[k], lo.flat[k], tail.flat[k] = _exact_views(int(m), self.exp)
+        return hi, lo, tail
+
+    def _integers_at(self, mask: np.ndarray) -> list:
+        if self.levels is None:
+            return list(self.mant[mask])
+        total = [0] * int(mask.sum())
+        for level, v in self.levels.items():
+            total = [t + (int(x) << (level * self.width)) for t, x in zip(total, v[mask])]
+        return total
+
+    def _double_double(self):
+        """Sum2 of the levels as exact float64 terms (each level split into two 31-bit halves),
+        most significant first; ``|exact - (hi + lo)| <= γ_m² Σ|t|`` (Ogita, Rump, Oishi)."""
+        s = np.zeros(self.shape)
+        c = np.zeros(self.shape)
+        mag = np.zeros(self.shape)
+        m = 0
+        for level in sorted(self.levels, reverse=True):
+            v = self.levels[level]
+            scale = self.exp + level * self.width
+            sign, a = np.sign(v), np.abs(v)  # |v| < 2^62: sign-magnitude halves, no artificial cancellation
+            for part, shift in ((sign * (a >> 31), 31), (sign * (a & (2**31 - 1)), 0)):
+                t = np.ldexp(part.astype(np.float64), scale + shift)  # exact: |part| < 2^32, scale >= -1074
+                s, e = _two_sum(s, t)
+                c = c + e
+                mag = mag + np.abs(t)
+                m += 1
+        hi, lo = _two_sum(s, c)
+        gamma = m * _U / (1 - m * _U)
+        r = mag * (gamma * gamma) * (1 + 2.0**-40)  # terms exact, TwoSum exact: no underflow slop
+        # hi = RN(exact) when exact = hi + lo ± r cannot reach a rounding midpoint of hi
+        ulp_half = np.ldexp(1.0, np.maximum(np.frexp(hi)[1].astype(np.int64) - 54, -1075))
+        pow2_below = (np.abs(np.frexp(hi)[0]) == 0.5) & (lo * hi < 0)  # towards zero the grid is finer
+        limit = np.where(pow2_below, ulp_half / 2, ulp_half)
+        # undecided also where cancellation left a tail above 2^-80 |hi|: exact residuals there
+        undecided = (np.abs(lo) + r >= limit) | (r > np.abs(hi) * 2.0**-80) | ~np.isfinite(hi)
+        return hi, lo, r, undecided
+
+    @property
+    def nearest(self) -> np.ndarray:
+        """The float64 nearest to each entry (ties to even)."""
+        return self._views[0]
+
+    @property
     def residual(self) -> np.ndarray:
-        """The float64 nearest to ``exact - nearest`` (the ``lo`` of a double-double)."""
-        hi = self.nearest.ravel()
-        lo = np.empty(hi.shape, dtype=np.float64)
-        for k, (m, h) in enumerate(zip(self.mant.ravel(), hi)):
-            hm, he = float_to_dyadic(h)
-            e = min(self.exp, he)
-            r = (int(m) << (self.exp - e)) - (hm << (he - e))
-            lo[k] = dyadic_to_float(r, e)
-        return lo.reshape(self.shape)
+        """A float64 close to ``exact - nearest`` (its error is at most ``tail``)."""
+        return self._views[1]
+
+    @property
+    def tail(self) -> np.ndarray:
+        """A bound of ``|exact - nearest - residual|``."""
+        return self._views[2]

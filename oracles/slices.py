@@ -72,10 +72,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
                 levels[s + t] += p  # at most ~140 terms below 2^53 each: no int64 overflow
             else:
                 levels[s + t] = p
-    total = np.zeros(shape, dtype=object)
-    for level, v in levels.items():
-        total = total + (v.astype(object) << (level * width))
-    return ExactTensor(total, qa + qb)
+    return ExactTensor.from_levels(levels, qa + qb, width)
 
 
 class SlicedExactOracle:
@@ -87,5 +84,5 @@ class SlicedExactOracle:
         out = {}
         for name, (a, b) in gemm_operands(x, w, d, g).items():
             r = exact_matmul(np.ascontiguousarray(a), np.ascontiguousarray(b))
-            out[name] = ExactTensor(gemm_result_to_gradient(name, r.mant, g), r.exp)
+            out[name] = r.map(lambda v, name=name: gemm_result_to_gradient(name, v, g))
         return out

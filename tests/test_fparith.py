@@ -106,3 +106,19 @@ def test_directed_rounding_brackets_the_exact_result(ps):
         assert Fraction(s) - (Fraction(x) + Fraction(y)) <= Fraction(s) * Fraction(2) ** -52
         assert Fraction(p) >= Fraction(x) * Fraction(y)
         assert Fraction(d) <= Fraction(x) - Fraction(y)
+
+
+COMPILED = [f for f in FORMATS if f.name != "binary64"]
+
+
+@pytest.mark.parametrize("fmt", COMPILED, ids=lambda f: f.name)
+@given(data=st.data())
+def test_compiled_step_rounds_the_exact_sum_once_and_adds_its_half_ulp(fmt, data):
+    from difftest.kernels import _round, _step
+
+    for x, y in data.draw(pairs(fmt) | near_ties(fmt)):
+        acc, e = _step(x, 0.0, y, 0.0, fmt.prec, fmt.emin)
+        exact = Fraction(x) + Fraction(y)
+        assert Fraction(acc) == fmt.round(exact), (x, y)
+        assert Fraction(e) == fmt.ulp(exact) / 2
+        assert Fraction(_round(x * y, fmt.prec, fmt.emin)) == fmt.round(Fraction(x) * Fraction(y))

@@ -113,3 +113,46 @@ def test_hand_computed_gradients_stride2_padding1_non_square():
     #   (2,3): h+1=3 -> (1,1); w+1=4 -> (2,0) -> δ[1,2]·w[1,0] = -6
     gi = r["grad_input"].nearest[0, 0]
     assert (gi[0, 0], gi[1, 1], gi[2, 3]) == (4.0, 3.0, -6.0)
+
+
+@st.composite
+def level_tensors(draw):
+    """Level representations with carries, mixed signs, cancellation and midpoints."""
+    n = draw(st.integers(1, 6))
+    width = draw(st.integers(13, 26))
+    exp = draw(st.integers(-1074, 200))
+    count = draw(st.integers(1, 8))
+    big = st.integers(-(2**58), 2**58)
+    levels = {}
+    for level in range(count):
+        vals = draw(st.lists(big | st.sampled_from([0, 1, -1, 2**width, -(2**width), 2**52 + 1]), min_size=n, max_size=n))
+        levels[level] = np.array(vals, dtype=np.int64)
+    if count >= 2 and draw(st.booleans()):  # exact cancellation between the two top levels
+        levels[count - 1] = np.where(levels[count - 1] % 2 == 0, 0, levels[count - 1])
+        levels[count - 2] = -levels[count - 1] * (2**width)
+    return ExactTensor.from_levels(levels, exp, width)
+
+
+@given(level_tensors())
+def test_float_views_of_levels_are_nearest_and_bracket_the_exact_value(t):
+    exact = t.to_fractions()
+    for x, hi, lo, tail in zip(exact.ravel(), t.nearest.ravel(), t.residual.ravel(), t.tail.ravel()):
+        assert Fraction(hi) == BINARY64.round(x)
+        assert abs(x - Fraction(hi) - Fraction(lo)) <= Fraction(tail)
+        assert Fraction(tail) <= abs(x) * Fraction(2) ** -80 + Fraction(2) ** -1060
+
+
+def test_levels_next_to_a_rounding_midpoint_are_decided_exactly():
+    # 1 + 2^-53 (a tie: rounds to 1) and 1 + 2^-53 + 2^-200 (rounds up): level sums that differ far below the tie
+    width = 20
+    base = -220
+    def levels_of(value):  # value = m * 2^base, split into base-2^width digits
+        m, digits = int(value * Fraction(2) ** -base), {}
+        for k in range(16):
+            digits[k] = np.array([m % (1 << width)], dtype=np.int64)
+            m >>= width
+        return digits
+    tie = Fraction(1) + Fraction(2) ** -53
+    above = tie + Fraction(2) ** -200
+    assert ExactTensor.from_levels(levels_of(tie), base, width).nearest[0] == 1.0
+    assert ExactTensor.from_levels(levels_of(above), base, width).nearest[0] == 1.0 + 2.0**-52

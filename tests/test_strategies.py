@@ -57,3 +57,12 @@ def test_cancellation_puts_adjacent_opposite_giants_early_in_each_channels_fold(
 @given(dst.geometries(dst.Limits(max_batch=3, max_channels=5, max_size=9, max_kernel=4, max_stride=3, max_padding=3)))
 def test_geometries_respect_their_limits(g):
     assert 1 <= g.N <= 3 and 1 <= g.C <= 5 and 1 <= g.O <= 5 and g.kH <= 4 and 1 <= g.stride <= 3 and g.padding <= 3
+
+
+@pytest.mark.parametrize("family", dst.FAMILIES)
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_seeded_arrays_of_every_family_are_representable_and_reproducible(fmt, family):
+    a = dst.seeded_array(fmt, (3, 4, 5, 6), family, seed=7, sparsity=0.5)
+    assert a.shape == (3, 4, 5, 6) and fmt.representable_array(a).all()
+    assert np.all(np.abs(a) < fmt.max_finite)
+    assert np.array_equal(a, dst.seeded_array(fmt, (3, 4, 5, 6), family, seed=7, sparsity=0.5))

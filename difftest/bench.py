@@ -1,0 +1,183 @@
+"""``difftest bench``: the cost of certifying a layer, stage by stage, against torch's own backward.
+
+Stages on the same case: the exact spec (sliced exact GEMMs and their float64 views), the NF
+reference with the TorchLean bounds (one replay), the order-free bounds, and the comparison
+of a result with both. torch's float64 backward of the same layer is timed in the same process.
+Each figure is the median of ``repeat`` runs after one warm-up run (which loads the compiled
+folds); peak memory is the process's peak resident set size.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .case import Case
+from .geometry import GRADIENTS
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    N: int
+    C: int
+    O: int
+    H: int
+    k: int
+    stride: int
+    padding: int
+
+    @property
+    def macs(self) -> int:
+        oh = (self.H + 2 * self.padding - self.k) // self.stride + 1
+        return self.N * self.O * self.C * self.k * self.k * oh * oh
+
+
+LAYERS = {
+    "resnet50-conv2": Layer("resnet50-conv2", 1, 64, 64, 56, 3, 1, 1),
+    "strided": Layer("strided", 1, 64, 128, 56, 3, 2, 1),
+    "small": Layer("small", 1, 8, 8, 16, 3, 1, 1),
+}
+
+
+def make_case(layer: Layer, seed: int = 0) -> Case:
+    """Normal float32 values (the spec values are binary32)."""
+    rng = np.random.default_rng(seed)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32).astype(np.float64)  # noqa: E731
+    oh = (layer.H + 2 * layer.padding - layer.k) // layer.stride + 1
+    return Case(r(layer.N, layer.C, layer.H, layer.H), r(layer.O, layer.C, layer.k, layer.k), r(layer.N, layer.O, oh, oh),
+                stride=layer.stride, padding=layer.padding)
+
+
+def _median_time(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def torch_backward_seconds(case: Case, repeat: int) -> float | None:
+    """torch.nn.functional.conv2d + autograd in float64 on the CPU, on the same layer."""
+    try:
+        import torch
+    except Exception:
+        return None
+    x = torch.from_numpy(np.array(case.input)).requires_grad_(True)
+    w = torch.from_numpy(np.array(case.weight)).requires_grad_(True)
+    b = torch.zeros(w.shape[0], dtype=torch.float64, requires_grad=True)
+    d = torch.from_numpy(np.array(case.grad_output))
+
+    def run():
+        x.grad = w.grad = b.grad = None
+        torch.nn.functional.conv2d(x, w, b, stride=case.stride, padding=case.padding).backward(d)
+
+    run()
+    return _median_time(run, max(repeat, 5))[0]
+
+
+def bench_layer(layer: Layer, repeat: int = 3) -> dict:
+    from . import replay as replay_mod
+    from .check import exact_gradients
+    from .compare import compare_gradient
+    from .fparith import add_up
+    from .orderfree import order_free_bounds
+
+    case = make_case(layer)
+    rt, g = case.runtime(), case.geometry
+    t0 = time.perf_counter()
+    warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
+    replay_mod.replay(warm.runtime(), warm.geometry)  # loads (or compiles) the folds
+    warmup = time.perf_counter() - t0
+
+    def oracle():
+        ex = exact_gradients(case)
+        for t in ex.values():
+            t.nearest  # the float64 views are part of the exact spec's cost
+        return ex
+
+    def nf_and_torchlean():
+        replay_mod._CACHE.clear()  # measure the computation, not the cache
+        return replay_mod.replay(rt, g)
+
+    t_oracle, exact = _median_time(oracle, repeat)
+    t_replay, rep = _median_time(nf_and_torchlean, repeat)
+    t_of, of = _median_time(lambda: order_free_bounds(rt, g), repeat)
+
+    def compare():
+        return {k: compare_gradient(rep[k][0], exact[k], rep[k][1], of[k].bound, add_up(of[k].abs_sum, of[k].bound), rt.format)
+                for k in GRADIENTS}
+
+    t_cmp, verdicts = _median_time(compare, repeat)
+    total = t_oracle + t_replay + t_of + t_cmp
+    t_torch = torch_backward_seconds(case, repeat)
+    return {
+        "layer": layer.name,
+        "shape": {"N": layer.N, "C": layer.C, "O": layer.O, "H": layer.H, "W": layer.H, "k": layer.k,
+                  "stride": layer.stride, "padding": layer.padding},
+        "macs_per_gradient": layer.macs,
+        "seconds": {"exact_spec": t_oracle, "nf_and_torchlean": t_replay, "order_free": t_of, "comparison": t_cmp,
+                    "total": total, "warmup": warmup},
+        "torch_float64_backward_s": t_torch,
+        "ratio_to_torch": total / t_torch if t_torch else None,
+        "nf_verdicts": {k: v.verdict for k, v in verdicts.items()},
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeat": repeat,
+    }
+
+
+def campaign_rate(seconds: float = 20.0, backends=("torch-cpu-float32", "nf-binary32")) -> dict:
+    """Checked cases per second through a campaign of small cases (<= 8 channels, 16 × 16)."""
+    import tempfile
+    from pathlib import Path
+
+    from .backends import get_backend
+    from .campaign import Campaign, CampaignConfig, Profile
+    from .strategies import Limits
+
+    profile = Profile("small", Limits(max_batch=1, max_channels=8, max_size=16, max_kernel=3), 10_000, seconds, 2.0)
+    bs = [get_backend(b) for b in backends if get_backend(b).availability()[0]]
+    with tempfile.TemporaryDirectory() as d:
+        c = Campaign(CampaignConfig(backends=bs, profile=profile, out=Path(d), database=None, progress=False, seed=0))
+        t0 = time.perf_counter()
+        c.run()
+        dt = time.perf_counter() - t0
+    return {"backends": [b.name for b in bs], "cases": c.progress.cases, "seconds": dt,
+            "cases_per_second": c.progress.cases / dt}
+
+
+def scaling(channels=(8, 16, 32, 64, 128), repeat: int = 1) -> list[dict]:
+    """Total time against multiply-adds, 56 × 56, 3 × 3, C -> C channels."""
+    out = []
+    for c in channels:
+        r = bench_layer(Layer(f"c{c}", 1, c, c, 56, 3, 1, 1), repeat)
+        out.append({"channels": c, "macs_per_gradient": r["macs_per_gradient"], "total_s": r["seconds"]["total"],
+                    "ns_per_mac": 1e9 * r["seconds"]["total"] / r["macs_per_gradient"]})
+    return out
+
+
+def machine() -> dict:
+    import os
+    import platform
+
+    from .backends.base import _cpu_model, cpu_flags
+
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "flags": cpu_flags(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def print_layer(r: dict, out=None) -> None:
+    out = out or sys.stdout
+    s = r["seconds"]
+    print(f"{r['layer']}: {r['shape']}, {r['macs_per_gradient'] / 1e6:.1f} M multiply-adds per gradient", file=out)
+    for k in ("exact_spec", "nf_and_torchlean", "order_free", "comparison", "total"):
+        print(f"  {k:<18} {s[k]:8.3f} s", file=out)
+    if r["torch_float64_backward_s"]:
+        print(f"  torch float64 backward {r['torch_float64_backward_s'] * 1e3:.1f} ms -> ratio {r['ratio_to_torch']:.0f}x", file=out)
+    print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB; warm-up (compiled folds) {s['warmup']:.2f} s; nf verdicts {r['nf_verdicts']}", file=out)

@@ -1,0 +1,204 @@
+"""Compiled (numba) folds for formats of precision <= 26: the NF runtime and the TorchLean bound.
+
+The same folds as :mod:`difftest.replay` (which stays the engine for binary64), written as
+scalar loops so that numba fuses every per-step operation without temporaries:
+
+* NF arithmetic by exponent-bit manipulation: a product of two values of precision <= 26 is
+  exact in float64; a sum is rounded from its TwoSum pair exactly as
+  :func:`difftest.fparith.nf_add` does (a float64 midpoint decided by the sign of the error);
+  integer rounding is the ``(y + 1.5·2^52) - 1.5·2^52`` round-to-nearest-even idiom;
+* ``ulp`` of exact sums and products from their exact ``mag`` (a carry to a power of two is
+  detected from the TwoSum error);
+* the bound ``e`` is accumulated with round-to-nearest and inflated once at the end: its terms
+  are non-negative, every term's value passes through at most ``R`` roundings (``R = 8`` per
+  step plus 8), each at most a factor ``(1 - 2^-53)`` low, and a product that underflows loses at
+  most ``2^-1074``; so ``(ê + slop)·(1 + 2R·2^-53)``, rounded up, is never below the exact bound
+  and at most ``16·steps·2^-53`` relative above it.
+
+numba compiles without fast-math: IEEE binary64 semantics, no contraction into FMA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+_C = 6755399441055744.0  # 1.5 * 2^52: (y + C) - C rounds y to an integer, ties to even, |y| < 2^51
+_MANT = 0xFFFFFFFFFFFFF
+
+
+@intrinsic
+def _f2i(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _i2f(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@njit(inline="always")
+def _pow2(q):
+    """2^q for -1022 <= q <= 1023 (exact)."""
+    return _i2f((q + 1023) << 52)
+
+
+@njit(inline="always")
+def _mag(v):
+    """Flocq mag of a non-zero, normal float64 (frexp's exponent)."""
+    return ((_f2i(v) >> 52) & 0x7FF) - 1022
+
+
+@njit(inline="always")
+def _half_ulp(mag, is_zero, p, emin):
+    q = max(mag - p, emin)
+    if is_zero:
+        q = emin
+    return _pow2(q - 1)
+
+
+@njit(inline="always")
+def _round(x, p, emin):
+    """Round a float64 (an exact real) to the format, ties to even."""
+    if x == 0.0:
+        return 0.0
+    q = max(_mag(x) - p, emin)
+    y = x * _pow2(-q)
+    r = (y + _C) - _C
+    return r * _pow2(q)
+
+
+@njit(inline="always")
+def _step(acc, e, t, e_t, p, emin):
+    """addEps and acc ← acc ⊕ t; returns (acc, e)."""
+    s = acc + t
+    bb = s - acc
+    err = (acc - (s - bb)) + (t - bb)
+    if s == 0.0:
+        return 0.0, e + e_t + _pow2(emin - 1)
+    bits = _f2i(s)
+    m = ((bits >> 52) & 0x7FF) - 1022
+    carried = 1 if ((bits & _MANT) == 0 and err != 0.0 and ((err < 0.0) != (s < 0.0))) else 0
+    e = e + e_t + _pow2(max(m - carried - p, emin) - 1)
+    q = max(m - p, emin)
+    y = s * _pow2(-q)
+    r = (y + _C) - _C
+    fl = r if r <= y else r - 1.0
+    if err != 0.0 and y - fl == 0.5:
+        r = fl + 1.0 if err > 0.0 else fl
+    return r * _pow2(q), e
+
+
+@njit(inline="always")
+def _mul_eps(x, y, prod, ex, ey, p, emin):
+    """mulEps(x, y, ex, ey) with prod = x·y exact."""
+    h = _half_ulp(_mag(prod) if prod != 0.0 else 0, prod == 0.0, p, emin)
+    if ex == 0.0 and ey == 0.0:
+        return h
+    return (abs(x) + ex) * ey + (abs(y) + ey) * ex + h
+
+
+@njit(parallel=True, cache=True)
+def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
+    """grad_weight (and, with cols = ones, grad_bias): entries (o, j), steps k over (n, i, j)."""
+    K, M = cols.shape
+    O = drows.shape[0]
+    for o in prange(O):
+        acc = np.zeros(M)
+        e = np.zeros(M)
+        for k in range(K):
+            d = drows[o, k]
+            for j in range(M):
+                x = cols[k, j]
+                prod = x * d
+                t = _round(prod, p, emin)
+                a, b = _step(acc[j], e[j], t, _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
+                acc[j] = a
+                e[j] = b
+        acc_out[o, :] = acc
+        e_out[o, :] = e
+
+
+@njit(parallel=True, cache=True)
+def bias_fold(drows, p, emin, ed, acc_out, e_out):
+    """grad_bias: entries o, steps k over (n, i, j), term δ, step error epsδ."""
+    O, K = drows.shape
+    for o in prange(O):
+        acc = 0.0
+        e = 0.0
+        for k in range(K):
+            acc, e = _step(acc, e, drows[o, k], ed, p, emin)
+        acc_out[o] = acc
+        e_out[o] = e
+
+
+@njit(parallel=True, cache=True)
+def input_fold(d, w, stride, padding, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
+    """grad_input: entries (n, c, h, w); the Lean fold over all (o, oi, oj, di, dj), visiting only
+    the contributing steps (slots from :func:`difftest.replay._slots`) and adding each run of
+    ``z`` zero steps as ``z·ulp(acc)/2``."""
+    N, O, oh, ow = d.shape
+    C, kH, kW = w.shape[1], w.shape[2], w.shape[3]
+    H, W = acc_out.shape[2], acc_out.shape[3]
+    A, B = oi_t.shape[0], oj_t.shape[0]
+    total = O * oh * ow * kH * kW
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        acc = np.zeros(W)
+        e = np.zeros(W)
+        last = np.zeros(W, dtype=np.int64)
+        for h in range(H):
+            acc[:] = 0.0
+            e[:] = 0.0
+            last[:] = -1
+            for o in range(O):
+                for a in range(A):
+                    if not vh[a, h]:
+                        continue
+                    oi = oi_t[a, h]
+                    di = di_t[a, h]
+                    for b in range(B):
+                        for x in range(W):
+                            if not vw[b, x]:
+                                continue
+                            oj = oj_t[b, x]
+                            dj = dj_t[b, x]
+                            idx = (((o * oh + oi) * ow + oj) * kH + di) * kW + dj
+                            z = idx - last[x] - 1
+                            ac = acc[x]
+                            ez = e[x]
+                            if z > 0:
+                                ez += z * _half_ulp(_mag(ac) if ac != 0.0 else 0, ac == 0.0, p, emin)
+                            dv = d[n, o, oi, oj]
+                            wv = w[o, c, di, dj]
+                            prod = dv * wv
+                            t = _round(prod, p, emin)
+                            a2, e2 = _step(ac, ez, t, _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
+                            acc[x] = a2
+                            e[x] = e2
+                            last[x] = idx
+            for x in range(W):
+                z = total - 1 - last[x]
+                ac = acc[x]
+                if z > 0:
+                    e[x] += z * _half_ulp(_mag(ac) if ac != 0.0 else 0, ac == 0.0, p, emin)
+                acc_out[n, c, h, x] = acc[x]
+                e_out[n, c, h, x] = e[x]
+
+
+def inflate(e: np.ndarray, steps: int) -> np.ndarray:
+    """Turn a round-to-nearest accumulation of non-negative terms into a sure upper bound."""
+    from .fparith import add_up, mul_up
+
+    r = 8 * (steps + 1)
+    slop = np.float64(4.0 * (steps + 1)) * 2.0**-1074
+    return mul_up(add_up(e, slop), np.float64(1.0 + 2 * r * 2.0**-53))
