@@ -49,7 +49,7 @@ class Backend(ABC):
             "numpy": np.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_flags": cpu_flags(),
             "cpu_count": os.cpu_count(),
         }
@@ -66,7 +66,7 @@ def _cpuinfo_field(key: str) -> str:
     return ""
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 

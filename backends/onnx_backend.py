@@ -25,7 +25,7 @@ OPSET = 18
 
 def onnx_missing() -> str:
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (import check only)
         import onnxruntime  # noqa: F401
     except Exception as exc:
         return f"onnx/onnxruntime not importable ({type(exc).__name__}: {exc}); pip install 'difftest[onnx]'"

@@ -166,9 +166,9 @@ def machine() -> dict:
     import os
     import platform
 
-    from .backends.base import _cpu_model, cpu_flags
+    from .backends.base import cpu_flags, cpu_model
 
-    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "flags": cpu_flags(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "flags": cpu_flags(), "python": platform.python_version(),
             "numpy": np.__version__}
 
 

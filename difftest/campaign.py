@@ -19,7 +19,9 @@ partition, and each shard derives its seeds from ``(seed, K)``.
 from __future__ import annotations
 
 import hashlib
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +177,8 @@ class Campaign:
         self.status = "running"
         self.found: set[tuple[str, str, str]] = set()
         self._env_ids: dict[str, str] = {}
-        self._evaluated: dict[str, list] = {}  # case_id -> results (without raw outputs)
+        self._interrupted = False
+        self._evaluated: dict[str, list] = {}  # case_id -> results (raw outputs kept for non-pass only)
 
     # --- evaluation of one case -------------------------------------------------------
 
@@ -251,6 +254,8 @@ class Campaign:
             cid = case.case_id
             if n > 1:
                 assume(shard_of(cid, n) == k)
+            if self._interrupted:
+                raise BudgetExhausted  # hypothesis may swallow a KeyboardInterrupt while shrinking
             shrinking = state.first_failure_at is not None
             now = time.monotonic()
             if not shrinking and now > deadline:
@@ -326,6 +331,18 @@ class Campaign:
 
     # --- the campaign ----------------------------------------------------------------------
 
+    def _catch_sigint(self):
+        """Remember Ctrl-C even where hypothesis absorbs the KeyboardInterrupt (it stops a shrink
+        and reports the failure instead); returns the previous handler, or None off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self._interrupted = True
+            raise KeyboardInterrupt
+
+        return signal.signal(signal.SIGINT, handler)
+
     def run(self) -> list[dict]:
         cfg = self.config
         groups: dict[str, list] = {}
@@ -351,6 +368,7 @@ class Campaign:
             "status": "running",
         }
         self.writer.campaign(info)
+        previous = self._catch_sigint()
         try:
             for gi, (fmt_name, backends) in enumerate(groups.items()):
                 remaining = self.budget - (time.monotonic() - t0)
@@ -358,6 +376,8 @@ class Campaign:
                 deadline = time.monotonic() + share
                 fmt = backends[0].format
                 for round_no in range(1, (cfg.rounds or 10_000) + 1):  # new seeds until time or rounds run out
+                    if self._interrupted:
+                        raise KeyboardInterrupt
                     if time.monotonic() > deadline:
                         break
                     try:
@@ -366,6 +386,8 @@ class Campaign:
                         break
                     if f is not None:
                         self._save_finding(f, round_no)
+            if self._interrupted:
+                raise KeyboardInterrupt
             self.status = "complete"
         except KeyboardInterrupt:
             self.status = "interrupted"
@@ -374,6 +396,8 @@ class Campaign:
             self.status = "crashed"
             raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             info.update({
                 "status": self.status,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -13,6 +13,7 @@ import hashlib
 import math
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ class Case:
         )
         return cls(**kwargs, format=get_format(fmt_name), round_inputs=round_inputs)
 
-    @property
+    @cached_property
     def case_id(self) -> str:
         """A content hash: equal cases have equal ids, on any machine."""
         h = hashlib.sha256()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from .compare import MEANING
 from .errors import DifftestError
 from .formats import PRESETS
 from .geometry import GRADIENTS
-from .results import jsonable
+from .results import format_ratio, jsonable
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 
@@ -31,16 +30,23 @@ def _load_case(args) -> Case:
     return Case.load(args.case, format=getattr(args, "format", None), round_inputs=args.round_inputs)
 
 
-def cmd_check(args) -> int:
+def _available_backends(names: list[str]) -> list:
+    """The named backends; one that cannot run here is a usage error saying why."""
     from .backends import get_backend
-    from .check import check_case
 
-    case = _load_case(args)
-    backends = [get_backend(n) for n in args.backend]
+    backends = [get_backend(n) for n in names]
     for b in backends:
         ok, reason = b.availability()
         if not ok:
             raise DifftestError(f"backend {b.name} is not available here: {reason}")
+    return backends
+
+
+def cmd_check(args) -> int:
+    from .check import check_case
+
+    case = _load_case(args)
+    backends = _available_backends(args.backend)
     results = check_case(case, backends, oracle=args.oracle)
     if args.save:
         out = Path(args.save)
@@ -54,10 +60,6 @@ def cmd_check(args) -> int:
     else:
         _print_table(case, results)
     return EXIT_OK if all(r.verdict == "pass" for r in results) else EXIT_FINDING
-
-
-def _fmt_ratio(x: float) -> str:
-    return "inf" if math.isinf(x) else f"{x:.3g}"
 
 
 def _print_table(case: Case, results) -> None:
@@ -78,8 +80,8 @@ def _print_table(case: Case, results) -> None:
             gr = r.gradients[name]
             worst = "" if gr.worst_index is None else str(gr.worst_index)
             print(
-                f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {_fmt_ratio(gr.max_ratio):>10} "
-                f"{_fmt_ratio(gr.max_ratio_order_free):>10} {gr.violations:>10}  {worst}"
+                f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {format_ratio(gr.max_ratio):>10} "
+                f"{format_ratio(gr.max_ratio_order_free):>10} {gr.violations:>10}  {worst}"
             )
             if gr.message and gr.verdict in ("error", "domain"):
                 print(f"{'':<24} {gr.message}")
@@ -127,18 +129,10 @@ def cmd_backends(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .backends import get_backend
     from .campaign import PROFILES, Campaign, CampaignConfig, default_backends, parse_shard
     from .results import exit_code, format_summary, read_campaign, read_results
 
-    if args.backend:
-        backends = [get_backend(n) for n in args.backend]
-        for b in backends:
-            ok, reason = b.availability()
-            if not ok:
-                raise DifftestError(f"backend {b.name} is not available here: {reason}")
-    else:
-        backends = default_backends()
+    backends = _available_backends(args.backend) if args.backend else default_backends()
     if args.examples is not None and args.examples < 1:
         raise DifftestError("--examples must be >= 1")
     if args.rounds is not None and args.rounds < 1:

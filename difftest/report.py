@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from .geometry import GRADIENTS
 from .results import (
     SEVERITY,
     as_float,
-    findings,
     read_campaign,
     read_environments,
     read_results,

@@ -246,20 +246,20 @@ def format_summary(records: list[dict]) -> str:
     for backend, row in summarize(records).items():
         for g, c in row.items():
             counts = " ".join(f"{c.counts[v]:>9}" for v in VERDICTS)
-            lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {_num(c.worst_ratio):>11} {_num(c.worst_ratio_order_free):>9}  {counts}")
+            lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {format_ratio(c.worst_ratio):>11} {format_ratio(c.worst_ratio_order_free):>9}  {counts}")
     found = findings(records)
     if found:
         lines += ["", f"{len(found)} finding(s), each shrunk to a minimal reproducer:"]
         for r in found:
             f = r["finding"]
             gr = r["gradients"][f["gradient"]]
-            ratios = f"ratio {_num(as_float(gr.get('max_ratio', 0.0))):>7} / {_num(as_float(gr.get('max_ratio_order_free', 0.0))):>7}"
+            ratios = f"ratio {format_ratio(as_float(gr.get('max_ratio', 0.0))):>7} / {format_ratio(as_float(gr.get('max_ratio_order_free', 0.0))):>7}"
             lines.append(f"  {f['backend']:<24} {f['gradient']:<12} {f['verdict']:<10} {ratios}  {r['case_file']}")
         lines.append("  (ratio = error / TorchLean bound / order-free bound; replay: difftest check DIR/<case_file> --backend NAME)")
     return "\n".join(lines)
 
 
-def _num(x: float) -> str:
+def format_ratio(x: float) -> str:
     """3 significant digits, never rounding a ratio below 1 up to "1"."""
     if math.isinf(x):
         return "inf"

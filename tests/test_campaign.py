@@ -1,7 +1,6 @@
 """Campaigns find discrepancies, shrink them to replayable reproducers, and never lose a finding."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from difftest.backends import get_backend
-from difftest.campaign import PROFILES, Campaign, CampaignConfig, Progress, shard_of
+from difftest.campaign import Campaign, CampaignConfig, Progress, shard_of
 from difftest.case import Case
 from difftest.check import check_case
 from difftest.cli import main

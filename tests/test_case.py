@@ -1,7 +1,5 @@
 """Bad input gets a clear error naming what was wrong, and the CLI exits 2."""
 
-import zipfile
-
 import numpy as np
 import pytest
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from difftest.formats import BINARY16, BINARY32, BFLOAT16, PRESETS
+from difftest.formats import BFLOAT16, BINARY16, BINARY32
 from difftest.orderfree import abs_gemm_up, gamma_up, product_bound
 
 from strategies import format_values

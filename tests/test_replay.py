@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from difftest import lean
 from difftest.case import Case
-from difftest.formats import BINARY16, BINARY32, PRESETS
+from difftest.formats import BINARY16, PRESETS
 from difftest.replay import compiled, compiled_replay, numpy_replay, replay
 
 from strategies import cases, format_values, spread_values
