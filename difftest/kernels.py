@@ -66,6 +66,12 @@ def _half_ulp(mag, is_zero, p, emin):
 
 
 @njit(inline="always")
+def _half_ulp_of(v, p, emin):
+    """ulp(v)/2 of a float64 value (exact real) of the format's range."""
+    return _half_ulp(_mag(v) if v != 0.0 else 0, v == 0.0, p, emin)
+
+
+@njit(inline="always")
 def _round(x, p, emin):
     """Round a float64 (an exact real) to the format, ties to even."""
     if x == 0.0:
@@ -100,7 +106,7 @@ def _step(acc, e, t, e_t, p, emin):
 @njit(inline="always")
 def _mul_eps(x, y, prod, ex, ey, p, emin):
     """mulEps(x, y, ex, ey) with prod = x·y exact."""
-    h = _half_ulp(_mag(prod) if prod != 0.0 else 0, prod == 0.0, p, emin)
+    h = _half_ulp_of(prod, p, emin)
     if ex == 0.0 and ey == 0.0:
         return h
     return (abs(x) + ex) * ey + (abs(y) + ey) * ex + h
@@ -177,7 +183,7 @@ def input_fold(d, w, stride, padding, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, e
                             ac = acc[x]
                             ez = e[x]
                             if z > 0:
-                                ez += z * _half_ulp(_mag(ac) if ac != 0.0 else 0, ac == 0.0, p, emin)
+                                ez += z * _half_ulp_of(ac, p, emin)
                             dv = d[n, o, oi, oj]
                             wv = w[o, c, di, dj]
                             prod = dv * wv
@@ -190,7 +196,7 @@ def input_fold(d, w, stride, padding, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, e
                 z = total - 1 - last[x]
                 ac = acc[x]
                 if z > 0:
-                    e[x] += z * _half_ulp(_mag(ac) if ac != 0.0 else 0, ac == 0.0, p, emin)
+                    e[x] += z * _half_ulp_of(ac, p, emin)
                 acc_out[n, c, h, x] = acc[x]
                 e_out[n, c, h, x] = e[x]
 
