@@ -72,6 +72,14 @@ def _print_table(case: Case, results) -> None:
     if g.N > 1:
         print("note: batch N > 1: grad_weight/grad_bias bounds fold over (n, i, j), n outermost — "
               "a documented extension, not a Lean theorem")
+    if case.round_inputs:
+        for fmt in dict.fromkeys(r.format for r in results):
+            try:
+                rt = case.runtime(fmt)
+            except DifftestError:
+                continue
+            print(f"round-inputs: {fmt} runtime values {'rounded' if rt.rounded else 'exact'}, eps x/w/δ = "
+                  f"{rt.eps_input:.3g}/{rt.eps_weight:.3g}/{rt.eps_grad_output:.3g}")
     header = f"{'backend':<24} {'format':<9} {'gradient':<12} {'verdict':<10} {'max_ratio':>10} {'ratio_of':>10} {'violations':>10}  worst"
     print(header)
     print("-" * len(header))

@@ -95,3 +95,12 @@ def test_python_dash_m_and_the_console_script_run(case_file):
         assert "pass" in r.stdout
     r = subprocess.run([sys.executable, "-m", "difftest", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "check" in r.stdout and "bounds" in r.stdout
+
+
+def test_round_inputs_shows_the_eps_each_format_is_judged_with(tmp_path, capsys):
+    case = Case(np.full((1, 1, 3, 3), 0.1), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), round_inputs=True)
+    path = case.save(tmp_path / "c.npz")
+    assert main(["check", str(path), "--round-inputs", "--backend", "nf-binary16", "--backend", "nf-binary32"]) == 0
+    out = capsys.readouterr().out
+    eps16 = abs(float(np.float16(0.1)) - 0.1)
+    assert f"binary16 runtime values rounded, eps x/w/δ = {eps16:.3g}/0/0" in out
