@@ -84,29 +84,11 @@ class ExactTensor:
     def from_levels(cls, levels: dict, exp: int, width: int) -> "ExactTensor":
         return cls(None, exp, levels, width)
 
-    @classmethod
-    def from_fractions(cls, values: np.ndarray) -> "ExactTensor":
-        """From an array of dyadic Fractions (denominators powers of two)."""
-        vals = np.asarray(values, dtype=object)
-        dens = [Fraction(v).denominator for v in vals.ravel()]
-        if any(d & (d - 1) for d in dens):
-            raise ValueError("ExactTensor holds dyadic rationals only")
-        k = max((d.bit_length() - 1 for d in dens), default=0)
-        m = np.empty(vals.shape, dtype=object)
-        m.ravel()[:] = [int(Fraction(v) * (1 << k)) for v in vals.ravel()]
-        return cls(m, -k)
-
     def map(self, fn) -> "ExactTensor":
         """Apply a shape operation (reshape, transpose, indexing) to every entry array."""
         if self.levels is not None:
             return ExactTensor(None, self.exp, {k: fn(v) for k, v in self.levels.items()}, self.width)
         return ExactTensor(fn(self.mant), self.exp)
-
-    def reshape(self, shape) -> "ExactTensor":
-        return self.map(lambda a: a.reshape(shape))
-
-    def transpose(self, *axes) -> "ExactTensor":
-        return self.map(lambda a: a.transpose(*axes))
 
     @cached_property
     def integers(self) -> np.ndarray:
