@@ -23,6 +23,7 @@ from .geometry import GRADIENTS
 from .results import (
     SEVERITY,
     as_float,
+    format_ratio,
     read_campaign,
     read_environments,
     read_results,
@@ -265,6 +266,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         "exceeded": exceeded,
         "batch_extension": any(r.get("batch_extension") for r in records),
         "fmt": _fmt,
+        "ratio": format_ratio,
     }
 
 

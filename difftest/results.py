@@ -260,9 +260,14 @@ def format_summary(records: list[dict]) -> str:
 
 
 def format_ratio(x: float) -> str:
-    """3 significant digits, never rounding a ratio below 1 up to "1"."""
-    if math.isinf(x):
-        return "inf"
+    """A ratio to the bound, short, never shown as "1" unless it is exactly 1: below 1 it is
+    truncated (0.99999 -> "0.9999"), just above 1 it keeps the digits that show it (1.0004)."""
+    x = as_float(x)
+    if math.isinf(x) or math.isnan(x):
+        return str(x)
     if x < 1:
         return f"{math.floor(x * 1e4) / 1e4:.4g}"
-    return f"{x:.3g}"
+    digits = 3
+    while digits < 12 and float(f"{x:.{digits}g}") == 1.0 and x > 1.0:
+        digits += 1
+    return f"{x:.{digits}g}"
