@@ -175,6 +175,45 @@ def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> d
     }
 
 
+Blocks = "list[tuple[np.ndarray, np.ndarray]] | None"
+
+
+def gemm_blocks(name: str, g: Geometry) -> Blocks:
+    """Row and column classes of a gradient's GEMM outside of which ``A`` is structurally zero.
+
+    With stride ``s > 1``, input row ``h`` is reached only by taps ``di ≡ h + p (mod s)``: the
+    rows of class ``(h mod s, w mod s)`` need only the columns ``(o, di, dj)`` of that class
+    (the sub-pixel decomposition of the transposed convolution), ``s²`` times less work.
+    ``None``: one dense block.
+    """
+    if name != "grad_input" or g.stride == 1:
+        return None
+    s, p = g.stride, g.padding
+    rows_of = np.arange(g.N * g.H * g.W).reshape(g.N, g.H, g.W)
+    taps = np.arange(g.O)[:, None, None] * (g.kH * g.kW) + np.arange(g.kH)[None, :, None] * g.kW + np.arange(g.kW)[None, None, :]
+    blocks = []
+    for r in range(s):
+        for q in range(s):
+            rows = rows_of[:, r::s, q::s].ravel()
+            if rows.size == 0:
+                continue
+            di = np.array([k for k in range(g.kH) if (r + p - k) % s == 0], dtype=np.int64)
+            dj = np.array([k for k in range(g.kW) if (q + p - k) % s == 0], dtype=np.int64)
+            blocks.append((rows, taps[:, di][:, :, dj].ravel()))
+    return blocks
+
+
+def blocked_matmul(a: np.ndarray, b: np.ndarray, blocks: Blocks, dtype=None) -> np.ndarray:
+    """``a @ b`` computing only the blocks of :func:`gemm_blocks` (the rest of ``a`` is zero there)."""
+    if blocks is None:
+        return a @ b
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=dtype or np.result_type(a, b))
+    for rows, cols in blocks:
+        if cols.size:
+            out[rows] = a[np.ix_(rows, cols)] @ b[cols]
+    return out
+
+
 def gemm_result_to_gradient(name: str, r: np.ndarray, g: Geometry) -> np.ndarray:
     """Reshape a GEMM product of :func:`gemm_operands` into the gradient's shape."""
     if name == "grad_input":

@@ -147,25 +147,26 @@ def bias_fold(drows, p, emin, ed, acc_out, e_out):
 
 
 @njit(parallel=True, cache=True)
-def input_fold(d, w, stride, padding, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
-    """grad_input: entries (n, c, h, w); the Lean fold over all (o, oi, oj, di, dj), visiting only
-    the contributing steps (slots from :func:`difftest.replay._slots`) and adding each run of
-    ``z`` zero steps as ``z·ulp(acc)/2``."""
+def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
+    """grad_input: entries (n, h, w, c) (``acc_out``/``e_out`` are channels-last, ``wt`` is the
+    weight as ``(O, kH, kW, C)``); the Lean fold over all (o, oi, oj, di, dj), visiting only the
+    contributing steps (slots from :func:`difftest.replay._slots`) and adding each run of ``z``
+    zero steps as ``z·ulp(acc)/2``. The steps of an entry depend on (h, w) only, so the inner
+    loop runs over the channels, contiguous."""
     N, O, oh, ow = d.shape
-    C, kH, kW = w.shape[1], w.shape[2], w.shape[3]
-    H, W = acc_out.shape[2], acc_out.shape[3]
+    kH, kW, C = wt.shape[1], wt.shape[2], wt.shape[3]
+    H, W = acc_out.shape[1], acc_out.shape[2]
     A, B = oi_t.shape[0], oj_t.shape[0]
     total = O * oh * ow * kH * kW
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        acc = np.zeros(W)
-        e = np.zeros(W)
-        last = np.zeros(W, dtype=np.int64)
-        for h in range(H):
+    for nh in prange(N * H):
+        n = nh // H
+        h = nh % H
+        for x in range(W):
+            acc = acc_out[n, h, x]
+            e = e_out[n, h, x]
             acc[:] = 0.0
             e[:] = 0.0
-            last[:] = -1
+            last = -1
             for o in range(O):
                 for a in range(A):
                     if not vh[a, h]:
@@ -173,32 +174,28 @@ def input_fold(d, w, stride, padding, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, e
                     oi = oi_t[a, h]
                     di = di_t[a, h]
                     for b in range(B):
-                        for x in range(W):
-                            if not vw[b, x]:
-                                continue
-                            oj = oj_t[b, x]
-                            dj = dj_t[b, x]
-                            idx = (((o * oh + oi) * ow + oj) * kH + di) * kW + dj
-                            z = idx - last[x] - 1
-                            ac = acc[x]
-                            ez = e[x]
+                        if not vw[b, x]:
+                            continue
+                        oj = oj_t[b, x]
+                        dj = dj_t[b, x]
+                        idx = (((o * oh + oi) * ow + oj) * kH + di) * kW + dj
+                        z = idx - last - 1
+                        dv = d[n, o, oi, oj]
+                        for c in range(C):
+                            ac = acc[c]
+                            ez = e[c]
                             if z > 0:
                                 ez += z * _half_ulp_of(ac, p, emin)
-                            dv = d[n, o, oi, oj]
-                            wv = w[o, c, di, dj]
+                            wv = wt[o, di, dj, c]
                             prod = dv * wv
-                            t = _round(prod, p, emin)
-                            a2, e2 = _step(ac, ez, t, _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
-                            acc[x] = a2
-                            e[x] = e2
-                            last[x] = idx
-            for x in range(W):
-                z = total - 1 - last[x]
-                ac = acc[x]
-                if z > 0:
-                    e[x] += z * _half_ulp_of(ac, p, emin)
-                acc_out[n, c, h, x] = acc[x]
-                e_out[n, c, h, x] = e[x]
+                            a2, e2 = _step(ac, ez, _round(prod, p, emin), _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
+                            acc[c] = a2
+                            e[c] = e2
+                        last = idx
+            z = total - 1 - last
+            if z > 0:
+                for c in range(C):
+                    e[c] += z * _half_ulp_of(acc[c], p, emin)
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:

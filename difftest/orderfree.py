@@ -38,7 +38,7 @@ import numpy as np
 from .case import RuntimeInputs
 from .formats import Format
 from .fparith import add_up, half_ulp_up, mul_up
-from .geometry import Geometry, gemm_operands, gemm_result_to_gradient
+from .geometry import Geometry, blocked_matmul, gemm_blocks, gemm_operands, gemm_result_to_gradient
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,19 @@ class OrderFree:
     terms: np.ndarray  # n: non-zero runtime products per entry
 
 
-def abs_gemm_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def abs_gemm_up(a: np.ndarray, b: np.ndarray, blocks=None) -> np.ndarray:
     """A sure upper bound of ``|a| @ |b|`` from one float64 GEMM (see module docstring)."""
     k = a.shape[1]
     if k * 2.0**-53 > 0.25:
         raise ValueError(f"inner dimension {k} too large for the float64 inflation")
-    c = np.abs(a) @ np.abs(b)
+    c = blocked_matmul(np.abs(a), np.abs(b), blocks)
     c = add_up(c, np.float64(k) * 2.0**-1074)
     return mul_up(c, np.float64(1.0 + k * 2.0**-52))
 
 
-def count_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def count_gemm(a: np.ndarray, b: np.ndarray, blocks=None) -> np.ndarray:
     """Exact counts ``Σ_k [a_k != 0][b_k != 0]`` (integers below 2^53)."""
-    return (a != 0).astype(np.float64) @ (b != 0).astype(np.float64)
+    return blocked_matmul((a != 0).astype(np.float64), (b != 0).astype(np.float64), blocks)
 
 
 def gamma_up(fmt: Format, n: np.ndarray) -> np.ndarray:
@@ -80,19 +80,20 @@ def _eta_up(fmt: Format) -> float:
 
 
 def product_bound(
-    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float
+    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float, blocks=None
 ) -> OrderFree:
-    """Order-free bound of ``a @ b`` (runtime values) with structural masks ``ma``, ``mb``."""
-    s = abs_gemm_up(a, b)
-    n = count_gemm(a, b)
+    """Order-free bound of ``a @ b`` (runtime values) with structural masks ``ma``, ``mb``
+    (``blocks``: see :func:`difftest.geometry.gemm_blocks`)."""
+    s = abs_gemm_up(a, b, blocks)
+    n = count_gemm(a, b, blocks)
     g = gamma_up(fmt, n)
     with np.errstate(invalid="ignore"):
         bound = add_up(mul_up(g, s), mul_up(mul_up(n, add_up(1.0, g)), np.float64(_eta_up(fmt))))
     bound = np.where(np.isnan(bound), np.inf, bound)
     if e_a or e_b:
-        m = count_gemm(ma, mb)
-        sa = abs_gemm_up(a, mb)  # Σ|a| over structural positions (a is 0 off them)
-        sb = abs_gemm_up(ma, b)
+        m = count_gemm(ma, mb, blocks)
+        sa = abs_gemm_up(a, mb, blocks)  # Σ|a| over structural positions (a is 0 off them)
+        sb = abs_gemm_up(ma, b, blocks)
         eps = add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))),
                      mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
         bound = add_up(bound, eps)
@@ -109,7 +110,7 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry) -> dict[str, OrderFree]:
     (a, b), (ma, mb) = ops["grad_weight"], ones["grad_weight"]  # a = δ, b = x̃
     out["grad_weight"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_input)
     (a, b), (ma, mb) = ops["grad_input"], ones["grad_input"]  # a = δ (transposed im2col), b = w
-    out["grad_input"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight)
+    out["grad_input"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight, gemm_blocks("grad_input", g))
 
     d = ops["grad_bias"][0]  # (O, N·oh·ow)
     s = abs_gemm_up(d, np.ones((d.shape[1], 1)))[:, 0]

@@ -149,12 +149,14 @@ def compiled_replay(rt: RuntimeInputs, g: Geometry) -> dict[str, tuple[np.ndarra
     p, emin = fmt.prec, fmt.emin
     d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
     out = {}
-    acc, e = np.empty(g.input_shape), np.empty(g.input_shape)
+    last = (g.N, g.H, g.W, g.C)  # channels last: the compiled loop runs over c
+    acc, e = np.empty(last), np.empty(last)
     oi, di, vh = _slots(g.H, g.out_h, g.kH, g.stride, g.padding)
     oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.stride, g.padding)
-    kernels.input_fold(np.ascontiguousarray(rt.grad_output), np.ascontiguousarray(rt.weight), g.stride, g.padding,
+    kernels.input_fold(np.ascontiguousarray(rt.grad_output), np.ascontiguousarray(rt.weight.transpose(0, 2, 3, 1)),
                        oi, di, vh, oj, dj, vw, p, emin, rt.eps_weight, rt.eps_grad_output, acc, e)
-    out["grad_input"] = (acc, kernels.inflate(e, g.O * oi.shape[0] * oj.shape[0] + 1))
+    e = kernels.inflate(e, g.O * oi.shape[0] * oj.shape[0] + 1)
+    out["grad_input"] = (np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), np.ascontiguousarray(e.transpose(0, 3, 1, 2)))
     cols = np.ascontiguousarray(im2col(rt.input, g))
     acc, e = np.empty((g.O, cols.shape[1])), np.empty((g.O, cols.shape[1]))
     kernels.kernel_fold(cols, d, p, emin, rt.eps_input, rt.eps_grad_output, acc, e)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import Geometry, gemm_operands, gemm_result_to_gradient
+from difftest.geometry import Geometry, gemm_blocks, gemm_operands, gemm_result_to_gradient
 
 
 def slice_width(k: int) -> int:
@@ -51,8 +51,9 @@ def split_digits(a: np.ndarray, b: int) -> tuple[list[np.ndarray], int]:
     return digits, q
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
-    """The exact product ``a @ b`` of two float64 matrices."""
+def exact_matmul(a: np.ndarray, b: np.ndarray, blocks=None) -> ExactTensor:
+    """The exact product ``a @ b`` of two float64 matrices (``blocks``: see
+    :func:`difftest.geometry.gemm_blocks`; ``a`` must be zero outside them)."""
     k = a.shape[1]
     width = slice_width(k)
     da, qa = split_digits(a, width)
@@ -60,14 +61,22 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
     shape = (a.shape[0], b.shape[1])
     if not da or not db:
         return ExactTensor.zeros(shape)
+    # the digit matrices of each block, cut once (blocks share the global q and width)
+    if blocks is None:
+        parts = [(None, da, db)]
+    else:
+        parts = [(rows, [x[np.ix_(rows, cols)] for x in da], [y[cols] for y in db]) for rows, cols in blocks if cols.size]
     levels: dict[int, np.ndarray] = {}
-    for s, x in enumerate(da):
-        if not x.any():
-            continue
-        for t, y in enumerate(db):
-            if not y.any():
-                continue
-            p = (x @ y).astype(np.int64)  # exact: integers below 2^53
+    for s in range(len(da)):
+        for t in range(len(db)):
+            p = np.zeros(shape, dtype=np.int64)
+            for rows, xs, ys in parts:
+                if xs[s].any() and ys[t].any():
+                    prod = (xs[s] @ ys[t]).astype(np.int64)  # exact: integers below 2^53
+                    if rows is None:
+                        p = prod
+                    else:
+                        p[rows] = prod
             if s + t in levels:
                 levels[s + t] += p  # at most ~140 terms below 2^53 each: no int64 overflow
             else:
@@ -83,6 +92,6 @@ class SlicedExactOracle:
     def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict[str, ExactTensor]:
         out = {}
         for name, (a, b) in gemm_operands(x, w, d, g).items():
-            r = exact_matmul(np.ascontiguousarray(a), np.ascontiguousarray(b))
+            r = exact_matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), gemm_blocks(name, g))
             out[name] = r.map(lambda v, name=name: gemm_result_to_gradient(name, v, g))
         return out
