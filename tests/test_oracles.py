@@ -156,3 +156,23 @@ def test_levels_next_to_a_rounding_midpoint_are_decided_exactly():
     above = tie + Fraction(2) ** -200
     assert ExactTensor.from_levels(levels_of(tie), base, width).nearest[0] == 1.0
     assert ExactTensor.from_levels(levels_of(above), base, width).nearest[0] == 1.0 + 2.0**-52
+
+
+@given(case=cases(BINARY32, max_size=6))
+def test_the_transposed_im2col_is_zero_outside_its_sub_pixel_blocks(case):
+    from difftest.geometry import blocked_matmul, gemm_blocks, gemm_operands
+
+    g = case.geometry
+    a, b = gemm_operands(case.input, case.weight, case.grad_output, g)["grad_input"]
+    blocks = gemm_blocks("grad_input", g)
+    if blocks is None:
+        assert g.stride == 1
+        return
+    inside = np.zeros(a.shape, dtype=bool)
+    for rows, cols in blocks:
+        inside[np.ix_(rows, cols)] = True
+    assert not a[~inside].any()
+    assert sorted(np.concatenate([r for r, _ in blocks]).tolist()) == list(range(a.shape[0]))
+    ints = np.round(a * 7) % 5, np.round(b * 3) % 4  # small integers: float64 GEMMs are exact
+    masked = np.where(inside, ints[0], 0.0)
+    assert np.array_equal(blocked_matmul(masked, ints[1], blocks), masked @ ints[1])
