@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .case import Case, RuntimeInputs
-from .compare import GradientResult, compare_gradient, verdict_only
+from .compare import GradientResult, compare_gradient, verdict_only, worst_verdict
 from .errors import DifftestError, NotRepresentable
 from .exact import ExactTensor
 from .formats import Format
@@ -87,8 +87,7 @@ class BackendResult:
     @property
     def verdict(self) -> str:
         """The worst verdict over the three gradients."""
-        order = ("pass", "order", "domain", "precision", "error")
-        return max((r.verdict for r in self.gradients.values()), key=order.index)
+        return worst_verdict(r.verdict for r in self.gradients.values())
 
 
 _ENVIRONMENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -27,6 +27,14 @@ from .fparith import add_up, half_ulp_of, mul_up, sub_down
 
 VERDICTS = ("pass", "order", "precision", "domain", "error")
 
+#: How bad a verdict is, for "the worst verdict" and for ``--fail-on``.
+SEVERITY = {"pass": 0, "order": 1, "domain": 2, "precision": 3, "error": 4}
+
+
+def worst_verdict(verdicts) -> str:
+    """The most severe of ``verdicts`` (``pass`` when there are none)."""
+    return max(verdicts, key=SEVERITY.__getitem__, default="pass")
+
 MEANING = {
     "pass": "every entry is within the TorchLean certified bound",
     "order": "exceeds the TorchLean bound (certified for one sequential fold order) but is within the "

@@ -83,15 +83,14 @@ class CampaignItem(pytest.Item):
         self.backend, self.gradient, self.n_backends = backend, gradient, n_backends
 
     def runtest(self):
-        from .results import FAIL_ON, SEVERITY, findings, summarize
+        from .results import fails, findings, summarize
 
         out, records = _campaign(self.config, self.backend, self.n_backends)
-        threshold = FAIL_ON[self.config.getoption("--difftest-fail-on")]
+        fail_on = self.config.getoption("--difftest-fail-on")
         cell = summarize(records).get(self.backend, {}).get(self.gradient)
         if cell is None or cell.cases == 0:
             pytest.skip("the campaign checked no case in its time budget")
-        bad = {v: n for v, n in cell.counts.items() if n and SEVERITY[v] >= threshold
-               and not (threshold == FAIL_ON["precision"] and v == "domain")}
+        bad = {v: n for v, n in cell.counts.items() if n and fails(v, fail_on)}
         if bad:
             lines = [
                 f"{self.backend} {self.gradient}: {cell.cases} cases, verdicts {dict((k, v) for k, v in cell.counts.items() if v)}, "

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import MEANING, VERDICTS
+from .compare import MEANING, SEVERITY, VERDICTS, worst_verdict
 from .geometry import GRADIENTS
 from .results import (
-    SEVERITY,
     as_float,
     format_ratio,
     read_campaign,
@@ -202,7 +201,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
     overview = []
     for b in backends:
         cells = table[b]
-        worst = max((c.worst_verdict for c in cells.values()), key=lambda v: SEVERITY[v])
+        worst = worst_verdict(c.worst_verdict for c in cells.values())
         env_ids = sorted({r["environment_id"] for r in records if r["backend"] == b and r.get("environment_id")})
         overview.append({"backend": b, "cells": cells, "worst": worst,
                          "format": next((r["format"] for r in records if r["backend"] == b), ""),

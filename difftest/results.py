@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import VERDICTS
+from .compare import SEVERITY, VERDICTS, worst_verdict
 from .errors import DifftestError
 from .geometry import GRADIENTS
 
@@ -155,10 +155,7 @@ class Cell:
 
     @property
     def worst_verdict(self) -> str:
-        for v in ("error", "precision", "domain", "order", "pass"):
-            if self.counts[v]:
-                return v
-        return "pass"
+        return worst_verdict(v for v, n in self.counts.items() if n)
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, Cell]]:
@@ -186,20 +183,18 @@ def findings(records: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: -as_float(r["gradients"][r["finding"]["gradient"]].get("max_ratio", 0.0)))
 
 
-SEVERITY = {"pass": 0, "order": 1, "domain": 2, "precision": 3, "error": 4}
-FAIL_ON = {"order": 1, "precision": 3, "never": 99}
+FAIL_ON = {"order": SEVERITY["order"], "precision": SEVERITY["precision"], "never": 99}
+
+
+def fails(verdict: str, fail_on: str) -> bool:
+    """Whether ``verdict`` fails under ``--fail-on``: ``order`` anything but pass; ``precision``
+    precision or error; ``never`` nothing."""
+    return SEVERITY[verdict] >= FAIL_ON[fail_on]
 
 
 def exit_code(records: list[dict], fail_on: str) -> int:
-    """1 when a verdict at or above ``fail_on`` occurred (``order``: anything but pass;
-    ``precision``: precision or error; ``never``: never), else 0."""
-    threshold = FAIL_ON[fail_on]
-    for r in records:
-        for g in GRADIENTS:
-            v = r["gradients"][g]["verdict"]
-            if SEVERITY[v] >= threshold and not (fail_on == "precision" and v == "domain"):
-                return 1
-    return 0
+    """1 when a verdict failing under ``fail_on`` occurred, else 0."""
+    return int(any(fails(r["gradients"][g]["verdict"], fail_on) for r in records for g in GRADIENTS))
 
 
 def merge(dirs: list[Path], out: Path) -> int:
