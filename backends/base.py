@@ -36,6 +36,12 @@ class Backend(ABC):
     ) -> dict[str, np.ndarray]:
         """Return ``{"grad_input", "grad_weight", "grad_bias"}`` as float64 arrays."""
 
+    @property
+    def max_finite(self) -> float:
+        """The largest magnitude this backend's storage holds: the IEEE counterpart's largest
+        finite value of ``format``. Inputs beyond it give ``domain`` without running."""
+        return self.format.max_finite
+
     def version(self) -> str:
         return np.__version__
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from difftest.case import RuntimeInputs
 from difftest.formats import PRESETS, Format
 from difftest.geometry import Geometry
@@ -18,6 +20,11 @@ class NFBackend(Backend):
         self.name = f"nf-{fmt.name}"
         self.accumulation = "sequential, TorchLean fold order, one rounding per operation"
         self.description = f"exact NF model in {fmt.name} (emulated in float64)"
+
+    @property
+    def max_finite(self) -> float:
+        """The NF model has no overflow: it holds every value of its format."""
+        return math.inf
 
     def conv2d_backward(self, x, w, d, stride, padding):
         g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .case import Case
-from .check import BackendResult, check_case
-from .compare import MEANING
+from .check import check_case
+from .explain import gradient_text, reproduce_command
+from .outcome import BackendResult
 
 _ALLOWED = {"torchlean": ("pass",), "order-free": ("pass", "order")}
 
+#: Where failing cases are saved, so the failure message can name the command that replays them.
+DEFAULT_SAVE_DIR = Path(".difftest") / "cases"
 
-def assert_within_bounds(case: Case, backend, bound: str = "torchlean") -> BackendResult:
+
+def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=DEFAULT_SAVE_DIR) -> BackendResult:
     """Run ``backend`` (a name or a Backend) on ``case`` and assert every gradient is within ``bound``.
 
-    ``bound="torchlean"`` requires the verdict ``pass`` (within the Lean-certified bound);
-    ``bound="order-free"`` also accepts ``order`` (explained by evaluation order). Raises
-    ``AssertionError`` naming the gradient, verdict, worst entry and ratios; returns the result.
+    ``bound="torchlean"`` requires the verdict ``pass`` (no entry beyond either bound);
+    ``bound="order-free"`` also accepts ``order`` (beyond the TorchLean bound, explained by
+    evaluation order). On failure the case is saved under ``save_to`` (``None``: not saved) and
+    the ``AssertionError`` names each failing gradient's verdict, ratios, worst entry and the
+    ``difftest check`` command that replays it. Returns the result.
     """
     from .backends import get_backend
 
@@ -24,14 +32,10 @@ def assert_within_bounds(case: Case, backend, bound: str = "torchlean") -> Backe
     (result,) = check_case(case, [b])
     bad = {g: r for g, r in result.gradients.items() if r.verdict not in _ALLOWED[bound]}
     if bad:
-        lines = [f"{b.name} exceeds the {bound} bound on a case of geometry {case.geometry.as_dict()}:"]
-        for g, r in bad.items():
-            w = r.worst or {}
-            lines.append(
-                f"  {g}: {r.verdict} ({MEANING[r.verdict]}); max_ratio {r.max_ratio:.4g}, "
-                f"order-free ratio {r.max_ratio_order_free:.4g}, {r.violations} entries beyond the TorchLean bound"
-                + (f"; worst {w.get('index')}: backend {w.get('backend')!r}, exact {w.get('exact')!r}" if w else "")
-                + (f"; {r.message}" if r.message else "")
-            )
+        lines = [f"{b.name} is not within the {bound} bound on a case of geometry {case.geometry.as_dict()}:"]
+        lines += [f"  {gradient_text(b.name, g, r)}" for g, r in bad.items()]
+        if save_to is not None:
+            path = case.save(Path(save_to) / f"{case.case_id}.npz")
+            lines.append(f"  reproduce: {reproduce_command(path, b.name)}")
         raise AssertionError("\n".join(lines))
     return result

@@ -1,7 +1,16 @@
-"""Checking backends on a case: exact spec once, bounds once per format, one verdict per gradient."""
+"""The one pipeline: exact spec once, NF model and bounds once per format, a verdict per gradient.
+
+:func:`check_case` is the only place where the oracle, the NF replay, the bounds and the
+comparison are put together; ``difftest check``, ``difftest run``, ``difftest bench``,
+:func:`difftest.assert_within_bounds` and the pytest plugin all judge through it. It returns
+typed :class:`~difftest.outcome.BackendResult` objects; each records the seconds its stages
+took (``timings``: ``exact_s``, ``nf_and_torchlean_s``, ``order_free_s`` shared by the backends
+of one format, ``backend_s`` and ``comparison_s`` of its own).
+"""
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 import weakref
@@ -10,84 +19,55 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .case import Case, RuntimeInputs
-from .compare import GradientResult, compare_gradient, verdict_only, worst_verdict
+from .compare import compare_gradient
 from .errors import DifftestError, NotRepresentable
 from .exact import ExactTensor
 from .formats import Format
 from .fparith import add_up
 from .geometry import GRADIENTS
 from .orderfree import OrderFree, order_free_bounds
+from .outcome import BackendResult, GradientResult, verdict_only
 from .replay import replay
+
+__all__ = ["BackendResult", "FormatModel", "GradientResult", "bounds_arrays", "check_case", "exact_gradients", "model_for"]
 
 
 @dataclass
 class FormatModel:
-    """Everything the NF model says about a case in one format."""
+    """Everything the NF model says about a case in one format.
+
+    The model has no overflow: it exists whenever the format holds the case's runtime values
+    (or the case rounds them). ``unrepresentable`` says why it does not exist otherwise.
+    """
 
     format: Format
     runtime: RuntimeInputs | None
     nf: dict[str, np.ndarray] = field(default_factory=dict)
     bound: dict[str, np.ndarray] = field(default_factory=dict)
     order_free: dict[str, OrderFree] = field(default_factory=dict)
-    domain_reason: str = ""
+    unrepresentable: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def model_for(case: Case, fmt: Format) -> FormatModel:
-    """NF reference, torchlean bound and order-free bound of ``case`` in ``fmt``.
-
-    When the case's values are not in ``fmt`` (and the case does not round inputs), or exceed
-    the largest finite value of ``fmt``'s hardware counterpart, the case is outside the model
-    for that format and ``domain_reason`` says why.
-    """
+    """NF reference, TorchLean bound and order-free bound of ``case`` in ``fmt``."""
     try:
         rt = case.runtime(fmt)
     except NotRepresentable as exc:
-        return FormatModel(fmt, None, domain_reason=str(exc))
-    for name in ("input", "weight", "grad_output"):
-        big = float(np.max(np.abs(getattr(rt, name)), initial=0.0))
-        if big > fmt.max_finite:
-            return FormatModel(fmt, rt, domain_reason=f"{name} holds {big!r}, beyond the largest finite {fmt.name} value")
+        return FormatModel(fmt, None, unrepresentable=str(exc))
+    t0 = time.perf_counter()
     rep = replay(rt, case.geometry)
+    t1 = time.perf_counter()
+    of = order_free_bounds(rt, case.geometry)
+    t2 = time.perf_counter()
     return FormatModel(
         format=fmt,
         runtime=rt,
         nf={k: v for k, (v, _) in rep.items()},
         bound={k: b for k, (_, b) in rep.items()},
-        order_free=order_free_bounds(rt, case.geometry),
+        order_free=of,
+        timings={"nf_and_torchlean_s": t1 - t0, "order_free_s": t2 - t1},
     )
-
-
-@dataclass
-class BackendResult:
-    """One backend's outcome on one case (the ``results`` entries of ``check --json``)."""
-
-    backend: str
-    format: str
-    gradients: dict[str, GradientResult]
-    seconds: float = 0.0
-    error: str = ""
-    environment: dict = field(default_factory=dict)
-    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
-
-    def as_dict(self) -> dict:
-        d = {
-            "backend": self.backend,
-            "format": self.format,
-            "gradients": {g: r.as_dict() for g, r in self.gradients.items()},
-            "seconds": self.seconds,
-            "environment": self.environment,
-        }
-        if self.error:
-            d["error"] = self.error
-        return d
-
-    def without_outputs(self) -> "BackendResult":
-        return BackendResult(self.backend, self.format, self.gradients, self.seconds, self.error, self.environment)
-
-    @property
-    def verdict(self) -> str:
-        """The worst verdict over the three gradients."""
-        return worst_verdict(r.verdict for r in self.gradients.values())
 
 
 _ENVIRONMENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -110,14 +90,32 @@ def environment_of(backend) -> dict:
     return env
 
 
+def _beyond_capacity(backend, rt: RuntimeInputs) -> str:
+    """Why ``backend`` cannot hold the runtime values (its hardware format overflows), or ""."""
+    limit = getattr(backend, "max_finite", rt.format.max_finite)
+    if limit == math.inf:
+        return ""
+    for name in ("input", "weight", "grad_output"):
+        big = float(np.max(np.abs(getattr(rt, name)), initial=0.0))
+        if big > limit:
+            return f"{name} holds {big!r}, beyond the largest finite {rt.format.name} value {limit!r} this backend can hold"
+    return ""
+
+
+def _whole_case(backend, verdict: str, message: str, env: dict, **kw) -> BackendResult:
+    return BackendResult(backend.name, backend.format.name, {g: verdict_only(verdict, message) for g in GRADIENTS},
+                         environment=env, **kw)
+
+
 def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactTensor]) -> BackendResult:
     """Run one backend and judge it; a raising backend gives ``error`` and nothing else stops."""
-    fmt = backend.format
     env = environment_of(backend)
-    if model.domain_reason:
-        return BackendResult(backend.name, fmt.name, {g: verdict_only("domain", model.domain_reason) for g in GRADIENTS},
-                             environment=env)
     rt = model.runtime
+    if rt is None:
+        return _whole_case(backend, "domain", model.unrepresentable, env)
+    reason = _beyond_capacity(backend, rt)
+    if reason:
+        return _whole_case(backend, "domain", reason, env)
     t0 = time.perf_counter()
     try:
         out = backend.conv2d_backward(rt.input, rt.weight, rt.grad_output, case.stride, case.padding)
@@ -131,19 +129,18 @@ def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactT
                 raise DifftestError(f"{backend.name} returned {g} of shape {a.shape}, expected {want}")
             outputs[g] = a
     except Exception as exc:  # the backend is on trial: whatever it raises is its verdict
-        msg = f"{type(exc).__name__}: {exc}"
-        tb = traceback.format_exc(limit=3)
-        return BackendResult(
-            backend.name, fmt.name, {g: verdict_only("error", msg) for g in GRADIENTS},
-            seconds=time.perf_counter() - t0, error=tb, environment=env,
-        )
+        return _whole_case(backend, "error", f"{type(exc).__name__}: {exc}", env,
+                           seconds=time.perf_counter() - t0, error=traceback.format_exc(limit=3))
     seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
     results = {}
     for g in GRADIENTS:
         of = model.order_free[g]
         reach = add_up(of.abs_sum, of.bound)
-        results[g] = compare_gradient(outputs[g], exact[g], model.bound[g], of.bound, reach, fmt)
-    return BackendResult(backend.name, fmt.name, results, seconds=seconds, environment=env, outputs=outputs)
+        results[g] = compare_gradient(outputs[g], exact[g], model.bound[g], of.bound, reach, rt.format)
+    timings = {"backend_s": seconds, "comparison_s": time.perf_counter() - t1}
+    return BackendResult(backend.name, backend.format.name, results, seconds=seconds, environment=env,
+                         outputs=outputs, timings=timings)
 
 
 def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]:
@@ -153,15 +150,26 @@ def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]
     return get_oracle(oracle).spec_gradients(case.input, case.weight, case.grad_output, case.geometry)
 
 
-def check_case(case: Case, backends: list, oracle: str = "exact") -> list[BackendResult]:
-    """Judge each backend on ``case``. The oracle runs once; bounds once per format."""
+def check_case(case: Case, backends: list, oracle: str = "exact", stop=None) -> list[BackendResult]:
+    """Judge each backend on ``case``: the oracle runs once, the model once per format.
+
+    ``stop(result)``, when given, is asked after each backend; a true answer ends the
+    judgement there (the results so far are returned).
+    """
+    t0 = time.perf_counter()
     exact = exact_gradients(case, oracle)
+    shared = {"exact_s": time.perf_counter() - t0}
     models: dict[str, FormatModel] = {}
     results = []
     for b in backends:
         if b.format.name not in models:
             models[b.format.name] = model_for(case, b.format)
-        results.append(run_backend(b, case, models[b.format.name], exact))
+        model = models[b.format.name]
+        r = run_backend(b, case, model, exact)
+        r.timings = {**shared, **model.timings, **r.timings}
+        results.append(r)
+        if stop is not None and stop(r):
+            break
     return results
 
 
@@ -169,8 +177,8 @@ def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact") 
     """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each gradient ``g``."""
     fmt = case.format if fmt is None else fmt
     model = model_for(case, fmt)
-    if model.domain_reason:
-        raise DifftestError(model.domain_reason)
+    if model.runtime is None:
+        raise DifftestError(model.unrepresentable)
     exact = exact_gradients(case, oracle)
     out: dict[str, np.ndarray] = {}
     for g in GRADIENTS:

@@ -3,17 +3,21 @@
 from fractions import Fraction
 
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from difftest.case import Case
 from difftest.check import check_case, model_for
 from difftest.compare import compare_gradient, error_bounds
 from difftest.exact import ExactTensor
-from difftest.formats import BINARY16, BINARY32
+from difftest.cli import main
+from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, TF32
 from difftest.fparith import add_up
 from difftest.oracles import SlicedExactOracle
 from difftest.backends import get_backend
+
+from strategies import cases, format_values
 
 
 @given(st.integers(-(2**120), 2**120), st.integers(-1200, 100), st.floats(allow_nan=False, allow_infinity=False))
@@ -119,3 +123,68 @@ def test_inputs_not_in_a_backends_format_are_domain():
     case, _, _ = _setup()
     (r,) = check_case(case, [get_backend("numpy-float16")])
     assert r.verdict == "domain" and "not representable in binary16" in r.gradients["grad_bias"].message
+
+
+def test_an_entry_beyond_the_order_free_bound_is_precision_even_within_the_torchlean_bound():
+    _, model, exact = _setup()
+    tl, of = model.bound["grad_input"], model.order_free["grad_input"].bound
+    idx = tuple(int(i) for i in np.argwhere((of < tl) & (of > 0))[0])  # TorchLean is the looser bound here
+    v = exact["grad_input"].nearest.copy()
+    v[idx] += (tl[idx] + of[idx]) / 2
+    r = _judge(v, model, exact, g="grad_input")
+    assert r.verdict == "precision" and r.violations == 0 and r.violations_order_free == 1
+    assert r.worst_index == list(idx) and r.max_ratio < 1 < r.max_ratio_order_free
+
+
+class Tf32InputsBackend:
+    """A deliberately wrong backend: rounds its inputs to TF32, yet claims binary32."""
+
+    name = "tf32-inputs-claiming-binary32"
+    format = BINARY32
+
+    def conv2d_backward(self, x, w, d, stride, padding):
+        import torch
+
+        t = lambda a: torch.from_numpy(TF32.round_array(a))  # noqa: E731
+        xt, wt = t(x).requires_grad_(True), t(w).requires_grad_(True)
+        y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+        y.backward(t(d))
+        f32 = lambda g: g.numpy().astype(np.float32).astype(np.float64)  # noqa: E731
+        return {"grad_input": f32(xt.grad), "grad_weight": f32(wt.grad), "grad_bias": f32(t(d).sum((0, 2, 3)))}
+
+
+def test_tf32_inputs_are_precision_although_the_torchlean_bound_holds():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    r = lambda *shape: rng.standard_normal(shape).astype(np.float32).astype(np.float64)  # noqa: E731
+    case = Case(r(1, 2, 24, 24), r(32, 2, 3, 3), r(1, 32, 24, 24), stride=1, padding=1)
+    (res,) = check_case(case, [Tf32InputsBackend()])
+    gi = res.gradients["grad_input"]
+    assert gi.verdict == "precision" and gi.violations == 0 and gi.violations_order_free > 100
+
+
+NF_FORMATS = [BINARY64, BINARY32, TF32, BINARY16, BFLOAT16]
+
+
+@pytest.mark.parametrize("fmt", NF_FORMATS, ids=lambda f: f.name)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_the_nf_reference_always_passes_also_beyond_the_hardware_range(fmt, data):
+    top = {"binary64": 400, "binary32": 200, "tf32": 200, "binary16": 40, "bfloat16": 200}[fmt.name]
+    values = st.one_of(format_values(fmt, lo=-30, hi=5), format_values(fmt, lo=top - 60, hi=top),
+                       format_values(fmt, lo=fmt.emin, hi=fmt.emin + 12), st.just(0.0))
+    case = data.draw(cases(fmt, values=values))
+    (r,) = check_case(case, [get_backend(f"nf-{fmt.name}")])
+    assert {g.verdict for g in r.gradients.values()} == {"pass"}, {k: g.message for k, g in r.gradients.items()}
+
+
+def test_values_beyond_the_hardware_range_are_domain_for_hardware_and_in_the_model_for_nf(tmp_path, capsys):
+    x = np.full((1, 1, 2, 2), 2.0**200)
+    case = Case(x, np.ones((1, 1, 1, 1)), np.ones((1, 1, 2, 2)))
+    nf, hw = check_case(case, [get_backend("nf-binary32"), get_backend("numpy-float32")])
+    assert nf.verdict == "pass"
+    assert hw.verdict == "domain" and "beyond the largest finite binary32" in hw.gradients["grad_input"].message
+    case.save(tmp_path / "big.npz")
+    assert main(["bounds", str(tmp_path / "big.npz"), "--out", str(tmp_path / "b.npz")]) == 0
+    with np.load(tmp_path / "b.npz") as z:
+        assert z["grad_weight_exact"][0, 0, 0, 0] == 4 * 2.0**200 and np.isfinite(z["grad_weight_bound_order_free"]).all()

@@ -1,0 +1,87 @@
+"""The words for what was found: every mismatch text is built here.
+
+The CLI tables and summary, ``assert_within_bounds`` and the pytest plugin say what a result
+means through these functions, so a verdict, a ratio, a worst entry or a reproducer command
+reads the same everywhere. Verdict meanings come from :mod:`difftest.verdicts`.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+from .outcome import GradientResult, as_float
+from .verdicts import MEANING, VERDICTS
+
+RATIO_LEGEND = "ratio = |backend - exact| / bound: TorchLean bound / order-free bound"
+
+
+def format_ratio(x: float) -> str:
+    """A ratio to the bound, short, never shown as "1" unless it is exactly 1: below 1 it is
+    truncated (0.99999 -> "0.9999"), just above 1 it keeps the digits that show it (1.0004)."""
+    x = as_float(x)
+    if math.isinf(x) or math.isnan(x):
+        return str(x)
+    if x < 1:
+        return f"{math.floor(x * 1e4) / 1e4:.4g}"
+    digits = 3
+    while digits < 17 and float(f"{x:.{digits}g}") == 1.0 and x > 1.0:
+        digits += 1
+    return f"{x:.{digits}g}"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 entry``, ``2 entries``."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def reproduce_command(case_file, backend: str) -> str:
+    """The one command that replays a result."""
+    return f"difftest check {shlex.quote(str(case_file))} --backend {shlex.quote(backend)}"
+
+
+def ratios_text(gr: GradientResult) -> str:
+    return (f"ratio {format_ratio(gr.max_ratio)} to the TorchLean bound, "
+            f"{format_ratio(gr.max_ratio_order_free)} to the order-free bound")
+
+
+def violations_text(gr: GradientResult) -> str:
+    return (f"{plural(gr.violations, 'entry', 'entries')} certainly beyond the TorchLean bound, "
+            f"{gr.violations_order_free} beyond the order-free bound")
+
+
+def worst_text(gr: GradientResult) -> str:
+    """The worst entry: index, backend and exact values, error (and in ulps), both bounds."""
+    w = gr.worst
+    if not w:
+        return ""
+    return (f"worst {w['index']}: backend {w['backend']!r}, exact {w['exact']!r}, error {w['error']:.4g} "
+            f"({w['ulps']:.3g} ulp), bounds {w['bound']:.4g} (TorchLean) / {w['bound_order_free']:.4g} (order-free)")
+
+
+def gradient_text(backend: str, gradient: str, gr: GradientResult) -> str:
+    """Everything one gradient's result says, on one line."""
+    parts = [f"{backend} {gradient}: {gr.verdict} ({MEANING[gr.verdict]})"]
+    if gr.verdict not in ("error",) and gr.worst:
+        parts += [ratios_text(gr), violations_text(gr), worst_text(gr)]
+    if gr.message:
+        parts.append(gr.message)
+    return "; ".join(parts)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """Verdict counts, most severe last: ``pass 300, order 12``."""
+    return ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts.get(v))
+
+
+def legend(verdicts) -> list[str]:
+    """One line per verdict seen, saying what it means."""
+    seen = sorted(set(verdicts), key=VERDICTS.index)
+    return [f"{v:<10} {MEANING[v]}" for v in seen]
+
+
+def finding_text(backend: str, gradient: str, gr: GradientResult, case_file, replay_dir=None) -> str:
+    """A finding in a list: key, ratios, and the command that replays it."""
+    path = f"{replay_dir}/{case_file}" if replay_dir else case_file
+    return (f"{backend} {gradient}: {gr.verdict}, {ratios_text(gr)}\n"
+            f"    reproduce: {reproduce_command(path, backend)}")

@@ -1,0 +1,240 @@
+"""Typed results: what a judgement found, in memory and as ``results.jsonl`` lines.
+
+* :class:`GradientResult` — one gradient's verdict and numbers (and, in memory only, its
+  per-entry :class:`EntryArrays`);
+* :class:`BackendResult` — one backend on one case: a :class:`GradientResult` per gradient,
+  environment, timings, raw outputs (in memory only);
+* :class:`ResultRecord` — one line of ``results.jsonl``: a backend result on a case, with the
+  campaign context (case id, geometry, phase, seed, shard, files written).
+
+Each has ``to_dict``/``from_dict``; every ``results.jsonl`` line carries ``schema``
+(:data:`SCHEMA_VERSION`). Lines written before the schema existed read as schema 1. This module
+imports no mathematics: reports and merges read results through it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import DifftestError
+from .geometry import GRADIENTS
+from .verdicts import VERDICTS, worst_verdict
+
+#: Version of the ``results.jsonl`` line layout (1: lines without a ``schema`` key).
+SCHEMA_VERSION = 2
+
+
+def jsonable(x):
+    """JSON without NaN/Infinity literals: non-finite floats become "inf", "-inf", "nan"."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return jsonable(x.item())
+    return x
+
+
+def as_float(x) -> float:
+    """Inverse of :func:`jsonable` for numbers ("inf" -> inf)."""
+    return float(x)
+
+
+@dataclass
+class EntryArrays:
+    """Per entry of one gradient: ``|backend - exact|`` (float64 estimate) and both bounds."""
+
+    error: np.ndarray
+    bound: np.ndarray
+    bound_order_free: np.ndarray
+
+    NAMES = ("error", "bound", "bound_order_free")
+
+    def ratio(self, bound: str = "bound") -> np.ndarray:
+        """error / bound per entry (0 where both are 0, inf where only the bound is)."""
+        b = getattr(self, bound)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = self.error / b
+        r = np.where(b == 0, np.where(self.error == 0, 0.0, np.inf), r)
+        return np.where(np.isnan(r), 0.0, r)
+
+
+@dataclass
+class GradientResult:
+    """How one backend's gradient compares with the exact spec."""
+
+    verdict: str
+    max_ratio: float = 0.0
+    max_ratio_order_free: float = 0.0
+    violations: int = 0
+    violations_order_free: int = 0
+    worst_index: list[int] | None = None
+    worst: dict | None = None
+    message: str = ""
+    out_of_model: int = 0
+    entries: EntryArrays | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GradientResult":
+        if d.get("verdict") not in VERDICTS:
+            raise DifftestError(f"verdict must be one of {', '.join(VERDICTS)}, got {d.get('verdict')!r}")
+        worst = d.get("worst")
+        return cls(
+            verdict=d["verdict"],
+            max_ratio=as_float(d.get("max_ratio", 0.0)),
+            max_ratio_order_free=as_float(d.get("max_ratio_order_free", 0.0)),
+            violations=int(d.get("violations", 0)),
+            violations_order_free=int(d.get("violations_order_free", 0)),
+            worst_index=d.get("worst_index"),
+            worst={k: (as_float(v) if k != "index" else v) for k, v in worst.items()} if worst else None,
+            message=d.get("message", ""),
+            out_of_model=int(d.get("out_of_model", 0)),
+        )
+
+
+def verdict_only(verdict: str, message: str) -> GradientResult:
+    """A result with no numbers (``error`` and whole-case ``domain`` verdicts)."""
+    return GradientResult(verdict=verdict, message=message)
+
+
+def _gradients_from(d: dict) -> dict[str, GradientResult]:
+    grads = d.get("gradients")
+    if not isinstance(grads, dict) or any(g not in grads for g in GRADIENTS):
+        raise DifftestError(f"gradients must hold {', '.join(GRADIENTS)}")
+    return {g: GradientResult.from_dict(grads[g]) for g in GRADIENTS}
+
+
+@dataclass
+class BackendResult:
+    """One backend's outcome on one case (the ``results`` entries of ``check --json``)."""
+
+    backend: str
+    format: str
+    gradients: dict[str, GradientResult]
+    seconds: float = 0.0
+    error: str = ""
+    environment: dict = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """The worst verdict over the three gradients."""
+        return worst_verdict(r.verdict for r in self.gradients.values())
+
+    def entry_arrays(self) -> dict[str, np.ndarray]:
+        """``{g}__{error,bound,bound_order_free}`` of every gradient that has them (for reports)."""
+        out = {}
+        for g, r in self.gradients.items():
+            if r.entries is not None:
+                for name in EntryArrays.NAMES:
+                    out[f"{g}__{name}"] = getattr(r.entries, name)
+        return out
+
+    def lightweight(self) -> "BackendResult":
+        """The same result without raw outputs and per-entry arrays (for caches)."""
+        grads = {g: GradientResult(**r.to_dict()) for g, r in self.gradients.items()}
+        return BackendResult(self.backend, self.format, grads, self.seconds, self.error, self.environment,
+                             timings=self.timings)
+
+    def to_dict(self) -> dict:
+        d = {
+            "backend": self.backend,
+            "format": self.format,
+            "gradients": {g: r.to_dict() for g, r in self.gradients.items()},
+            "seconds": self.seconds,
+            "environment": self.environment,
+        }
+        if self.error:
+            d["error"] = self.error
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackendResult":
+        return cls(backend=d["backend"], format=d["format"], gradients=_gradients_from(d),
+                   seconds=as_float(d.get("seconds", 0.0)), error=d.get("error", ""),
+                   environment=d.get("environment", {}))
+
+
+class FindingKey(NamedTuple):
+    """A ``(backend, gradient, verdict)``: what makes a finding distinct."""
+
+    backend: str
+    gradient: str
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return self._asdict()
+
+
+@dataclass
+class ResultRecord:
+    """One line of ``results.jsonl``: one backend on one case, with the campaign's context."""
+
+    case_id: str
+    backend: str
+    format: str
+    gradients: dict[str, GradientResult]
+    geometry: dict = field(default_factory=dict)
+    phase: str = "search"  # "search": a case the search drew; "shrunk": a finding's minimal reproducer
+    batch_extension: bool = False
+    seed: int | None = None
+    shard: str = "1/1"
+    round: int | None = None
+    timings: dict = field(default_factory=dict)
+    environment_id: str = ""
+    case_file: str | None = None
+    outputs_file: str | None = None
+    traceback: str | None = None
+    finding: FindingKey | None = None
+    schema: int = SCHEMA_VERSION
+
+    REQUIRED = ("case_id", "backend", "format", "gradients")
+
+    @property
+    def verdict(self) -> str:
+        return worst_verdict(r.verdict for r in self.gradients.values())
+
+    @classmethod
+    def of(cls, result: BackendResult, case_id: str, geometry: dict, **context) -> "ResultRecord":
+        return cls(case_id=case_id, backend=result.backend, format=result.format, gradients=result.gradients,
+                   geometry=geometry, batch_extension=geometry.get("N", 1) > 1,
+                   traceback=result.error or None, **context)
+
+    def to_dict(self) -> dict:
+        d = {"schema": self.schema}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "schema" or (v is None and f.name in ("case_file", "outputs_file", "traceback", "finding", "round")):
+                continue
+            if f.name == "gradients":
+                v = {g: r.to_dict() for g, r in v.items()}
+            elif f.name == "finding":
+                v = v.to_dict()
+            d[f.name] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResultRecord":
+        """A record from a parsed line; :class:`DifftestError` names what is missing or wrong."""
+        if not isinstance(d, dict):
+            raise DifftestError("a result line must be a JSON object")
+        missing = [k for k in cls.REQUIRED if k not in d]
+        if missing:
+            raise DifftestError(f"the line lacks {', '.join(repr(k) for k in missing)}")
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["gradients"] = _gradients_from(d)
+        kw["schema"] = int(d.get("schema", 1))
+        if d.get("finding"):
+            kw["finding"] = FindingKey(**d["finding"])
+        return cls(**kw)
