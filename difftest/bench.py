@@ -1,8 +1,9 @@
 """``difftest bench``: the cost of certifying a layer, stage by stage, against torch's own backward.
 
-Stages on the same case: the exact spec (sliced exact GEMMs and their float64 views), the NF
-reference with the TorchLean bounds (one replay), the order-free bounds, and the comparison
-of a result with both. torch's float64 backward of the same layer is timed in the same process.
+Stages on the same case, as :func:`difftest.check.check_case` times them when it judges
+``nf-binary32``: the exact spec (sliced exact GEMMs), the NF reference with the TorchLean
+bounds (one replay), the order-free bounds, and the comparison of the result with both
+(which includes the exact spec's float64 views). torch's float64 backward of the same layer is timed in the same process.
 Each figure is the median of ``repeat`` runs after one warm-up run (which loads the compiled
 folds); peak memory is the process's peak resident set size.
 """
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .case import Case
-from .geometry import GRADIENTS
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ def make_case(layer: Layer, seed: int = 0) -> Case:
                 stride=layer.stride, padding=layer.padding)
 
 
+#: The pipeline's stages, as its results time them (``<stage>_s``). The NF backend's own run
+#: reads the replay the model just made, so ``backend`` is near zero and left out.
+STAGES = {"exact_spec": "exact_s", "nf_and_torchlean": "nf_and_torchlean_s", "order_free": "order_free_s",
+          "comparison": "comparison_s"}
+
+
 def _median_time(fn, repeat: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeat):
@@ -83,50 +89,38 @@ def torch_backward_seconds(case: Case, repeat: int) -> float | None:
 
 
 def bench_layer(layer: Layer, repeat: int = 3) -> dict:
+    """Stage timings of :func:`difftest.check.check_case` judging ``nf-binary32`` on the layer."""
     from . import replay as replay_mod
-    from .check import exact_gradients
-    from .compare import compare_gradient
-    from .fparith import add_up
-    from .orderfree import order_free_bounds
+    from .backends import get_backend
+    from .check import check_case
 
     case = make_case(layer)
-    rt, g = case.runtime(), case.geometry
+    nf = get_backend("nf-binary32")
     t0 = time.perf_counter()
     warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
-    replay_mod.replay(warm.runtime(), warm.geometry)  # loads (or compiles) the folds
+    check_case(warm, [nf])  # loads (or compiles) the folds
     warmup = time.perf_counter() - t0
 
-    def oracle():
-        ex = exact_gradients(case)
-        for t in ex.values():
-            t.nearest  # the float64 views are part of the exact spec's cost
-        return ex
-
-    def nf_and_torchlean():
+    stages: dict[str, list[float]] = {k: [] for k in STAGES}
+    result = None
+    for _ in range(repeat):
         replay_mod._CACHE.clear()  # measure the computation, not the cache
-        return replay_mod.replay(rt, g)
-
-    t_oracle, exact = _median_time(oracle, repeat)
-    t_replay, rep = _median_time(nf_and_torchlean, repeat)
-    t_of, of = _median_time(lambda: order_free_bounds(rt, g), repeat)
-
-    def compare():
-        return {k: compare_gradient(rep[k][0], exact[k], rep[k][1], of[k].bound, add_up(of[k].abs_sum, of[k].bound), rt.format)
-                for k in GRADIENTS}
-
-    t_cmp, verdicts = _median_time(compare, repeat)
-    total = t_oracle + t_replay + t_of + t_cmp
+        (result,) = check_case(case, [nf])
+        for k in STAGES:
+            stages[k].append(result.timings[STAGES[k]])
+    seconds = {k: statistics.median(v) for k, v in stages.items()}
+    seconds["total"] = sum(seconds.values())
+    seconds["warmup"] = warmup
     t_torch = torch_backward_seconds(case, repeat)
     return {
         "layer": layer.name,
         "shape": {"N": layer.N, "C": layer.C, "O": layer.O, "H": layer.H, "W": layer.H, "k": layer.k,
                   "stride": layer.stride, "padding": layer.padding},
         "macs_per_gradient": layer.macs,
-        "seconds": {"exact_spec": t_oracle, "nf_and_torchlean": t_replay, "order_free": t_of, "comparison": t_cmp,
-                    "total": total, "warmup": warmup},
+        "seconds": seconds,
         "torch_float64_backward_s": t_torch,
-        "ratio_to_torch": total / t_torch if t_torch else None,
-        "nf_verdicts": {k: v.verdict for k, v in verdicts.items()},
+        "ratio_to_torch": seconds["total"] / t_torch if t_torch else None,
+        "nf_verdicts": {k: v.verdict for k, v in result.gradients.items()},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "repeat": repeat,
     }
@@ -176,7 +170,7 @@ def print_layer(r: dict, out=None) -> None:
     out = out or sys.stdout
     s = r["seconds"]
     print(f"{r['layer']}: {r['shape']}, {r['macs_per_gradient'] / 1e6:.1f} M multiply-adds per gradient", file=out)
-    for k in ("exact_spec", "nf_and_torchlean", "order_free", "comparison", "total"):
+    for k in (*STAGES, "total"):
         print(f"  {k:<18} {s[k]:8.3f} s", file=out)
     if r["torch_float64_backward_s"]:
         print(f"  torch float64 backward {r['torch_float64_backward_s'] * 1e3:.1f} ms -> ratio {r['ratio_to_torch']:.0f}x", file=out)

@@ -11,11 +11,12 @@ import numpy as np
 
 from . import __version__
 from .case import Case
-from .compare import MEANING
 from .errors import DifftestError
+from .explain import format_ratio, legend
 from .formats import PRESETS
 from .geometry import GRADIENTS
-from .results import format_ratio, jsonable
+from .outcome import jsonable
+from .verdicts import FAIL_ON, FAIL_ON_HELP
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 
@@ -55,7 +56,7 @@ def cmd_check(args) -> int:
             if r.outputs is not None:
                 np.savez(out / f"{r.backend}.npz", **r.outputs)
     if args.json:
-        doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.as_dict() for r in results]}
+        doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.to_dict() for r in results]}
         print(json.dumps(jsonable(doc), indent=2))
     else:
         _print_table(case, results)
@@ -93,10 +94,9 @@ def _print_table(case: Case, results) -> None:
             )
             if gr.message and gr.verdict in ("error", "domain"):
                 print(f"{'':<24} {gr.message}")
-    seen = sorted({gr.verdict for r in results for gr in r.gradients.values()}, key=list(MEANING).index)
     print()
-    for v in seen:
-        print(f"{v:<10} {MEANING[v]}")
+    for line in legend(gr.verdict for r in results for gr in r.gradients.values()):
+        print(line)
     print("max_ratio = max |backend - exact| / torchlean bound; ratio_of = the same against the order-free bound")
 
 
@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
         interrupted = True
     records = read_results(config.out)
     info = read_campaign(config.out)
-    print(format_summary(records))
+    print(format_summary(records, replay_dir=config.out))
     print(f"\n{info.get('status', '?')}: {info.get('cases', 0)} cases in {info.get('duration_s', 0):.1f}s; "
           f"results in {config.out}/results.jsonl")
     if not args.no_report:
@@ -223,7 +223,7 @@ def cmd_merge(args) -> int:
     from .results import format_summary, merge, read_results
 
     n = merge([Path(d) for d in args.dirs], Path(args.out))
-    print(format_summary(read_results(Path(args.out))))
+    print(format_summary(read_results(Path(args.out)), replay_dir=args.out))
     print(f"\nmerged {len(args.dirs)} directories, {n} result lines -> {args.out}")
     return EXIT_OK
 
@@ -282,8 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
     r.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (cases are partitioned by content hash)")
     r.add_argument("--out", default="reports/latest", metavar="DIR", help="result directory (default reports/latest)")
-    r.add_argument("--fail-on", default="order", choices=["order", "precision", "never"],
-                   help="exit 1 on: order = any verdict but pass (default); precision = precision or error; never")
+    r.add_argument("--fail-on", default="order", choices=list(FAIL_ON), help=f"exit 1 on: {FAIL_ON_HELP}")
     r.add_argument("--database", default=".difftest/hypothesis", metavar="DIR",
                    help="hypothesis example database, kept between runs so failures replay first (default .difftest/hypothesis)")
     r.add_argument("--no-database", action="store_true", help="do not read or write an example database")

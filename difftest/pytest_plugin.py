@@ -49,11 +49,13 @@ def pytest_collection_modifyitems(session, config, items):
             items.append(item)
 
 
-_CAMPAIGNS: dict[str, tuple[Path, list]] = {}
+#: This session's finished campaigns, ``{backend name: (result directory, records)}``.
+CAMPAIGNS_KEY = pytest.StashKey[dict]()
 
 
 def _campaign(config, backend_name: str, n_backends: int) -> tuple[Path, list]:
-    if backend_name not in _CAMPAIGNS:
+    campaigns = config.stash.setdefault(CAMPAIGNS_KEY, {})
+    if backend_name not in campaigns:
         from .backends import get_backend
         from .campaign import PROFILES, Campaign, CampaignConfig
 
@@ -69,8 +71,8 @@ def _campaign(config, backend_name: str, n_backends: int) -> tuple[Path, list]:
             backends=[b], profile=profile, time_budget=budget, seed=config.getoption("--difftest-seed"),
             out=out, database=Path(config.getoption("--difftest-database")), progress=False,
         )).run()
-        _CAMPAIGNS[backend_name] = (out, records)
-    return _CAMPAIGNS[backend_name]
+        campaigns[backend_name] = (out, records)
+    return campaigns[backend_name]
 
 
 class CampaignFailure(Exception):
@@ -83,25 +85,23 @@ class CampaignItem(pytest.Item):
         self.backend, self.gradient, self.n_backends = backend, gradient, n_backends
 
     def runtest(self):
-        from .results import fails, findings, summarize
+        from .explain import counts_text, finding_text, format_ratio
+        from .results import findings, summarize
+        from .verdicts import fails
 
         out, records = _campaign(self.config, self.backend, self.n_backends)
         fail_on = self.config.getoption("--difftest-fail-on")
         cell = summarize(records).get(self.backend, {}).get(self.gradient)
         if cell is None or cell.cases == 0:
             pytest.skip("the campaign checked no case in its time budget")
-        bad = {v: n for v, n in cell.counts.items() if n and fails(v, fail_on)}
-        if bad:
-            lines = [
-                f"{self.backend} {self.gradient}: {cell.cases} cases, verdicts {dict((k, v) for k, v in cell.counts.items() if v)}, "
-                f"worst ratio {cell.worst_ratio:.4g} (TorchLean), {cell.worst_ratio_order_free:.4g} (order-free)"
-            ]
+        if any(n and fails(v, fail_on) for v, n in cell.counts.items()):
+            lines = [f"{self.backend} {self.gradient}: {cell.cases} cases, verdicts {counts_text(cell.counts)}, "
+                     f"worst ratio {format_ratio(cell.worst_ratio)} (TorchLean), "
+                     f"{format_ratio(cell.worst_ratio_order_free)} (order-free)"]
             for r in findings(records):
-                f = r["finding"]
-                if f["gradient"] == self.gradient:
-                    gr = r["gradients"][self.gradient]
-                    lines.append(f"shrunk {f['verdict']}: max_ratio {gr['max_ratio']}, worst entry {gr.get('worst_index')}")
-                    lines.append(f"  reproduce: difftest check {out / r['case_file']} --backend {self.backend}")
+                f = r.finding
+                if f.gradient == self.gradient:
+                    lines.append("shrunk " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, out))
             raise CampaignFailure("\n".join(lines))
 
     def repr_failure(self, excinfo):

@@ -1,9 +1,10 @@
 """Self-contained HTML discrepancy reports from result directories.
 
 A report reads only files (``results.jsonl``, ``cases/``, ``environments.json``,
-``campaign.json``), never live backends: the heatmaps re-judge a finding from its saved case
-and the backend's saved raw outputs with the exact oracle and the bound models, which run
-anywhere. Plots are matplotlib, embedded (SVG inline, heatmaps as PNG data URIs); the page
+``campaign.json``), never live backends, and imports none of the mathematics: the heatmaps
+draw the per-entry error and bounds saved next to each non-``pass`` result's raw outputs
+(result directories written before those arrays existed render without heatmaps, with a
+note). Plots are matplotlib, embedded (SVG inline, heatmaps as PNG data URIs); the page
 has no script and fetches nothing.
 """
 
@@ -18,16 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import MEANING, SEVERITY, VERDICTS, worst_verdict
+from .explain import format_ratio, ratios_text, reproduce_command, violations_text, worst_text
 from .geometry import GRADIENTS
-from .results import (
-    as_float,
-    format_ratio,
-    read_campaign,
-    read_environments,
-    read_results,
-    summarize,
-)
+from .outcome import EntryArrays, ResultRecord, as_float
+from .results import read_campaign, read_environments, read_results, summarize
+from .verdicts import MEANING, SEVERITY, VERDICTS, worst_verdict
 
 #: Detailed sections (with heatmaps) beyond this many non-pass results are listed in a table.
 MAX_DETAILED = 60
@@ -79,10 +75,10 @@ def ratio_histograms(records: list[dict], backends: list[str]) -> str:
     fig, axes = plt.subplots(len(backends), 3, figsize=(9, 1.6 * len(backends) + 0.6), squeeze=False, sharex=True)
     edges = np.logspace(-6, 3, 37)
     for i, b in enumerate(backends):
-        rows = [r for r in records if r["backend"] == b]
+        rows = [r for r in records if r.backend == b]
         for j, g in enumerate(GRADIENTS):
             ax = axes[i][j]
-            ratios = np.array([as_float(r["gradients"][g].get("max_ratio", 0.0)) for r in rows])
+            ratios = np.array([r.gradients[g].max_ratio for r in rows])
             ratios = np.clip(ratios[np.isfinite(ratios)], edges[0], edges[-1])
             ax.hist(ratios, bins=edges, color="#546e7a")
             ax.axvline(1.0, color=COLORS["precision"], lw=1)
@@ -112,7 +108,7 @@ def _grid(t: np.ndarray) -> np.ndarray:
 
 
 def heatmap(ratio: np.ndarray, title: str) -> str:
-    """error / TorchLean bound over a gradient tensor, log scale; entries beyond 1 in red."""
+    """error / bound over a gradient tensor, log scale; entries beyond 1 boxed."""
     plt = _plt()
     from matplotlib.colors import LinearSegmentedColormap
 
@@ -138,7 +134,7 @@ def heatmap(ratio: np.ndarray, title: str) -> str:
 
 @dataclass
 class Detail:
-    record: dict
+    record: ResultRecord
     gradient: str
     verdict: str
     command: str
@@ -149,29 +145,24 @@ class Detail:
     worst: dict = field(default_factory=dict)
 
 
-def _rejudge(d: Path, r: dict, gradient: str) -> tuple[np.ndarray | None, str]:
-    """error/bound per entry, from the saved case and raw outputs (no backend needed)."""
-    from .case import Case
-    from .check import exact_gradients, model_for
-    from .compare import error_bounds
-    from .formats import get_format
+#: The bound a verdict's heatmap is drawn against: the one whose violation decided it.
+HEATMAP_BOUND = {"precision": ("bound_order_free", "order-free bound"), "order": ("bound", "TorchLean bound")}
 
-    if not r.get("outputs_file") or not (d / r["outputs_file"]).is_file():
+
+def saved_ratio(d: Path, r: ResultRecord, gradient: str, bound: str) -> tuple[np.ndarray | None, str]:
+    """error / ``bound`` per entry, from the arrays saved with the result's raw outputs."""
+    if not r.outputs_file or not (d / r.outputs_file).is_file():
         return None, "no raw outputs saved for this result"
     try:
-        case = Case.load(d / r["case_file"])
-        with np.load(d / r["outputs_file"]) as z:
-            values = z[gradient]
-        model = model_for(case, get_format(r["format"]))
-        if model.domain_reason:
-            return None, model.domain_reason
-        exact = exact_gradients(case)[gradient]
-        err = error_bounds(values, exact).approx
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(model.bound[gradient] > 0, err / model.bound[gradient], np.where(err > 0, np.inf, 0.0))
-        return ratio, ""
-    except Exception as exc:  # a report must render even when one finding cannot be re-judged
-        return None, f"could not re-judge: {type(exc).__name__}: {exc}"
+        with np.load(d / r.outputs_file, allow_pickle=False) as z:
+            names = [f"{gradient}__{n}" for n in EntryArrays.NAMES]
+            if not all(n in z.files for n in names):
+                return None, ("no per-entry error and bounds saved with this result (written by an older "
+                              "difftest): the heatmap is omitted; replay the command above to see them")
+            entries = EntryArrays(*(z[n] for n in names))
+        return entries.ratio(bound), ""
+    except Exception as exc:  # a report must render even when one file is damaged
+        return None, f"could not read {r.outputs_file}: {type(exc).__name__}: {exc}"
 
 
 def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
@@ -192,9 +183,9 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
     if baseline is not None:
         for r in read_results(Path(baseline)):
             for g in GRADIENTS:
-                v = r["gradients"][g]["verdict"]
+                v = r.gradients[g].verdict
                 if v != "pass":
-                    base_keys.add((r["backend"], g, v))
+                    base_keys.add((r.backend, g, v))
 
     table = summarize(records)
     backends = list(table)
@@ -202,36 +193,36 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
     for b in backends:
         cells = table[b]
         worst = worst_verdict(c.worst_verdict for c in cells.values())
-        env_ids = sorted({r["environment_id"] for r in records if r["backend"] == b and r.get("environment_id")})
+        env_ids = sorted({r.environment_id for r in records if r.backend == b and r.environment_id})
         overview.append({"backend": b, "cells": cells, "worst": worst,
-                         "format": next((r["format"] for r in records if r["backend"] == b), ""),
+                         "format": next((r.format for r in records if r.backend == b), ""),
                          "environments": [envs.get(e, {}) for e in env_ids]})
 
     # non-pass results, worst first: shrunk findings, then the rest
-    shrunk_cases = {(r["case_id"], r["backend"]) for r in records if r.get("phase") == "shrunk"}
+    shrunk_cases = {(r.case_id, r.backend) for r in records if r.phase == "shrunk"}
     items = []
     seen = set()
-    for r in sorted(records, key=lambda r: (r.get("phase") != "shrunk", -_worst_ratio(r))):
+    for r in sorted(records, key=lambda r: (r.phase != "shrunk", -_worst_ratio(r))):
         for g in GRADIENTS:
-            v = r["gradients"][g]["verdict"]
-            if v == "pass" or (r["case_id"], r["backend"], g) in seen:
+            v = r.gradients[g].verdict
+            if v == "pass" or (r.case_id, r.backend, g) in seen:
                 continue
-            if r.get("phase") != "shrunk" and (r["case_id"], r["backend"]) in shrunk_cases:
+            if r.phase != "shrunk" and (r.case_id, r.backend) in shrunk_cases:
                 continue
-            seen.add((r["case_id"], r["backend"], g))
+            seen.add((r.case_id, r.backend, g))
             d = origin[id(r)]
-            cmd = (f"difftest check {d / r['case_file']} --backend {r['backend']}" if r.get("case_file")
-                   else "(no case file saved)")
-            items.append(Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=r.get("phase") == "shrunk",
-                                new=baseline is not None and (r["backend"], g, v) not in base_keys,
-                                worst=r["gradients"][g].get("worst") or {}))
-    items.sort(key=lambda it: (not it.shrunk, -SEVERITY[it.verdict], -as_float(it.record["gradients"][it.gradient].get("max_ratio", 0.0))))
+            cmd = reproduce_command(d / r.case_file, r.backend) if r.case_file else "(no case file saved)"
+            items.append(Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=r.phase == "shrunk",
+                                new=baseline is not None and (r.backend, g, v) not in base_keys,
+                                worst=r.gradients[g].worst or {}))
+    items.sort(key=lambda it: (not it.shrunk, -SEVERITY[it.verdict], -it.record.gradients[it.gradient].max_ratio))
     detailed, listed = items[:MAX_DETAILED], items[MAX_DETAILED:]
     for it in detailed:
         if it.verdict in ("order", "precision"):
-            ratio, note = _rejudge(origin[id(it.record)], it.record, it.gradient)
+            bound, label = HEATMAP_BOUND[it.verdict]
+            ratio, note = saved_ratio(origin[id(it.record)], it.record, it.gradient, bound)
             if ratio is not None:
-                it.heatmap = heatmap(ratio, f"{it.record['backend']} {it.gradient}: error / TorchLean bound "
+                it.heatmap = heatmap(ratio, f"{it.record.backend} {it.gradient}: error / {label} "
                                             f"(boxed: beyond the bound)")
             it.note = note
 
@@ -239,7 +230,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
     for b in backends:
         if b.startswith("nf-"):
             for g in GRADIENTS:
-                rs = [as_float(r["gradients"][g].get("max_ratio", 0.0)) for r in records if r["backend"] == b]
+                rs = [r.gradients[g].max_ratio for r in records if r.backend == b]
                 if rs:
                     nf_use.append({"backend": b, "gradient": g, "cases": len(rs), "median": float(np.median(rs)),
                                    "p90": float(np.percentile(rs, 90)), "max": float(np.max(rs))})
@@ -263,14 +254,17 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         "nf_use": nf_use,
         "passed": [o for o in overview if o["worst"] == "pass"],
         "exceeded": exceeded,
-        "batch_extension": any(r.get("batch_extension") for r in records),
+        "batch_extension": any(r.batch_extension for r in records),
         "fmt": _fmt,
         "ratio": format_ratio,
+        "ratios_text": ratios_text,
+        "violations_text": violations_text,
+        "worst_text": worst_text,
     }
 
 
 def _worst_ratio(r: dict) -> float:
-    return max(as_float(r["gradients"][g].get("max_ratio", 0.0)) for g in GRADIENTS)
+    return max(r.gradients[g].max_ratio for g in GRADIENTS)
 
 
 def render(dirs: list[Path], out: Path, baseline: Path | None = None) -> Path:

@@ -3,12 +3,15 @@
 A result directory is the only thing reports and merges read, so a report can be rebuilt
 anywhere from the files alone:
 
-* ``results.jsonl`` — one JSON object per line, per case and backend: ``case_id``,
-  ``backend``, ``format``, ``gradients`` (as in ``check --json``), ``geometry``, ``phase``
-  (``search`` for cases the search generated, ``shrunk`` for the minimal reproducer of a
-  finding), ``seed``, ``shard``, ``timings``, ``environment_id`` and, for non-``pass`` results,
-  ``case_file``. Lines are flushed one by one; a torn last line (a killed process) is skipped.
-* ``cases/<case_id>.npz`` — reproducers, replayable with ``difftest check``.
+* ``results.jsonl`` — one :class:`~difftest.outcome.ResultRecord` per line, per case and
+  backend: ``schema``, ``case_id``, ``backend``, ``format``, ``gradients`` (as in ``check
+  --json``), ``geometry``, ``phase`` (``search`` for cases the search generated, ``shrunk`` for
+  the minimal reproducer of a finding), ``seed``, ``shard``, ``timings``, ``environment_id``
+  and, for non-``pass`` results, ``case_file`` and ``outputs_file``. Lines are flushed one by
+  one; a torn last line (a killed process) is skipped.
+* ``cases/<case_id>.npz`` — reproducers, replayable with ``difftest check``;
+  ``cases/<case_id>--<backend>.npz`` — the backend's raw gradients ``g`` and, per entry,
+  ``g__error``, ``g__bound``, ``g__bound_order_free`` (what a report draws).
 * ``environments.json`` — ``{environment_id: environment}``.
 * ``campaign.json`` — settings and outcome of the campaign (or of each merged shard).
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,32 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import SEVERITY, VERDICTS, worst_verdict
 from .errors import DifftestError
+from .explain import RATIO_LEGEND, finding_text, format_ratio, plural
 from .geometry import GRADIENTS
+from .outcome import BackendResult, ResultRecord, jsonable
+from .verdicts import VERDICTS, fails, worst_verdict
 
 RESULTS = "results.jsonl"
 CASES = "cases"
 ENVIRONMENTS = "environments.json"
 CAMPAIGN = "campaign.json"
-
-
-def jsonable(x):
-    """JSON without NaN/Infinity literals: non-finite floats become "inf", "-inf", "nan"."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if hasattr(x, "item") and callable(x.item):  # numpy scalars
-        return jsonable(x.item())
-    return x
-
-
-def as_float(x) -> float:
-    """Inverse of :func:`jsonable` for numbers."""
-    return float(x)
 
 
 def environment_id(env: dict) -> str:
@@ -87,19 +73,21 @@ class ResultsWriter:
             tmp.replace(path)  # atomic: a reproducer is whole or absent
         return rel
 
-    def save_outputs(self, case_id: str, backend: str, outputs: dict) -> str:
-        """The backend's raw gradients on a case, so reports can re-judge it anywhere."""
-        rel = f"{CASES}/{case_id}--{backend}.npz"
+    def save_outputs(self, case_id: str, result: BackendResult) -> str:
+        """The backend's raw gradients on a case and the per-entry error and bounds of each,
+        so a report draws them from the files alone."""
+        rel = f"{CASES}/{case_id}--{result.backend}.npz"
         path = self.out / rel
         if not path.exists():
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
-                np.savez(f, **outputs)
+                np.savez(f, **(result.outputs or {}), **result.entry_arrays())
             tmp.replace(path)
         return rel
 
-    def write(self, record: dict) -> None:
-        self._file.write(json.dumps(jsonable(record)) + "\n")
+    def write(self, record: ResultRecord | dict) -> None:
+        d = record.to_dict() if isinstance(record, ResultRecord) else record
+        self._file.write(json.dumps(jsonable(d)) + "\n")
         self._file.flush()
 
     def campaign(self, info: dict) -> None:
@@ -115,8 +103,8 @@ def _write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def read_results(d: Path) -> list[dict]:
-    """The result lines of a directory; a torn (unparsable) last line is skipped."""
+def read_results(d: Path) -> list[ResultRecord]:
+    """The typed result lines of a directory; a torn (unparsable) last line is skipped."""
     path = Path(d) / RESULTS
     if not path.is_file():
         raise DifftestError(f"{d} holds no {RESULTS}: not a difftest result directory")
@@ -126,11 +114,15 @@ def read_results(d: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            parsed = json.loads(line)
         except json.JSONDecodeError:
             if k == len(lines) - 1:
                 break  # torn by a kill: everything before it is whole
             raise DifftestError(f"{path}:{k + 1} is not valid JSON") from None
+        try:
+            out.append(ResultRecord.from_dict(parsed))
+        except (DifftestError, KeyError, TypeError, ValueError) as exc:
+            raise DifftestError(f"{path}:{k + 1} is not a difftest result line: {exc}") from None
     return out
 
 
@@ -158,43 +150,34 @@ class Cell:
         return worst_verdict(v for v, n in self.counts.items() if n)
 
 
-def summarize(records: list[dict]) -> dict[str, dict[str, Cell]]:
+def summarize(records: list[ResultRecord]) -> dict[str, dict[str, Cell]]:
     """``{backend: {gradient: Cell}}`` over every distinct (case, backend) result, searched or shrunk."""
     table: dict[str, dict[str, Cell]] = defaultdict(lambda: {g: Cell() for g in GRADIENTS})
     seen = set()
     for r in records:
-        key = (r["case_id"], r["backend"])
+        key = (r.case_id, r.backend)
         if key in seen:
             continue
         seen.add(key)
         for g in GRADIENTS:
-            gr = r["gradients"][g]
-            c = table[r["backend"]][g]
+            gr = r.gradients[g]
+            c = table[r.backend][g]
             c.cases += 1
-            c.counts[gr["verdict"]] += 1
-            c.worst_ratio = max(c.worst_ratio, as_float(gr.get("max_ratio", 0.0)))
-            c.worst_ratio_order_free = max(c.worst_ratio_order_free, as_float(gr.get("max_ratio_order_free", 0.0)))
+            c.counts[gr.verdict] += 1
+            c.worst_ratio = max(c.worst_ratio, gr.max_ratio)
+            c.worst_ratio_order_free = max(c.worst_ratio_order_free, gr.max_ratio_order_free)
     return dict(table)
 
 
-def findings(records: list[dict]) -> list[dict]:
+def findings(records: list[ResultRecord]) -> list[ResultRecord]:
     """Shrunk reproducers, one per (backend, gradient, verdict), worst ratio first."""
-    out = [r for r in records if r.get("phase") == "shrunk"]
-    return sorted(out, key=lambda r: -as_float(r["gradients"][r["finding"]["gradient"]].get("max_ratio", 0.0)))
+    out = [r for r in records if r.phase == "shrunk" and r.finding is not None]
+    return sorted(out, key=lambda r: -r.gradients[r.finding.gradient].max_ratio)
 
 
-FAIL_ON = {"order": SEVERITY["order"], "precision": SEVERITY["precision"], "never": 99}
-
-
-def fails(verdict: str, fail_on: str) -> bool:
-    """Whether ``verdict`` fails under ``--fail-on``: ``order`` anything but pass; ``precision``
-    precision or error; ``never`` nothing."""
-    return SEVERITY[verdict] >= FAIL_ON[fail_on]
-
-
-def exit_code(records: list[dict], fail_on: str) -> int:
+def exit_code(records: list[ResultRecord], fail_on: str) -> int:
     """1 when a verdict failing under ``fail_on`` occurred, else 0."""
-    return int(any(fails(r["gradients"][g]["verdict"], fail_on) for r in records for g in GRADIENTS))
+    return int(any(fails(gr.verdict, fail_on) for r in records for gr in r.gradients.values()))
 
 
 def merge(dirs: list[Path], out: Path) -> int:
@@ -211,13 +194,13 @@ def merge(dirs: list[Path], out: Path) -> int:
             for eid, env in read_environments(d).items():
                 writer.environments.setdefault(eid, env)
             for r in records:
-                key = (r["case_id"], r["backend"], r.get("phase"))
+                key = (r.case_id, r.backend, r.phase)
                 if key in seen:
                     continue
                 seen.add(key)
-                for key in ("case_file", "outputs_file"):
-                    if r.get(key):
-                        src, dst = d / r[key], out / r[key]
+                for rel in (r.case_file, r.outputs_file):
+                    if rel:
+                        src, dst = d / rel, out / rel
                         if src.is_file() and not dst.exists():
                             shutil.copyfile(src, dst)
                 writer.write(r)
@@ -231,7 +214,7 @@ def merge(dirs: list[Path], out: Path) -> int:
     return n
 
 
-def format_summary(records: list[dict]) -> str:
+def format_summary(records: list[ResultRecord], replay_dir=None) -> str:
     """The backend × gradient table: cases, worst ratios, verdict counts; then the findings."""
     lines = []
     header = f"{'backend':<24} {'gradient':<12} {'cases':>6} {'worst_ratio':>11} {'ratio_of':>9}  " + " ".join(
@@ -244,25 +227,9 @@ def format_summary(records: list[dict]) -> str:
             lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {format_ratio(c.worst_ratio):>11} {format_ratio(c.worst_ratio_order_free):>9}  {counts}")
     found = findings(records)
     if found:
-        lines += ["", f"{len(found)} finding(s), each shrunk to a minimal reproducer:"]
+        lines += ["", f"{plural(len(found), 'finding')}, each shrunk to a minimal reproducer:"]
         for r in found:
-            f = r["finding"]
-            gr = r["gradients"][f["gradient"]]
-            ratios = f"ratio {format_ratio(as_float(gr.get('max_ratio', 0.0))):>7} / {format_ratio(as_float(gr.get('max_ratio_order_free', 0.0))):>7}"
-            lines.append(f"  {f['backend']:<24} {f['gradient']:<12} {f['verdict']:<10} {ratios}  {r['case_file']}")
-        lines.append("  (ratio = error / TorchLean bound / order-free bound; replay: difftest check DIR/<case_file> --backend NAME)")
+            f = r.finding
+            lines.append("  " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, replay_dir))
+        lines.append(f"  ({RATIO_LEGEND})")
     return "\n".join(lines)
-
-
-def format_ratio(x: float) -> str:
-    """A ratio to the bound, short, never shown as "1" unless it is exactly 1: below 1 it is
-    truncated (0.99999 -> "0.9999"), just above 1 it keeps the digits that show it (1.0004)."""
-    x = as_float(x)
-    if math.isinf(x) or math.isnan(x):
-        return str(x)
-    if x < 1:
-        return f"{math.floor(x * 1e4) / 1e4:.4g}"
-    digits = 3
-    while digits < 12 and float(f"{x:.{digits}g}") == 1.0 and x > 1.0:
-        digits += 1
-    return f"{x:.{digits}g}"

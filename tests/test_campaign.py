@@ -15,6 +15,7 @@ from difftest.case import Case
 from difftest.check import check_case
 from difftest.cli import main
 from difftest.geometry import GRADIENTS
+from difftest.outcome import SCHEMA_VERSION, ResultRecord
 from difftest.results import findings, read_campaign, read_results
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'difftest[torch]')")
@@ -28,23 +29,23 @@ def run_campaign(tmp_path, names, **kw):
 
 def test_a_seeded_quick_campaign_finds_order_discrepancies_in_torch_and_its_reproducers_replay(tmp_path):
     out, records = run_campaign(tmp_path, ["torch-cpu-float32"], seed=0, time_budget=12)
-    found = [r for r in findings(records) if r["finding"]["verdict"] == "order"]
+    found = [r for r in findings(records) if r.finding.verdict == "order"]
     assert found, "no order finding"
     for r in found:
-        f = r["finding"]
-        case = Case.load(out / r["case_file"])
-        (replay,) = check_case(case, [get_backend(f["backend"])])
-        assert replay.gradients[f["gradient"]].verdict == f["verdict"]
+        f = r.finding
+        case = Case.load(out / r.case_file)
+        (replay,) = check_case(case, [get_backend(f.backend)])
+        assert replay.gradients[f.gradient].verdict == f.verdict
     # every non-pass line has its reproducer on disk
     for r in records:
-        if any(r["gradients"][g]["verdict"] != "pass" for g in GRADIENTS):
-            assert (out / r["case_file"]).is_file()
+        if any(r.gradients[g].verdict != "pass" for g in GRADIENTS):
+            assert (out / r.case_file).is_file()
 
 
 def test_nf_backends_never_give_a_non_pass_verdict(tmp_path):
     _, records = run_campaign(tmp_path, ["nf-binary16", "nf-bfloat16", "nf-tf32", "nf-binary32"], seed=3, time_budget=12)
     assert len(records) > 40
-    assert {r["gradients"][g]["verdict"] for r in records for g in GRADIENTS} == {"pass"}
+    assert {r.gradients[g].verdict for r in records for g in GRADIENTS} == {"pass"}
 
 
 def test_shards_are_deterministic_disjoint_and_merge_into_one_set(tmp_path, capsys):
@@ -52,17 +53,17 @@ def test_shards_are_deterministic_disjoint_and_merge_into_one_set(tmp_path, caps
         assert main(["run", "--backend", "nf-binary32", "--backend", "nf-binary16", "--shard", f"{k}/2",
                      "--examples", "20", "--rounds", "2", "--seed", "9", "--out", str(out), "--no-database",
                      "--quiet", "--fail-on", "never"]) == 0
-        return [r for r in read_results(out) if r["phase"] == "search"]
+        return [r for r in read_results(out) if r.phase == "search"]
 
     a1, a2, b = shard(1, tmp_path / "a1"), shard(1, tmp_path / "a2"), shard(2, tmp_path / "b")
-    ids = lambda rs: [r["case_id"] for r in rs]  # noqa: E731
+    ids = lambda rs: [r.case_id for r in rs]  # noqa: E731
     assert ids(a1) == ids(a2)
     assert not set(ids(a1)) & set(ids(b))
     assert all(shard_of(i, 2) == 1 for i in ids(a1)) and all(shard_of(i, 2) == 2 for i in ids(b))
     assert main(["merge", str(tmp_path / "a1"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
     merged = read_results(tmp_path / "m")
-    assert {(r["case_id"], r["backend"]) for r in merged} == {(r["case_id"], r["backend"]) for r in a1 + b} | {
-        (r["case_id"], r["backend"]) for r in read_results(tmp_path / "a1") + read_results(tmp_path / "b")}
+    assert {(r.case_id, r.backend) for r in merged} == {(r.case_id, r.backend) for r in a1 + b} | {
+        (r.case_id, r.backend) for r in read_results(tmp_path / "a1") + read_results(tmp_path / "b")}
     assert len(read_campaign(tmp_path / "m")["merged_from"]) == 2
 
 
@@ -85,7 +86,7 @@ def test_killing_a_campaign_midway_leaves_a_valid_results_file(tmp_path, sig):
     stdout, _ = proc.communicate(timeout=60)
     records = read_results(out)  # parses; a torn last line is skipped
     assert len(records) >= 20
-    assert all(set(r) >= {"case_id", "backend", "format", "gradients", "geometry", "environment_id"} for r in records)
+    assert all(r.case_id and r.backend and r.format and r.geometry and r.environment_id for r in records)
     if sig == signal.SIGINT:
         assert proc.returncode == 130
         assert read_campaign(out)["status"] == "interrupted"
@@ -94,10 +95,14 @@ def test_killing_a_campaign_midway_leaves_a_valid_results_file(tmp_path, sig):
 
 def test_results_lines_carry_the_documented_fields(tmp_path):
     out, records = run_campaign(tmp_path, ["numpy-float16", "nf-binary16"], seed=1, examples=15, rounds=1)
-    r = records[0]
-    assert {"case_id", "backend", "format", "gradients", "geometry", "seed", "shard", "timings", "environment_id", "phase"} <= set(r)
+    r = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert {"schema", "case_id", "backend", "format", "gradients", "geometry", "seed", "shard", "timings",
+            "environment_id", "phase"} <= set(r)
+    assert r["schema"] == SCHEMA_VERSION
+    assert {"backend_s", "model_s", "exact_s", "nf_and_torchlean_s", "order_free_s"} <= set(r["timings"])
     envs = json.loads((out / "environments.json").read_text())
     assert r["environment_id"] in envs and envs[r["environment_id"]]["backend"] == r["backend"]
+    assert ResultRecord.from_dict(r).to_dict() == r  # typed records round-trip their lines
     info = read_campaign(out)
     assert info["status"] == "complete" and info["profile"] == "quick" and info["backends"] == ["numpy-float16", "nf-binary16"]
 

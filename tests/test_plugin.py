@@ -30,12 +30,15 @@ def test_campaign_failures_name_the_shrunk_reproducer_and_work_with_xdist_and_ju
     assert xml.is_file() and "difftest[torch-cpu-float32:" in xml.read_text()
 
 
-def test_assert_within_bounds_accepts_the_nf_reference_and_explains_a_failure():
+def test_assert_within_bounds_accepts_the_nf_reference_and_explains_a_failure(tmp_path):
     d = np.array([2, 3, 3, 3, 2, 2.0**24 * 4, -(2.0**24) * 4, 3, 3, 4, 4, 3, 4, 2, 2, 2, 3, 3, 3, 2, 4, 2, 2, 4, 3, 3]) / 4
     case = Case(np.ones((1, 1, 1, d.size)), np.ones((1, 1, 1, 1)), d.reshape(1, 1, 1, -1))
     assert assert_within_bounds(case, "nf-binary32").verdict == "pass"
-    with pytest.raises(AssertionError, match="grad_bias: order"):
-        assert_within_bounds(case, "numpy-float32")
+    with pytest.raises(AssertionError, match="grad_bias: order") as failure:
+        assert_within_bounds(case, "numpy-float32", save_to=tmp_path)
+    saved = tmp_path / f"{case.case_id}.npz"
+    assert f"reproduce: difftest check {saved} --backend numpy-float32" in str(failure.value)
+    assert Case.load(saved).case_id == case.case_id
     assert_within_bounds(case, "numpy-float32", bound="order-free")
     with pytest.raises(ValueError):
         assert_within_bounds(case, "numpy-float32", bound="loose")

@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import html5lib
@@ -71,11 +72,11 @@ def test_report_is_valid_self_contained_html_with_every_backend_and_finding(resu
     assert_self_contained(doc, text)
     assert doc.find(".//table[@id='overview']") is not None
     records = read_results(d)
-    for b in {r["backend"] for r in records}:
+    for b in {r.backend for r in records}:
         assert b in text
     for r in records:
-        if r.get("case_file"):
-            assert r["case_file"] in text  # each finding's reproduce command
+        if r.case_file:
+            assert r.case_file in text  # each finding's reproduce command
     if name == "empty":
         assert "checked no case" in text
     if name == "error":
@@ -97,6 +98,29 @@ def test_merged_directories_and_a_baseline_mark_new_findings(result_sets, tmp_pa
     out2 = tmp_path / "same.html"
     main(["report", str(result_sets["mixed"]), "-o", str(out2), "--baseline", str(result_sets["mixed"])])
     assert "<b>0</b> new since the baseline" in out2.read_text()
+
+
+def test_the_report_imports_none_of_the_mathematics():
+    code = ("import sys, difftest.report; "
+            "print(sorted(m for m in sys.modules if m.startswith('difftest.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(eval(out))
+    math_modules = {"difftest." + m for m in ("case", "check", "compare", "exact", "replay", "orderfree", "lean",
+                                               "kernels", "fparith", "formats", "oracles", "backends")}
+    assert loaded & math_modules == set()
+
+
+def test_a_heatmap_draws_the_saved_per_entry_arrays_and_an_old_directory_renders_with_a_note(result_sets, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(result_sets["mixed"], old)
+    for f in (old / "cases").glob("*--*.npz"):  # what an older difftest saved: raw outputs only
+        with np.load(f) as z:
+            raw = {k: z[k] for k in z.files if "__" not in k}
+        np.savez(f, **raw)
+    text = render([old], tmp_path / "old.html").read_text()
+    parse(tmp_path / "old.html")
+    assert "data:image/png;base64," not in text and "heatmap is omitted" in text
+    assert "data:image/png;base64," in render([result_sets["mixed"]], tmp_path / "new.html").read_text()
 
 
 def test_run_writes_the_report_at_the_end(tmp_path, capsys):

@@ -1,0 +1,52 @@
+"""A campaign's persistence: every judged case becomes result lines, reproducers and raw outputs.
+
+:class:`CampaignRecorder` turns the typed results of one case into ``results.jsonl`` lines
+(:class:`~difftest.outcome.ResultRecord`), writes the case file of every case with a non-``pass``
+result, and the backend's raw outputs with the per-entry error and bounds for each non-``pass``
+result, so a report can draw it from the files alone. Nothing is buffered: a line is on disk
+when :meth:`record` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .outcome import FindingKey, ResultRecord
+from .results import ResultsWriter
+
+
+class CampaignRecorder:
+    """Writes one campaign's result directory as it goes."""
+
+    def __init__(self, out: Path, seed: int, shard: tuple[int, int]):
+        self.writer = ResultsWriter(out, fresh=True)
+        self.seed = seed
+        self.shard = f"{shard[0]}/{shard[1]}"
+        self._env_ids: dict[str, str] = {}
+
+    def record(self, case, results, phase: str, round_no: int, finding: FindingKey | None = None) -> None:
+        """One line per backend result on ``case``; files for the non-``pass`` ones."""
+        case_file = None
+        if any(r.verdict != "pass" for r in results):
+            case_file = self.writer.save_case(case, case.case_id)
+        for r in results:
+            if r.backend not in self._env_ids:
+                self._env_ids[r.backend] = self.writer.environment(r.environment)
+            rec = ResultRecord.of(
+                r, case.case_id, case.geometry.as_dict(), phase=phase, seed=self.seed, shard=self.shard,
+                round=round_no, environment_id=self._env_ids[r.backend], finding=finding,
+                timings={"backend_s": r.seconds,
+                         "model_s": sum(r.timings.get(k, 0.0) for k in ("exact_s", "nf_and_torchlean_s", "order_free_s")),
+                         **r.timings},
+            )
+            if r.verdict != "pass":
+                rec.case_file = case_file
+                if r.outputs is not None:
+                    rec.outputs_file = self.writer.save_outputs(case.case_id, r)
+            self.writer.write(rec)
+
+    def campaign(self, info: dict) -> None:
+        self.writer.campaign(info)
+
+    def close(self) -> None:
+        self.writer.close()
