@@ -1,30 +1,38 @@
 """Hypothesis strategies for Conv2D-backward cases: geometries, values of a format, whole cases.
 
-Small composable functions returning strategies, in the hypothesis style::
+Small composable functions returning strategies, in the hypothesis style:
 
-    from hypothesis import given
-    from difftest import strategies as dst
-
-    @given(dst.cases(dst.BINARY16, values=dst.log_uniform(dst.BINARY16)))
-    def test_my_backend(case): ...
+>>> from hypothesis import given, settings
+>>> from difftest import strategies as dst
+>>> @settings(max_examples=3, deadline=None)
+... @given(dst.cases(dst.BINARY16, tensor=dst.log_uniform(dst.BINARY16)))
+... def test_cases_hold_binary16_values(case):
+...     assert dst.BINARY16.representable_array(case.input).all()
+>>> test_cases_hold_binary16_values()
 
 Every value strategy yields values of the given format exactly (so a case never needs
 ``round_inputs``), and the geometry strategies yield only geometries of the spec's comparable
 domain (kernel within the padded input).
+
+Arguments are checked when a strategy is built, not when it is drawn from: an invalid one
+raises :class:`hypothesis.errors.InvalidArgument` naming the argument and what it accepts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 from statistics import NormalDist
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
 from .case import MAX_MAGNITUDE, Case
-from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, TF32, Format, get_format
+from .errors import UnknownFormat
+from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, PRESETS, TF32, Format, get_format
 from .geometry import Geometry
 
 __all__ = [
@@ -35,6 +43,57 @@ __all__ = [
     "cases",
 ]
 
+
+# --- argument checks (at build time) --------------------------------------------------------
+
+def _require(ok: bool, name: str, rule: str, value) -> None:
+    if not ok:
+        raise InvalidArgument(f"{name} must be {rule}, got {value!r}")
+
+
+def _is_integer(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_finite(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x, name: str, least: int | None = None) -> int:
+    rule = "an integer" if least is None else f"an integer >= {least}"
+    _require(_is_integer(x) and (least is None or x >= least), name, rule, x)
+    return int(x)
+
+
+def _format(fmt: Format | str) -> Format:
+    """``fmt`` as a Format: a preset name or a binary FLT format whose values float64 holds exactly."""
+    try:
+        fmt = get_format(fmt)
+    except UnknownFormat:
+        raise InvalidArgument(f"fmt must be a Format or one of {', '.join(PRESETS)}, got {fmt!r}") from None
+    exact = fmt.radix == 2 and fmt.emin is not None and fmt.prec <= 53 and fmt.emin >= BINARY64.emin
+    _require(exact, "fmt", "a binary FLT format held exactly in float64 (prec <= 53, emin >= -1074)", fmt)
+    return fmt
+
+
+def _limits(limits: Limits) -> Limits:
+    _require(isinstance(limits, Limits), "limits", "a Limits", limits)
+    return limits
+
+
+def _shape(shape: tuple[int, ...], rank: int | None = None) -> tuple[int, ...]:
+    rule = "a tuple of positive integers" if rank is None else f"a tuple of {rank} positive integers"
+    ok = isinstance(shape, (tuple, list)) and all(_is_integer(n) and n >= 1 for n in shape)
+    _require(ok and (rank is None or len(shape) == rank), "shape", rule, shape)
+    return tuple(int(n) for n in shape)
+
+
+def _strategy(x, name: str, rule: str) -> st.SearchStrategy:
+    _require(isinstance(x, st.SearchStrategy), name, rule, x)
+    return x
+
+
+# --- geometries ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Limits:
@@ -47,6 +106,10 @@ class Limits:
     max_stride: int = 3
     max_padding: int = 2
 
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            _integer(getattr(self, field.name), f"Limits.{field.name}", 0 if field.name == "max_padding" else 1)
+
     @property
     def max_terms(self) -> int:
         """Most terms any gradient entry can sum (for overflow-free value ranges)."""
@@ -54,9 +117,13 @@ class Limits:
         return max(big, 1)
 
 
-@st.composite
-def geometries(draw, limits: Limits = Limits()) -> Geometry:
+def geometries(limits: Limits = Limits()) -> st.SearchStrategy[Geometry]:
     """Valid geometries within ``limits``; non-square images and kernels, any stride/padding."""
+    return _geometries(_limits(limits))
+
+
+@st.composite
+def _geometries(draw, limits: Limits) -> Geometry:
     kH = draw(st.integers(1, limits.max_kernel))
     kW = draw(st.integers(1, limits.max_kernel))
     p = draw(st.integers(0, limits.max_padding))
@@ -79,8 +146,10 @@ def _safe_max_exp(fmt: Format, limits: Limits) -> int:
     return max(1, min(top, int(math.log2(MAX_MAGNITUDE))))
 
 
-def format_values(fmt: Format, min_exp: int | None = None, max_exp: int = 4) -> st.SearchStrategy[float]:
+def format_values(fmt: Format | str, min_exp: int | None = None, max_exp: int = 4) -> st.SearchStrategy[float]:
     """``±m·2^q`` with ``m < 2^p`` and ``min_exp <= q``, ``q + p <= max_exp``: values below 2^max_exp."""
+    fmt, max_exp = _format(fmt), _integer(max_exp, "max_exp")
+    min_exp = None if min_exp is None else _integer(min_exp, "min_exp")
     lo = fmt.emin if min_exp is None else max(min_exp, fmt.emin)
     hi = max(lo, max_exp - fmt.prec)
     return st.builds(
@@ -93,44 +162,51 @@ def _rounded(fmt: Format, xs: st.SearchStrategy[float]) -> st.SearchStrategy[flo
     return xs.map(lambda x: float(fmt.round_array(np.float64(x))))
 
 
-def normal(fmt: Format, scale: float = 1.0) -> st.SearchStrategy[float]:
+def normal(fmt: Format | str, scale: float = 1.0) -> st.SearchStrategy[float]:
     """Normally distributed values (inverse CDF of a uniform draw, shrinking to 0), rounded into ``fmt``."""
+    _require(_is_finite(scale) and scale > 0, "scale", "a finite number > 0", scale)
     dist = NormalDist(0.0, scale)
     u = st.floats(-1.0, 1.0, exclude_min=True, exclude_max=True)
-    return _rounded(fmt, u.map(lambda t: dist.inv_cdf(min(max(0.5 + 0.5 * t, 1e-12), 1 - 1e-12))))
+    return _rounded(_format(fmt), u.map(lambda t: dist.inv_cdf(min(max(0.5 + 0.5 * t, 1e-12), 1 - 1e-12))))
 
 
-def uniform(fmt: Format, lo: float = -1.0, hi: float = 1.0) -> st.SearchStrategy[float]:
+def uniform(fmt: Format | str, lo: float = -1.0, hi: float = 1.0) -> st.SearchStrategy[float]:
     """Uniform values in ``[lo, hi]`` rounded into ``fmt``."""
-    return _rounded(fmt, st.floats(lo, hi))
+    _require(_is_finite(lo), "lo", "a finite number", lo)
+    _require(_is_finite(hi) and hi >= lo, "hi", f"a finite number >= lo ({lo!r})", hi)
+    return _rounded(_format(fmt), st.floats(lo, hi))
 
 
-def log_uniform(fmt: Format, max_exp: int | None = None, limits: Limits = Limits()) -> st.SearchStrategy[float]:
+def log_uniform(fmt: Format | str, max_exp: int | None = None, limits: Limits = Limits()) -> st.SearchStrategy[float]:
     """Values whose exponent is uniform over the format's range, subnormals to ``2^max_exp``."""
-    top = _safe_max_exp(fmt, limits) if max_exp is None else max_exp
+    fmt = _format(fmt)
+    top = _safe_max_exp(fmt, _limits(limits)) if max_exp is None else _integer(max_exp, "max_exp")
     return format_values(fmt, fmt.emin, top)
 
 
-def integers(fmt: Format, bound: int = 16) -> st.SearchStrategy[float]:
+def integers(fmt: Format | str, bound: int = 16) -> st.SearchStrategy[float]:
     """Small integers (exact sums and products until they grow past ``2^p``)."""
-    bound = min(bound, 2**fmt.prec)
+    bound = min(_integer(bound, "bound", 0), 2 ** _format(fmt).prec)
     return st.integers(-bound, bound).map(float)
 
 
-def powers_of_two(fmt: Format, max_exp: int = 4) -> st.SearchStrategy[float]:
+def powers_of_two(fmt: Format | str, max_exp: int = 4) -> st.SearchStrategy[float]:
     """``±2^k`` from the smallest subnormal up to ``2^max_exp``."""
+    fmt = _format(fmt)
+    max_exp = _integer(max_exp, "max_exp", fmt.emin)
     return st.builds(lambda s, k: math.ldexp(s, k), st.sampled_from([1.0, -1.0]), st.integers(fmt.emin, max_exp))
 
 
-def subnormals(fmt: Format) -> st.SearchStrategy[float]:
+def subnormals(fmt: Format | str) -> st.SearchStrategy[float]:
     """Subnormal values of the format (``m·2^emin``, ``m < 2^(p-1)``) and the smallest normals."""
+    fmt = _format(fmt)
     return st.builds(lambda s, m: math.ldexp(s * m, fmt.emin), st.sampled_from([1, -1]), st.integers(0, 2**fmt.prec - 1))
 
 
-def near_ties(fmt: Format) -> st.SearchStrategy[float]:
+def near_ties(fmt: Format | str) -> st.SearchStrategy[float]:
     """Values ``(2^(p-1) + m)·2^q`` with few low bits, whose sums and products land on or next
     to rounding midpoints (``1 + 2^-(p-1)`` squared, ``1 + 3·2^-p`` sums, ...)."""
-    p = fmt.prec
+    p = _format(fmt).prec
     mant = st.sampled_from([2 ** (p - 1), 2 ** (p - 1) + 1, 2 ** (p - 1) + 2, 2 ** (p - 1) + 3, 2**p - 1, 3 * 2 ** (p - 2) + 1])
     return st.builds(lambda s, m, q: math.ldexp(s * m, q - p + 1), st.sampled_from([1, -1]), mant, st.integers(-3, 2))
 
@@ -141,8 +217,9 @@ def _clipped(fmt: Format, limits: Limits, xs: st.SearchStrategy[float]) -> st.Se
     return xs.map(lambda x: min(max(x, -m), m))
 
 
-def values(fmt: Format, limits: Limits = Limits()) -> st.SearchStrategy[float]:
+def values(fmt: Format | str, limits: Limits = Limits()) -> st.SearchStrategy[float]:
     """A mix of every value family above, within the overflow-free range of ``limits``."""
+    fmt, limits = _format(fmt), _limits(limits)
     top = _safe_max_exp(fmt, limits)
     return _clipped(fmt, limits, st.one_of(
         normal(fmt), uniform(fmt), log_uniform(fmt, limits=limits), integers(fmt, min(16, 2 ** max(top - 1, 0))),
@@ -154,11 +231,11 @@ def values(fmt: Format, limits: Limits = Limits()) -> st.SearchStrategy[float]:
 
 def arrays(shape: tuple[int, ...], elements: st.SearchStrategy[float]) -> st.SearchStrategy[np.ndarray]:
     """float64 arrays of the given shape with elements from ``elements``."""
-    return hnp.arrays(np.float64, shape, elements=elements)
+    elements = _strategy(elements, "elements", "a hypothesis strategy of floats")
+    return hnp.arrays(np.float64, _shape(shape), elements=elements)
 
 
-@st.composite
-def cancellation(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> np.ndarray:
+def cancellation(fmt: Format | str, shape: tuple[int, ...], limits: Limits = Limits()) -> st.SearchStrategy[np.ndarray]:
     """Structured cancellation along the spec's fold order (axis 1 is the summed-over channel
     for the input gradient; axes 0, 2, 3 are the ``(n, i, j)`` fold of the other two):
     ``+B, -B`` next to each other, early, among many small terms just below ``ulp(B)/2``.
@@ -168,6 +245,11 @@ def cancellation(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Lim
     is beyond the TorchLean bound (certified for the sequential order) and within the
     order-free bound.
     """
+    return _cancellation(_format(fmt), _shape(shape, rank=4), _limits(limits))
+
+
+@st.composite
+def _cancellation(draw, fmt: Format, shape: tuple[int, ...], limits: Limits) -> np.ndarray:
     top = _safe_max_exp(fmt, limits)
     b = draw(st.integers(max(fmt.emin + 2 * fmt.prec + 2, top - 8), top - 1))  # B = 2^b
     lo_m, hi_m = 2 ** (fmt.prec - 2), 2**fmt.prec - 1
@@ -184,10 +266,14 @@ def cancellation(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Lim
     return flat.reshape(shape[1], shape[0], *shape[2:]).transpose(1, 0, 2, 3).copy()
 
 
-@st.composite
-def constant_blocks(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> np.ndarray:
+def constant_blocks(fmt: Format | str, shape: tuple[int, ...], limits: Limits = Limits()) -> st.SearchStrategy[np.ndarray]:
     """Blocks of one repeated value: long sums of equal terms round systematically, and
     differently in sequential and blocked orders."""
+    return _constant_blocks(_format(fmt), _shape(shape), _limits(limits))
+
+
+@st.composite
+def _constant_blocks(draw, fmt: Format, shape: tuple[int, ...], limits: Limits) -> np.ndarray:
     v = draw(_clipped(fmt, limits, st.one_of(near_ties(fmt), log_uniform(fmt, limits=limits))))
     a = np.full(shape, v)
     if a.size > 1 and draw(st.booleans()):
@@ -202,11 +288,14 @@ ELEMENTWISE_MAX = 64
 FAMILIES = ("mixed", "normal", "uniform", "log_uniform", "integers", "powers_of_two", "subnormals", "near_ties")
 
 
-def seeded_array(fmt: Format, shape: tuple[int, ...], family: str, seed: int, sparsity: float = 0.0,
+def seeded_array(fmt: Format | str, shape: tuple[int, ...], family: str, seed: int, sparsity: float = 0.0,
                  limits: Limits = Limits()) -> np.ndarray:
     """An array of one value family, generated by numpy from ``seed`` and rounded into ``fmt``
     (the families of the element strategies above, for arrays too large to draw element-wise)."""
-    rng = np.random.default_rng(seed)
+    fmt, shape, limits = _format(fmt), _shape(shape), _limits(limits)
+    _require(family in FAMILIES, "family", f"one of {', '.join(FAMILIES)}", family)
+    _require(_is_finite(sparsity) and 0 <= sparsity < 1, "sparsity", "a number in [0, 1)", sparsity)
+    rng = np.random.default_rng(_integer(seed, "seed", 0))
     n = int(np.prod(shape))
     top = _safe_max_exp(fmt, limits)
     p = fmt.prec
@@ -239,20 +328,25 @@ def seeded_array(fmt: Format, shape: tuple[int, ...], family: str, seed: int, sp
     return fmt.round_array(np.clip(a, -m, m)).reshape(shape)
 
 
-@st.composite
-def seeded(draw, fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> np.ndarray:
+def seeded(fmt: Format | str, shape: tuple[int, ...], limits: Limits = Limits()) -> st.SearchStrategy[np.ndarray]:
     """A seeded array: hypothesis draws (and shrinks) the family, the seed and the sparsity."""
+    return _seeded(_format(fmt), _shape(shape), _limits(limits))
+
+
+@st.composite
+def _seeded(draw, fmt: Format, shape: tuple[int, ...], limits: Limits) -> np.ndarray:
     family = draw(st.sampled_from(FAMILIES))
     sparsity = draw(st.sampled_from([0.0, 0.0, 0.5, 0.9]))
     return seeded_array(fmt, shape, family, draw(st.integers(0, 2**32 - 1)), sparsity, limits)
 
 
-def tensors(fmt: Format, shape: tuple[int, ...], limits: Limits = Limits()) -> st.SearchStrategy[np.ndarray]:
+def tensors(fmt: Format | str, shape: tuple[int, ...], limits: Limits = Limits()) -> st.SearchStrategy[np.ndarray]:
     """An input, weight or grad_output tensor: mixed elements, or a structured pattern.
 
     Tensors of more than ``ELEMENTWISE_MAX`` entries are seeded arrays (fast to draw, shrinking
     by family and seed); smaller ones are drawn element by element (shrinking entry by entry).
     """
+    fmt, shape, limits = _format(fmt), _shape(shape, rank=4), _limits(limits)
     if int(np.prod(shape)) > ELEMENTWISE_MAX:
         plain = seeded(fmt, shape, limits)
     else:
@@ -267,10 +361,15 @@ def _ones_like(fmt: Format, shape) -> st.SearchStrategy[np.ndarray]:
     return st.sampled_from([1.0, 2.0, 0.5]).map(lambda v: np.full(shape, v))
 
 
-@st.composite
-def structured(draw, fmt: Format, g: Geometry, limits: Limits = Limits()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def structured(fmt: Format | str, g: Geometry, limits: Limits = Limits()) -> st.SearchStrategy[tuple[np.ndarray, ...]]:
     """``(input, weight, grad_output)`` aimed at one gradient's fold: a cancellation pattern in
     one tensor and constants in the others, so each entry's sum is the pattern itself."""
+    _require(isinstance(g, Geometry), "g", "a Geometry", g)
+    return _structured(_format(fmt), g, _limits(limits))
+
+
+@st.composite
+def _structured(draw, fmt: Format, g: Geometry, limits: Limits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     which = draw(st.sampled_from(["grad_bias", "grad_weight", "grad_input"]))
     x, w, d = (draw(_ones_like(fmt, shape)) for shape in (g.input_shape, g.weight_shape, g.grad_output_shape))
     if which == "grad_weight":
@@ -283,15 +382,22 @@ def structured(draw, fmt: Format, g: Geometry, limits: Limits = Limits()) -> tup
     return x, w, d
 
 
-@st.composite
-def cases(draw, fmt: Format | str = BINARY32, geometry=None, tensor=None, limits: Limits = Limits()) -> Case:
+def cases(fmt: Format | str = BINARY32, geometry=None, tensor=None, limits: Limits = Limits()) -> st.SearchStrategy[Case]:
     """Whole cases of ``fmt``: a geometry and three tensors of representable values.
 
     ``geometry`` is a strategy of :class:`Geometry` (default :func:`geometries`); ``tensor`` a
     function ``(fmt, shape) -> strategy`` (default :func:`tensors`) or a value strategy.
     """
-    fmt = get_format(fmt)
-    g = draw(geometry if geometry is not None else geometries(limits))
+    fmt, limits = _format(fmt), _limits(limits)
+    geometry = geometries(limits) if geometry is None else _strategy(geometry, "geometry", "a strategy of Geometry")
+    ok = tensor is None or isinstance(tensor, st.SearchStrategy) or callable(tensor)
+    _require(ok, "tensor", "a value strategy or a function (fmt, shape) -> strategy of arrays", tensor)
+    return _cases(fmt, geometry, tensor, limits)
+
+
+@st.composite
+def _cases(draw, fmt: Format, geometry: st.SearchStrategy[Geometry], tensor, limits: Limits) -> Case:
+    g = draw(geometry)
     if tensor is None:
         if draw(st.integers(0, 3)) == 0:
             x, w, d = draw(structured(fmt, g, limits))

@@ -11,7 +11,7 @@ from difftest.geometry import GRADIENTS
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'difftest[torch]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'difftest[onnx]')")
 
-from backends.torch_backend import cudnn_tf32, tf32_flags  # noqa: E402  (after the skips)
+from difftest.backends.torch_backend import cudnn_tf32, tf32_flags  # noqa: E402  (after the skips)
 
 GRID = [  # (N, C, H, W, O, kH, kW, stride, padding): strides 1-3, pads 0-2, non-square, batch > 1
     (1, 1, 5, 5, 1, 3, 3, 1, 0),
