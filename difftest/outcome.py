@@ -14,6 +14,8 @@ imports no mathematics: reports and merges read results through it alone.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
@@ -44,6 +46,11 @@ def jsonable(x):
 def as_float(x) -> float:
     """Inverse of :func:`jsonable` for numbers ("inf" -> inf)."""
     return float(x)
+
+
+def environment_id(env: dict) -> str:
+    """A short content hash of an environment: equal environments, equal ids."""
+    return hashlib.sha256(json.dumps(jsonable(env), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -130,6 +137,10 @@ class BackendResult:
     def verdict(self) -> str:
         """The worst verdict over the three gradients."""
         return worst_verdict(r.verdict for r in self.gradients.values())
+
+    @property
+    def environment_id(self) -> str:
+        return environment_id(self.environment)
 
     def entry_arrays(self) -> dict[str, np.ndarray]:
         """``{g}__{error,bound,bound_order_free}`` of every gradient that has them (for reports)."""

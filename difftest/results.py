@@ -18,7 +18,6 @@ anywhere from the files alone:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import defaultdict
@@ -30,17 +29,13 @@ import numpy as np
 from .errors import DifftestError
 from .explain import RATIO_LEGEND, finding_text, format_ratio, plural
 from .geometry import GRADIENTS
-from .outcome import BackendResult, ResultRecord, jsonable
+from .outcome import BackendResult, ResultRecord, environment_id, jsonable
 from .verdicts import VERDICTS, fails, worst_verdict
 
 RESULTS = "results.jsonl"
 CASES = "cases"
 ENVIRONMENTS = "environments.json"
 CAMPAIGN = "campaign.json"
-
-
-def environment_id(env: dict) -> str:
-    return hashlib.sha256(json.dumps(jsonable(env), sort_keys=True).encode()).hexdigest()[:12]
 
 
 class ResultsWriter:
