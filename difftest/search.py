@@ -19,7 +19,6 @@ import hashlib
 import time
 
 from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings, target
-from hypothesis import seed as hypothesis_seed
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import HypothesisException
 
@@ -135,7 +134,9 @@ class Round:
         test._hypothesis_internal_database_key = hashlib.sha256(
             f"difftest|{c.profile.name}|{self.fmt.name}|{names}|{k}/{n}|{sorted(c.found)}".encode()
         ).digest()
-        test = hypothesis_seed(derive_seed(c.config.seed, k, n, self.fmt.name, self.round_no))(test)
+        # The seed as hypothesis.seed sets it, without the settings it also forces (database=None:
+        # a seeded run would neither replay nor save failures).
+        test._hypothesis_internal_use_seed = derive_seed(c.config.seed, k, n, self.fmt.name, self.round_no)
         try:
             test()
         except Finding as f:
