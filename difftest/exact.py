@@ -10,8 +10,8 @@ The spec gradients are sums of products of float64 values, so they are dyadic ra
 Its float64 views are ``nearest`` (the float64 nearest to each entry, ties to even), and
 ``residual`` and ``tail`` with ``|exact - nearest - residual| <= tail``. From levels they are
 computed with error-free transformations (a double-double sum with a rigorous error bound); an
-entry whose rounding that bound cannot decide — next to a rounding midpoint, or in heavy
-cancellation — is recomputed exactly with Python integers.
+entry whose rounding that bound cannot decide — next to a rounding midpoint, in heavy
+cancellation, or below ``2^-1021`` — is recomputed exactly with Python integers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from fractions import Fraction
 from functools import cached_property
 
 import numpy as np
+
+from .fparith import mul_up
 
 _U = 2.0**-53
 
@@ -45,8 +47,43 @@ def _two_sum(a, b):
     return s, (a - (s - bb)) + (b - bb)
 
 
+def _undecided(hi, lo, r):
+    """Where ``exact ∈ [hi + lo - r, hi + lo + r]`` (``hi`` a float64, ``r >= 0``) does not prove
+    ``hi = RN(exact)``, or leaves a tail ``r`` above ``2^-80 |hi|`` (exact residuals there).
+
+    ``hi`` is ``RN(exact)`` when ``|exact - hi| <= |lo| + r`` is strictly below the half spacing
+    of the float64 grid on the side of ``hi`` where ``exact`` lies (strictly: a tie goes to the
+    exact path): ``2^(E-54)`` for ``|hi|`` in ``[2^(E-1), 2^E)``, but only ``2^(E-55)`` towards
+    zero from a power of two. That side is surely outwards only when ``lo`` points outwards and
+    ``|lo| > r``; a sign test decides it, not the sign of ``lo·hi``, which underflows to ``-0.0``
+    for ``|hi| <= 2^-511``. Otherwise (``lo = 0``, ``|lo| <= r``, ``lo`` inwards) the finer half
+    spacing is the limit. Underflow cannot make the rule unsound:
+
+    * a half spacing below ``2^-1074`` (subnormal ``hi``, the lowest normal binade, ``hi = 0``)
+      is no float64: its limit is 0, and such entries are undecided unless ``lo = r = 0``, where
+      ``hi`` is the exact value;
+    * the limit is a float64, so ``fl(|lo| + r) < limit`` implies ``|lo| + r < limit`` (rounding
+      is monotone); a NaN (overflow) compares false and stays undecided;
+    * ``|hi|·2^-80`` may underflow, but that test only keeps tails small (``r <= 2^-80 |hi| +
+      2^-1075``): soundness does not rest on it.
+    """
+    frac, ex = np.frexp(hi)
+    outwards = (np.sign(lo) == np.sign(hi)) & (np.abs(lo) > r)
+    half_exp = ex.astype(np.int64) - np.where((np.abs(frac) == 0.5) & ~outwards, 55, 54)
+    limit = np.where((hi != 0) & (half_exp >= -1074), np.ldexp(1.0, np.maximum(half_exp, -1074)), 0.0)
+    decided = (np.abs(lo) + r < limit) | ((lo == 0) & (r == 0))
+    return ~decided | (r > np.abs(hi) * 2.0**-80) | ~np.isfinite(hi)
+
+
 def _exact_views(m: int, e: int) -> tuple[float, float, float]:
-    """nearest, residual (RN of exact - nearest) and tail (ulp(residual)/2) of ``m · 2^e``."""
+    """nearest, residual (RN of exact - nearest) and tail (ulp(residual)/2) of ``m · 2^e``.
+
+    ``hi`` and ``lo`` are correctly rounded (CPython's integer true division), so ``|rest - lo|``
+    is at most half the float64 spacing at ``rest``, and rounding never takes ``lo`` to a lower
+    binade than ``rest``: half the spacing at ``lo``, ``2^(E-54)`` for ``|lo|`` in
+    ``[2^(E-1), 2^E)``, bounds it, and ``2^-1074`` where that is the subnormal ``2^-1075`` (no
+    float64) or where ``lo = 0 != rest`` (``|rest| <= 2^-1075``). No float64 product is involved.
+    """
     hi = dyadic_to_float(m, e)
     hm, he = float_to_dyadic(hi)
     k = min(e, he)
@@ -140,7 +177,15 @@ class ExactTensor:
 
     def _double_double(self):
         """Sum2 of the levels as exact float64 terms (each level split into two 31-bit halves),
-        most significant first; ``|exact - (hi + lo)| <= γ_m² Σ|t|`` (Ogita, Rump, Oishi)."""
+        most significant first: ``hi + lo = s + c`` and ``|exact - (hi + lo)| <= r``; ``undecided``
+        marks the entries where that does not prove ``hi = RN(exact)`` (see :func:`_undecided`).
+
+        Every term ``t`` is a multiple of ``2^-1074`` (``scale >= -1074``), so TwoSum is exact and a
+        float64 addition of such values is exact in the subnormal range: the Ogita–Rump–Oishi
+        bound ``|Σe - c| <= γ_m² Σ|t|`` holds with no underflow term. ``r`` bounds it from above
+        whatever underflows: ``γ`` is rounded up, the products by :func:`mul_up`, and ``mag >=
+        Σ|t|·(1-u)^(m-1)`` (a float64 sum of non-negative terms), so ``Σ|t| <= mag·(1 + m·2^-52)``.
+        """
         s = np.zeros(self.shape)
         c = np.zeros(self.shape)
         mag = np.zeros(self.shape)
@@ -156,15 +201,9 @@ class ExactTensor:
                 mag = mag + np.abs(t)
                 m += 1
         hi, lo = _two_sum(s, c)
-        gamma = m * _U / (1 - m * _U)
-        r = mag * (gamma * gamma) * (1 + 2.0**-40)  # terms exact, TwoSum exact: no underflow slop
-        # hi = RN(exact) when exact = hi + lo ± r cannot reach a rounding midpoint of hi
-        ulp_half = np.ldexp(1.0, np.maximum(np.frexp(hi)[1].astype(np.int64) - 54, -1075))
-        pow2_below = (np.abs(np.frexp(hi)[0]) == 0.5) & (lo * hi < 0)  # towards zero the grid is finer
-        limit = np.where(pow2_below, ulp_half / 2, ulp_half)
-        # undecided also where cancellation left a tail above 2^-80 |hi|: exact residuals there
-        undecided = (np.abs(lo) + r >= limit) | (r > np.abs(hi) * 2.0**-80) | ~np.isfinite(hi)
-        return hi, lo, r, undecided
+        gamma = np.nextafter(m * _U / (1 - m * _U), np.inf)  # m·u and 1 - m·u exact
+        r = mul_up(mul_up(mag, np.float64(1 + m * 2.0**-52)), np.float64(mul_up(gamma, gamma)))
+        return hi, lo, r, _undecided(hi, lo, r)
 
     @property
     def nearest(self) -> np.ndarray:

@@ -188,3 +188,22 @@ def test_values_beyond_the_hardware_range_are_domain_for_hardware_and_in_the_mod
     assert main(["bounds", str(tmp_path / "big.npz"), "--out", str(tmp_path / "b.npz")]) == 0
     with np.load(tmp_path / "b.npz") as z:
         assert z["grad_weight_exact"][0, 0, 0, 0] == 4 * 2.0**200 and np.isfinite(z["grad_weight_bound_order_free"]).all()
+
+
+class NegativeBiasBackend:
+    """A deliberately wrong binary16 backend: the bias gradient of positive terms comes back negative."""
+
+    name = "negative-bias"
+    format = BINARY16
+
+    def conv2d_backward(self, x, w, d, stride, padding):
+        out = get_backend("nf-binary16").conv2d_backward(x, w, d, stride, padding)
+        return {**out, "grad_bias": np.full(w.shape[0], -60000.0)}
+
+
+def test_a_negative_sum_of_4096_positive_binary16_terms_is_precision():
+    ones = np.ones((1, 1, 64, 64))
+    (r,) = check_case(Case(ones, np.ones((1, 1, 1, 1)), ones, format=BINARY16), [NegativeBiasBackend()])
+    gb = r.gradients["grad_bias"]
+    assert gb.verdict == "precision" and gb.violations_order_free == 1
+    assert np.isfinite(gb.worst["bound_order_free"]) and gb.worst["bound_order_free"] < 64096

@@ -4,29 +4,29 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from difftest.formats import BFLOAT16, BINARY16, BINARY32
-from difftest.orderfree import abs_gemm_up, gamma_up, product_bound
+from difftest.case import Case
+from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64
+from difftest.orderfree import abs_gemm_up, growth_up, order_free_bounds, product_bound
 
 from strategies import format_values
 
 FORMATS = [BINARY16, BFLOAT16, BINARY32]
+FOLDS = ["random", "left", "right"]
 
 
-def any_order_dot(fmt, xs, ys, draw):
-    """Evaluate Σ x_i y_i by a random tree: random leaf order, random pairings, random FMAs."""
-    items = [("prod", Fraction(x), Fraction(y)) for x, y in zip(xs, ys)]
-    draw(st.randoms()).shuffle(items)
-    vals = []
-    for kind, x, y in items:
-        vals.append(("pending", x, y))
-    rng = draw(st.randoms())
+def any_order_dot(fmt, xs, ys, rng, fold):
+    """Evaluate Σ x_i y_i by a random tree: random leaf order, random pairings (or a left or a
+    right fold), random FMAs."""
+    vals = [("pending", Fraction(x), Fraction(y)) for x, y in zip(xs, ys)]
+    rng.shuffle(vals)
     def value(v):
         return fmt.round(v[1] * v[2]) if v[0] == "pending" else v[1]
     while len(vals) > 1:
-        i = rng.randrange(len(vals) - 1)
+        last = len(vals) - 2
+        i = rng.randint(0, last) if fold == "random" else 0 if fold == "left" else last
         a, b = vals[i], vals[i + 1]
         if a[0] == "pending" and rng.random() < 0.5:  # fused: round(x·y + c), one rounding
             r = fmt.round(a[1] * a[2] + value(b))
@@ -36,6 +36,16 @@ def any_order_dot(fmt, xs, ys, draw):
     return value(vals[0])
 
 
+def assert_within_the_order_free_bound(fmt, xs, ys, rng, fold):
+    got = any_order_dot(fmt, xs, ys, rng, fold)
+    exact = sum((Fraction(x) * Fraction(y) for x, y in zip(xs, ys)), Fraction(0))
+    a, b = np.array([xs]), np.array([ys]).T
+    ones = np.ones_like
+    bound = product_bound(fmt, a, b, ones(a), ones(b), 0.0, 0.0).bound[0, 0]
+    assert np.isfinite(bound)
+    assert abs(got - exact) <= Fraction(bound)
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 @given(data=st.data())
 def test_any_summation_tree_is_within_the_order_free_bound(fmt, data):
@@ -43,18 +53,57 @@ def test_any_summation_tree_is_within_the_order_free_bound(fmt, data):
     n = data.draw(st.integers(1, 24))
     xs = data.draw(st.lists(v, min_size=n, max_size=n))
     ys = data.draw(st.lists(v, min_size=n, max_size=n))
-    got = any_order_dot(fmt, xs, ys, data.draw)
-    exact = sum((Fraction(x) * Fraction(y) for x, y in zip(xs, ys)), Fraction(0))
-    a, b = np.array([xs]), np.array([ys]).T
-    ones = np.ones_like
-    bound = product_bound(fmt, a, b, ones(a), ones(b), 0.0, 0.0).bound[0, 0]
-    assert abs(got - exact) <= Fraction(bound)
+    assert_within_the_order_free_bound(fmt, xs, ys, data.draw(st.randoms()), data.draw(st.sampled_from(FOLDS)))
 
 
-def test_gamma_is_infinite_where_n_u_reaches_one():
-    g = gamma_up(BINARY16, np.array([0.0, 1.0, 2047.0, 2048.0, 5000.0]))
-    assert g[0] == 0 and np.isfinite(g[2]) and np.isinf(g[3]) and np.isinf(g[4])
-    assert Fraction(g[1]) >= Fraction(1, 2**11 - 1)  # γ_1 = u/(1-u), u = 2^-11
+@settings(max_examples=10)
+@given(data=st.data())
+def test_binary16_sums_of_2048_terms_and_more_are_within_a_finite_order_free_bound(data):
+    """n·u >= 1: same-sign terms and ties make rounding errors pile up in one direction (a left
+    fold of 4,096 ones stalls at 2,048)."""
+    fmt = BINARY16
+    n = data.draw(st.integers(2048, 5000))
+    same_sign = st.one_of(st.just(1.0), format_values(fmt, lo=fmt.emin, hi=0).map(abs))
+    pool = data.draw(st.lists(same_sign | format_values(fmt, lo=-8, hi=0), min_size=1, max_size=4))
+    ys = data.draw(st.sampled_from([1.0, 0.75, 1.0 + 2.0**-10]))
+    rng = data.draw(st.randoms(use_true_random=True))  # seeded by Hypothesis; thousands of calls
+    xs = [rng.choice(pool) for _ in range(n)]
+    assert_within_the_order_free_bound(fmt, xs, [ys] * n, rng, data.draw(st.sampled_from(FOLDS)))
+
+
+def exact_growth(fmt, k):
+    return (1 + fmt.unit_roundoff) ** k - 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS + [BINARY64], ids=lambda f: f.name)
+def test_growth_is_a_close_sure_upper_bound_also_where_n_u_reaches_one(fmt):
+    ks = [0, 1, 2, 3, 16, 100, 2047, 2048, 2049, 4096, 5000, 9999]
+    g = growth_up(fmt, np.array(ks, dtype=np.float64))
+    assert g[0] == 0 and np.isfinite(g).all()
+    for k, x in zip(ks, g):
+        exact = exact_growth(fmt, k)
+        assert Fraction(x) >= exact, k
+        if k * fmt.unit_roundoff >= Fraction(1, 2**20):
+            assert Fraction(x) <= exact * (1 + Fraction(1, 10**9)), k
+        if k * fmt.unit_roundoff < 1:  # never looser than γ_k = k·u / (1 - k·u), where that is finite
+            assert Fraction(x) <= k * fmt.unit_roundoff / (1 - k * fmt.unit_roundoff), k
+
+
+@pytest.mark.parametrize("fmt", FORMATS + [BINARY64], ids=lambda f: f.name)
+@given(ks=st.lists(st.integers(0, 400), min_size=1, max_size=12))
+def test_growth_is_above_its_exact_value(fmt, ks):
+    g = growth_up(fmt, np.array(ks, dtype=np.float64).reshape(-1, 1))
+    assert g.shape == (len(ks), 1)
+    assert all(Fraction(x) >= exact_growth(fmt, k) for k, x in zip(ks, g.ravel()))
+
+
+def test_binary16_bias_bound_of_4096_ones_is_finite_and_excludes_minus_60000():
+    n = 4096
+    case = Case(np.ones((1, 1, 64, 64)), np.ones((1, 1, 1, 1)), np.ones((1, 1, 64, 64)), format=BINARY16)
+    bias = order_free_bounds(case.runtime(), case.geometry)["grad_bias"].bound[0]
+    exact = exact_growth(BINARY16, n - 1) * n  # ((1 + u)^(n-1) - 1)·Σ|δ|
+    assert exact <= Fraction(bias) <= exact * (1 + Fraction(1, 10**9))
+    assert bias < abs(-60000 - n)  # a backend returning -60000 is beyond it
 
 
 @given(st.lists(st.tuples(st.floats(-2.0**400, 2.0**400), st.floats(-2.0**70, 2.0**70)), min_size=1, max_size=40))
