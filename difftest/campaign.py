@@ -22,6 +22,7 @@ partition, and each shard derives its seeds from ``(seed, K)``.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -102,23 +103,25 @@ class Campaign:
         self.config = config
         self.profile = config.profile
         self.examples = config.examples or self.profile.examples
-        self.budget = config.time_budget if config.time_budget is not None else self.profile.time_budget
+        self.budget = config.time_budget if config.time_budget is not None else (
+            math.inf if config.rounds else self.profile.time_budget)  # rounds alone: bounded by work
         self.recorder: CampaignRecorder | None = None
         self.progress = Progress(enabled=config.progress)
         self.status = "running"
         self.found: set[FindingKey] = set()
         self.interrupted = False
         self.end = 0.0
+        self.draws = 0  # cases hypothesis drew for the search (a repeat of a judged case counts, is not judged again)
         self._judged: dict[str, list] = {}  # case_id -> results, without raw outputs
+        self.seen: dict[FindingKey, tuple] = {}  # non-pass key -> (choices, round, case, result) of its first case
 
     # --- what the rounds ask --------------------------------------------------------------
 
-    def judge(self, case, backends, until_new: bool) -> tuple[list, bool]:
+    def judge(self, case, backends, stop=None) -> tuple[list, bool]:
         """The backends' results on ``case`` and whether they are fresh (not judged before).
-        With ``until_new``, stop at the first new finding (shrinking needs only that answer)."""
+        ``stop(result)`` ends the judgement early (shrinking needs only one answer)."""
         if case.case_id in self._judged:
             return self._judged[case.case_id], False
-        stop = (lambda r: self.new_finding([r]) is not None) if until_new else None
         results = check_case(case, backends, stop=stop)
         if len(results) == len(backends):
             if len(self._judged) >= _CACHE_SIZE:
@@ -135,12 +138,24 @@ class Campaign:
                     return key
         return None
 
-    def save_finding(self, f: Finding, round_no: int) -> None:
-        self.found.add(f.key)
+    def note_seen(self, case, results, choices: tuple, round_no: int) -> None:
+        """Remember the first case of each non-``pass`` key, to shrink it later if no round does."""
+        for r in results:
+            for g, gr in r.gradients.items():
+                key = FindingKey(r.backend, g, gr.verdict)
+                if key.verdict != "pass" and key not in self.found and key not in self.seen:
+                    self.seen[key] = (choices, round_no, case, r)
+
+    def save_finding(self, key: FindingKey, case, result, round_no: int, phase: str = "shrunk") -> None:
+        self.found.add(key)
         self.progress.findings += 1
-        self.recorder.record(f.case, [r for r in f.results if r.backend == f.key.backend], "shrunk", round_no,
-                             finding=f.key)
-        self.progress.update(f"found {f.key.backend} {f.key.gradient}: {f.key.verdict}", force=True)
+        self.recorder.record(case, [result], phase, round_no, finding=key)
+        self.progress.update(f"found {key.backend} {key.gradient}: {key.verdict}", force=True)
+
+    def _save(self, f: Finding, round_no: int) -> None:
+        result = next(r for r in f.results if r.backend == f.key.backend)
+        self.save_finding(f.key, f.case, result, round_no)
+        self.note_seen(f.case, [result], f.choices, round_no)  # other keys its reproducer shows
 
     # --- the campaign ----------------------------------------------------------------------
 
@@ -157,18 +172,44 @@ class Campaign:
         return signal.signal(signal.SIGINT, handler)
 
     def _search_group(self, backends, deadline: float) -> None:
-        """Rounds with new seeds over one format group until the deadline or the round limit."""
-        for round_no in range(1, (self.config.rounds or 10_000) + 1):
+        """Rounds with new seeds over one format group until the deadline or the round limit;
+        then every key seen but not yet shrunk is shrunk on its own."""
+        fmt = backends[0].format
+        try:
+            for round_no in range(1, (self.config.rounds or 10_000) + 1):
+                self._round(fmt, backends, round_no, deadline)
+        except BudgetExhausted:
+            pass
+        names = {b.name for b in backends}
+        for key, (choices, round_no, case, result) in list(self.seen.items()):
+            if key in self.found or key.backend not in names:
+                continue
+            f = None
+            if not self.interrupted and time.monotonic() < self.end:
+                try:
+                    f = Round(self, fmt, backends, round_no, self.end, self.examples, target=key, choices=choices).run()
+                except BudgetExhausted:
+                    pass
+            if f is not None:
+                self._save(f, round_no)
+            else:  # no time left to shrink it (or it did not fail again): its first case stands
+                self.save_finding(key, case, result, round_no, phase="unshrunk")
+
+    def _round(self, fmt, backends, round_no: int, deadline: float) -> None:
+        """One round: ``examples`` cases, going on after each finding (raises BudgetExhausted)."""
+        left, segment = self.examples, 0
+        while left > 0:
             if self.interrupted:
                 raise KeyboardInterrupt
             if time.monotonic() > deadline:
+                raise BudgetExhausted
+            run = Round(self, fmt, backends, round_no, deadline, left, segment)
+            f = run.run()
+            if f is None:
                 return
-            try:
-                f = Round(self, backends[0].format, backends, round_no, deadline).run()
-            except BudgetExhausted:
-                return
-            if f is not None:
-                self.save_finding(f, round_no)
+            self._save(f, round_no)
+            left -= max(run.searched, 1)
+            segment += 1
 
     def _settings(self, groups: dict) -> dict:
         cfg = self.config
@@ -221,6 +262,7 @@ class Campaign:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "duration_s": round(time.monotonic() - t0, 3),
                 "cases": self.progress.cases,
+                "draws": self.draws,
                 "findings": self.progress.findings,
             })
             self.recorder.campaign(info)

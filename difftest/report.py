@@ -13,20 +13,18 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .explain import format_ratio, ratios_text, reproduce_command, violations_text, worst_text
+from .explain import format_ratio, plural, ratios_text, reproduce_command, violations_text, worst_text
 from .geometry import GRADIENTS
 from .outcome import EntryArrays, ResultRecord, as_float
-from .results import read_campaign, read_environments, read_results, summarize
+from .results import findings, read_campaign, read_environments, read_results, summarize
 from .verdicts import MEANING, SEVERITY, VERDICTS, worst_verdict
-
-#: Detailed sections (with heatmaps) beyond this many non-pass results are listed in a table.
-MAX_DETAILED = 60
 
 COLORS = {"pass": "#2e7d32", "order": "#f9a825", "domain": "#607d8b", "precision": "#c62828", "error": "#6a1b9a"}
 
@@ -139,7 +137,7 @@ class Detail:
     verdict: str
     command: str
     shrunk: bool
-    new: bool
+    status: str = ""  # with a baseline: "new", "not in baseline" (its backend did not run there) or ""
     heatmap: str = ""
     note: str = ""
     worst: dict = field(default_factory=dict)
@@ -165,6 +163,54 @@ def saved_ratio(d: Path, r: ResultRecord, gradient: str, bound: str) -> tuple[np
         return None, f"could not read {r.outputs_file}: {type(exc).__name__}: {exc}"
 
 
+#: campaign.json settings that make two result directories comparable.
+COMPARED_SETTINGS = ("profile", "limits", "examples_per_round", "rounds", "time_budget_s", "seed", "shard", "version")
+
+
+@dataclass
+class Baseline:
+    """An earlier result directory to compare with, like with like."""
+
+    path: Path
+    keys: set  # non-pass (backend, gradient, verdict)
+    formats: dict  # backend -> format
+    campaigns: list
+
+    @classmethod
+    def read(cls, path: Path) -> "Baseline":
+        records = read_results(path)
+        keys = {(r.backend, g, gr.verdict) for r in records for g, gr in r.gradients.items() if gr.verdict != "pass"}
+        info = read_campaign(path)
+        return cls(path, keys, {r.backend: r.format for r in records}, info.get("merged_from", [info]) if info else [])
+
+    def status(self, backend: str, fmt: str, gradient: str, verdict: str) -> str:
+        """"new" when the baseline ran this backend in this format without the finding; "not in
+        baseline" when it did not run it there (nothing to compare with)."""
+        if self.formats.get(backend) != fmt:
+            return "not in baseline"
+        return "" if (backend, gradient, verdict) in self.keys else "new"
+
+    def differences(self, records: list, campaigns: list) -> list[str]:
+        """What differs between these results and the baseline: backends, formats, settings."""
+        here = {r.backend: r.format for r in records}
+        out = []
+        only_here = sorted(set(here) - set(self.formats))
+        only_there = sorted(set(self.formats) - set(here))
+        if only_here:
+            out.append(f"backends not in the baseline: {', '.join(only_here)}")
+        if only_there:
+            out.append(f"backends only in the baseline: {', '.join(only_there)}")
+        for b in sorted(set(here) & set(self.formats)):
+            if here[b] != self.formats[b]:
+                out.append(f"{b}: format {here[b]} here, {self.formats[b]} in the baseline")
+        for key in COMPARED_SETTINGS:
+            mine = sorted({json.dumps(c.get(key), sort_keys=True) for c in campaigns})
+            theirs = sorted({json.dumps(c.get(key), sort_keys=True) for c in self.campaigns})
+            if mine != theirs:
+                out.append(f"{key}: {', '.join(mine)} here, {', '.join(theirs)} in the baseline")
+        return out
+
+
 def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
     records: list[dict] = []
     envs: dict = {}
@@ -179,14 +225,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         envs.update(read_environments(d))
         info = read_campaign(d)
         campaigns += info.get("merged_from", [info]) if info else []
-    base_keys = set()
-    if baseline is not None:
-        for r in read_results(Path(baseline)):
-            for g in GRADIENTS:
-                v = r.gradients[g].verdict
-                if v != "pass":
-                    base_keys.add((r.backend, g, v))
-
+    base = Baseline.read(Path(baseline)) if baseline is not None else None
     table = summarize(records)
     backends = list(table)
     overview = []
@@ -198,27 +237,25 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
                          "format": next((r.format for r in records if r.backend == b), ""),
                          "environments": [envs.get(e, {}) for e in env_ids]})
 
-    # non-pass results, worst first: shrunk findings, then the rest
-    shrunk_cases = {(r.case_id, r.backend) for r in records if r.phase == "shrunk"}
-    items = []
-    seen = set()
-    for r in sorted(records, key=lambda r: (r.phase != "shrunk", -_worst_ratio(r))):
+    # findings: one per distinct (backend, gradient, verdict), its (shrunk) reproducer; then the rest
+    def detail(r: ResultRecord, g: str, shrunk: bool) -> Detail:
+        d = origin[id(r)]
+        cmd = reproduce_command(d / r.case_file, r.backend) if r.case_file else "(no case file saved)"
+        v = r.gradients[g].verdict
+        return Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=shrunk,
+                      status=base.status(r.backend, r.format, g, v) if base else "", worst=r.gradients[g].worst or {})
+
+    found = [detail(r, r.finding.gradient, r.phase == "shrunk") for r in findings(records)]
+    found.sort(key=lambda it: (-SEVERITY[it.verdict], -it.record.gradients[it.gradient].max_ratio))
+    shown = {(it.record.case_id, it.record.backend, it.gradient) for it in found}
+    others = []
+    for r in sorted(records, key=lambda r: -_worst_ratio(r)):
         for g in GRADIENTS:
-            v = r.gradients[g].verdict
-            if v == "pass" or (r.case_id, r.backend, g) in seen:
-                continue
-            if r.phase != "shrunk" and (r.case_id, r.backend) in shrunk_cases:
-                continue
-            seen.add((r.case_id, r.backend, g))
-            d = origin[id(r)]
-            cmd = reproduce_command(d / r.case_file, r.backend) if r.case_file else "(no case file saved)"
-            items.append(Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=r.phase == "shrunk",
-                                new=baseline is not None and (r.backend, g, v) not in base_keys,
-                                worst=r.gradients[g].worst or {}))
-    items.sort(key=lambda it: (not it.shrunk, -SEVERITY[it.verdict], -it.record.gradients[it.gradient].max_ratio))
-    detailed, listed = items[:MAX_DETAILED], items[MAX_DETAILED:]
-    for it in detailed:
-        if it.verdict in ("order", "precision"):
+            if r.gradients[g].verdict != "pass" and (r.case_id, r.backend, g) not in shown:
+                shown.add((r.case_id, r.backend, g))
+                others.append(detail(r, g, False))
+    for it in found:
+        if it.verdict in HEATMAP_BOUND:
             bound, label = HEATMAP_BOUND[it.verdict]
             ratio, note = saved_ratio(origin[id(it.record)], it.record, it.gradient, bound)
             if ratio is not None:
@@ -246,10 +283,14 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         "campaigns": campaigns,
         "sources": [str(d) for d in dirs],
         "baseline": str(baseline) if baseline else "",
-        "detailed": detailed,
-        "listed": listed,
-        "n_findings": len(items),
-        "n_new": sum(it.new for it in items),
+        "found": found,
+        "others": others,
+        "n_others": len(others),
+        "n_findings": len(found),
+        "n_new": sum(it.status == "new" for it in found),
+        "n_not_in_baseline": sum(it.status == "not in baseline" for it in found),
+        "comparison": base.differences(records, campaigns) if base else [],
+        "plural": plural,
         "histograms": ratio_histograms(records, backends) if records else "",
         "nf_use": nf_use,
         "passed": [o for o in overview if o["worst"] == "pass"],

@@ -1,16 +1,25 @@
-"""One search round: a hypothesis run that judges drawn cases and shrinks the first new finding.
+"""Search rounds: hypothesis runs that judge drawn cases and shrink every new finding.
 
-A round searches one format group. Its test function (:meth:`Round.probe`) has two jobs:
+A round searches one format group with up to ``examples`` drawn cases. Its test function
+(:meth:`Round.probe`) has two jobs:
 
 * **search** (:meth:`Round.search_step`): judge every backend on the drawn case, record the
-  result lines, steer with ``hypothesis.target`` towards larger error/bound ratios, and fail
-  on the first finding — a ``(backend, gradient, verdict)`` the campaign has not seen;
-* **shrink** (:meth:`Round.shrink_step`): once a failure is found, hypothesis calls the test
-  on smaller cases; each is judged only until the first new finding, and nothing is recorded
-  (only the final minimal case is). Shrinking stops at the profile's shrink time; the smallest
-  failure reached is kept.
+  result lines, steer with ``hypothesis.target`` towards larger error/bound ratios, remember
+  the choices that drew the first case of each non-``pass`` key, and fail on the first
+  finding — a ``(backend, gradient, verdict)`` the campaign has not found;
+* **shrink** (:meth:`Round.shrink_step`): hypothesis then calls the test on smaller cases;
+  each is judged only until the finding shows, and nothing is recorded (only the final
+  minimal case is).
 
-The time budget ends a round wherever it is (:class:`BudgetExhausted`).
+After a finding the round goes on where it stopped (a new hypothesis run with the examples
+left, its own seed), so ``--examples N --rounds 1`` draws N cases. A key that a case showed
+next to another, and that no later case raised, is shrunk on its own afterwards
+(:func:`shrink_known`): hypothesis replays the choices that drew it and shrinks them.
+
+Shrinking is part of the time budget: it stops at ``shrink_seconds`` per finding or at the
+campaign's end, whichever comes first, keeping the smallest failure reached. A campaign bounded
+by work (``rounds`` and no time budget) shrinks as far as hypothesis goes, so the same seed
+gives the same reproducers.
 """
 
 from __future__ import annotations
@@ -19,15 +28,12 @@ import hashlib
 import time
 
 from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings, target
-from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.control import current_build_context
+from hypothesis.database import DirectoryBasedExampleDatabase, InMemoryExampleDatabase, choices_to_bytes
 from hypothesis.errors import HypothesisException
 
 from .outcome import FindingKey
 from .strategies import cases
-
-#: How far past the time budget the shrinking of a last-minute finding may run.
-SHRINK_GRACE_S = 5.0
-
 
 class BudgetExhausted(BaseException):
     """Raised inside the hypothesis test to end a search on time (BaseException: hypothesis
@@ -37,9 +43,9 @@ class BudgetExhausted(BaseException):
 class Finding(Exception):
     """A ``(backend, gradient, verdict)`` not seen before, on ``case``."""
 
-    def __init__(self, key: FindingKey, case, results):
+    def __init__(self, key: FindingKey, case, results, choices: tuple = ()):
         super().__init__(f"{key.backend} {key.gradient}: {key.verdict}")
-        self.key, self.case, self.results = key, case, results
+        self.key, self.case, self.results, self.choices = key, case, results, choices
 
 
 _FINDING_TYPES: dict[tuple, type] = {}
@@ -58,17 +64,24 @@ def derive_seed(*parts) -> int:
 
 
 class Round:
-    """One hypothesis run of one format group (see the module docstring)."""
+    """One hypothesis run of one format group (see the module docstring).
 
-    def __init__(self, campaign, fmt, backends, round_no: int, deadline: float):
+    ``examples`` cases at most; ``segment`` numbers the runs of one round (a round goes on after
+    a finding); ``target``/``choices``: shrink that one key from the choices that drew it.
+    """
+
+    def __init__(self, campaign, fmt, backends, round_no: int, deadline: float, examples: int,
+                 segment: int = 0, target=None, choices=None):
         self.campaign, self.fmt, self.backends = campaign, fmt, backends
-        self.round_no, self.deadline = round_no, deadline
+        self.round_no, self.deadline, self.examples, self.segment = round_no, deadline, examples, segment
+        self.target, self.choices = target, choices
         self.failing: dict[str, Finding] = {}  # case_id -> the finding it raised
         self.first_failure_at: float | None = None
         self.last_failure: Finding | None = None
+        self.searched = 0  # cases drawn by the search (not by shrinking)
 
     def fail(self, key: FindingKey, case, results):
-        exc = _finding_type(key)(key, case, results)
+        exc = _finding_type(key)(key, case, results, tuple(current_build_context().data.choices))
         self.failing[case.case_id] = exc
         self.last_failure = exc
         if self.first_failure_at is None:
@@ -82,7 +95,9 @@ class Round:
             assume(c.shard_of(case.case_id, n) == k)
         if c.interrupted:
             raise BudgetExhausted  # hypothesis may swallow a KeyboardInterrupt while shrinking
-        if self.first_failure_at is None:
+        if case.case_id in self.failing:  # replays of known failures stay failures
+            raise self.failing[case.case_id]
+        if self.first_failure_at is None and self.target is None:
             self.search_step(case)
         else:
             self.shrink_step(case)
@@ -91,9 +106,12 @@ class Round:
         c = self.campaign
         if time.monotonic() > self.deadline:
             raise BudgetExhausted
-        results, fresh = c.judge(case, self.backends, until_new=False)
+        self.searched += 1
+        c.draws += 1
+        results, fresh = c.judge(case, self.backends)
         if fresh:
             c.recorder.record(case, results, "search", self.round_no)
+            c.note_seen(case, results, tuple(current_build_context().data.choices), self.round_no)
             c.progress.cases += 1
             c.progress.update(f"[{self.fmt.name}, round {self.round_no}]")
             for r in results:
@@ -106,39 +124,51 @@ class Round:
 
     def shrink_step(self, case) -> None:
         c = self.campaign
-        if case.case_id in self.failing:  # replays of known failures stay failures
-            raise self.failing[case.case_id]
-        if time.monotonic() > min(self.first_failure_at + c.profile.shrink_seconds, c.end + SHRINK_GRACE_S):
+        started = self.first_failure_at or self.started
+        if time.monotonic() > min(started + c.profile.shrink_seconds, c.end):
             raise BudgetExhausted  # shrink time is up: keep the smallest failure reached
-        results, _ = c.judge(case, self.backends, until_new=True)
-        new = c.new_finding(results)
-        if new is not None:
-            self.fail(new, case, results)
+        wanted = (lambda key: key == self.target) if self.target else (lambda key: key not in c.found)
+        results, _ = c.judge(case, self.backends, stop=lambda r: any(wanted(k) for k in _keys(r)))
+        key = next((k for r in results for k in _keys(r) if wanted(k)), None)
+        if key is not None:
+            self.fail(key, case, results)
 
-    def run(self) -> Finding | None:
-        """Run the round; the (shrunk) finding, or None when the round found nothing new."""
+    def _test(self):
         c = self.campaign
         k, n = c.config.shard
+        if self.target is None:
+            database = DirectoryBasedExampleDatabase(str(c.config.database)) if c.config.database else None
+            phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
+            names = ",".join(b.name for b in self.backends)
+            key = f"difftest|{c.profile.name}|{self.fmt.name}|{names}|{k}/{n}|{sorted(c.found)}"
+        else:  # replay the choices that drew the target's case, then shrink them
+            database, phases = InMemoryExampleDatabase(), [Phase.reuse, Phase.shrink]
+            key = f"difftest-target|{self.target}"
         test = settings(
-            max_examples=c.examples,
+            max_examples=self.examples,
             deadline=None,
-            database=DirectoryBasedExampleDatabase(str(c.config.database)) if c.config.database else None,
+            database=database,
             suppress_health_check=list(HealthCheck),
             report_multiple_bugs=False,
             verbosity=Verbosity.quiet,
             print_blob=False,
-            phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+            phases=phases,
         )(given(cases(self.fmt, limits=c.profile.limits))(self.probe))
         # A stable database key: tomorrow's run of the same campaign replays today's failures first.
-        names = ",".join(b.name for b in self.backends)
-        test._hypothesis_internal_database_key = hashlib.sha256(
-            f"difftest|{c.profile.name}|{self.fmt.name}|{names}|{k}/{n}|{sorted(c.found)}".encode()
-        ).digest()
+        test._hypothesis_internal_database_key = hashlib.sha256(key.encode()).digest()
+        if self.target is not None:
+            database.save(test._hypothesis_internal_database_key, choices_to_bytes(self.choices))
         # The seed as hypothesis.seed sets it, without the settings it also forces (database=None:
         # a seeded run would neither replay nor save failures).
-        test._hypothesis_internal_use_seed = derive_seed(c.config.seed, k, n, self.fmt.name, self.round_no)
+        test._hypothesis_internal_use_seed = derive_seed(c.config.seed, k, n, self.fmt.name, self.round_no,
+                                                         self.segment, self.target or "")
+        return test
+
+    def run(self) -> Finding | None:
+        """Run; the (shrunk) finding, or None when nothing new failed."""
+        self.started = time.monotonic()
         try:
-            test()
+            self._test()()
         except Finding as f:
             return f
         except BudgetExhausted:
@@ -147,6 +177,11 @@ class Round:
             raise
         except HypothesisException as exc:  # e.g. a flaky backend: keep what failed, unshrunk
             if self.last_failure is None:
-                c.progress.note(f"hypothesis stopped the {self.fmt.name} search: {exc}")
+                self.campaign.progress.note(f"hypothesis stopped the {self.fmt.name} search: {exc}")
             return self.last_failure
         return None
+
+
+def _keys(result):
+    """The non-``pass`` keys of one backend result."""
+    return [FindingKey(result.backend, g, gr.verdict) for g, gr in result.gradients.items() if gr.verdict != "pass"]

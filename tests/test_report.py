@@ -15,7 +15,7 @@ from difftest.campaign import Campaign, CampaignConfig
 from difftest.cli import main
 from difftest.formats import BINARY32
 from difftest.report import render
-from difftest.results import read_results
+from difftest.results import format_summary, read_results
 
 
 class RaisingBackend:
@@ -87,17 +87,37 @@ def test_report_is_valid_self_contained_html_with_every_backend_and_finding(resu
         assert "How much of the certified bound the NF reference uses" in text
 
 
-def test_merged_directories_and_a_baseline_mark_new_findings(result_sets, tmp_path, capsys):
+def test_a_baseline_marks_new_findings_and_compares_like_with_like(result_sets, tmp_path, capsys):
+    # a baseline that ran the same backends and settings, and saw only passes
+    base = tmp_path / "base"
+    shutil.copytree(result_sets["mixed"], base)
+    lines = (base / "results.jsonl").read_text().splitlines()
+    (base / "results.jsonl").write_text("\n".join(l for l in lines if '"verdict": "order"' not in l
+                                                   and '"verdict": "precision"' not in l) + "\n")
     out = tmp_path / "r.html"
+    assert main(["report", str(result_sets["mixed"]), "-o", str(out), "--baseline", str(base)]) == 0
+    text = out.read_text()
+    n_findings = int(re.search(r"Findings \((\d+)\)", text).group(1))
+    assert n_findings > 0 and f"<b>{n_findings}</b> new since the baseline" in text
+    assert "Same backends, formats and campaign settings as the baseline" in text
+    # a baseline that never ran these backends: nothing is "new", each is "not in baseline"
     assert main(["report", str(result_sets["mixed"]), str(result_sets["error"]), "-o", str(out),
                  "--baseline", str(result_sets["pass-only"])]) == 0
     text = out.read_text()
-    n_new = int(re.search(r"<b>(\d+)</b> new since the baseline", text).group(1))
-    assert n_new > 0 and text.count('<span class="new">new</span>') > n_new  # badges, plus the legend
-    assert "broken-float32" in text and "numpy-float32" in text
+    assert "<b>0</b> new since the baseline" in text and '<span class="new">not in baseline</span>' in text
+    assert "backends not in the baseline: broken-float32, nf-binary32, numpy-float32" in text
+    assert "backends only in the baseline: nf-binary16" in text
     out2 = tmp_path / "same.html"
     main(["report", str(result_sets["mixed"]), "-o", str(out2), "--baseline", str(result_sets["mixed"])])
     assert "<b>0</b> new since the baseline" in out2.read_text()
+
+
+def test_findings_are_one_per_key_and_counted_alike_in_the_summary_and_the_report(result_sets, tmp_path):
+    records = read_results(result_sets["mixed"])
+    keys = {(r.backend, g, gr.verdict) for r in records for g, gr in r.gradients.items() if gr.verdict != "pass"}
+    text = render([result_sets["mixed"]], tmp_path / "r.html").read_text()
+    assert f"Findings ({len(keys)})" in text
+    assert f"{len(keys)} finding" in format_summary(records)
 
 
 def test_the_report_imports_none_of_the_mathematics():
