@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from difftest.errors import UnknownBackend
 
 from .base import Backend
+from .function_backend import FunctionBackend
 from .nf_backend import NFBackend, nf_backends
 from .numpy_backend import NumpyBackend, numpy_backends
 from .onnx_backend import OnnxRuntimeBackend, onnx_backends
@@ -63,4 +64,29 @@ def get_backend(name: str) -> Backend:
         raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(sorted(known))}") from None
 
 
-__all__ = ["Backend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends", "get_backend"]
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a built-in or plugin backend (so ``difftest check --backend NAME`` runs it)."""
+    return name in all_backends()
+
+
+def as_backend(obj, format=None) -> Backend:
+    """A backend from what a user has at hand: a :class:`Backend`, a registered name, a plain
+    function ``(x, w, d, stride, padding) -> (gi, gw, gb)`` judged in ``format``, or a
+    ``(function, format)`` pair."""
+    if isinstance(obj, str):
+        return get_backend(obj)
+    if isinstance(obj, tuple) and len(obj) == 2 and callable(obj[0]):
+        return FunctionBackend(obj[0], obj[1])
+    if hasattr(obj, "conv2d_backward") and hasattr(obj, "format"):
+        return obj
+    if callable(obj):
+        if format is None:
+            raise TypeError("a plain function backend needs the format it claims (format=...)")
+        return FunctionBackend(obj, format)
+    raise TypeError(f"not a backend: {obj!r} (give a Backend, a backend name, a function or a (function, format) pair)")
+
+
+__all__ = [
+    "Backend", "FunctionBackend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends",
+    "as_backend", "get_backend", "is_registered",
+]

@@ -153,9 +153,14 @@ def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]
 def check_case(case: Case, backends: list, oracle: str = "exact", stop=None) -> list[BackendResult]:
     """Judge each backend on ``case``: the oracle runs once, the model once per format.
 
-    ``stop(result)``, when given, is asked after each backend; a true answer ends the
-    judgement there (the results so far are returned).
+    A backend is a :class:`~difftest.backends.Backend`, a registered name, a plain function
+    ``(x, w, d, stride, padding) -> (grad_input, grad_weight, grad_bias)`` (judged in the
+    case's format) or a ``(function, format)`` pair. ``stop(result)``, when given, is asked
+    after each backend; a true answer ends the judgement there (the results so far are returned).
     """
+    from .backends import as_backend
+
+    backends = [as_backend(b, case.format) for b in backends]
     t0 = time.perf_counter()
     exact = exact_gradients(case, oracle)
     shared = {"exact_s": time.perf_counter() - t0}
