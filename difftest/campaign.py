@@ -32,6 +32,7 @@ from pathlib import Path
 from . import __version__
 from .check import check_case
 from .errors import DifftestError
+from .expectations import Expectations
 from .outcome import FindingKey
 from .persist import CampaignRecorder
 from .progress import Progress
@@ -88,6 +89,7 @@ class CampaignConfig:
     database: Path | None = Path(".difftest/hypothesis")
     progress: bool = True
     rounds: int | None = None  # search rounds per format (None: until the time budget is spent)
+    expectations: Expectations | None = None  # declared findings, kept with the results (expected.json)
 
 
 #: Judged cases remembered per campaign (hypothesis repeats simple cases: judge once, record once).
@@ -235,7 +237,7 @@ class Campaign:
         groups: dict[str, list] = {}
         for b in cfg.backends:
             groups.setdefault(b.format.name, []).append(b)
-        self.recorder = CampaignRecorder(cfg.out, cfg.seed, cfg.shard)
+        self.recorder = CampaignRecorder(cfg.out, cfg.seed, cfg.shard, cfg.expectations)
         t0 = time.monotonic()
         self.end = t0 + self.budget
         info = self._settings(groups)

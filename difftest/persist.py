@@ -9,8 +9,10 @@ when :meth:`record` returns.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from .expectations import EXPECTED
 from .outcome import FindingKey, ResultRecord
 from .results import ResultsWriter
 
@@ -18,8 +20,15 @@ from .results import ResultsWriter
 class CampaignRecorder:
     """Writes one campaign's result directory as it goes."""
 
-    def __init__(self, out: Path, seed: int, shard: tuple[int, int]):
+    def __init__(self, out: Path, seed: int, shard: tuple[int, int], expectations=None):
         self.writer = ResultsWriter(out, fresh=True)
+        kept = Path(out) / EXPECTED
+        if expectations is not None and expectations.entries:
+            tmp = kept.with_suffix(".tmp")
+            tmp.write_text(json.dumps(expectations.to_dict(), indent=2) + "\n")
+            tmp.replace(kept)
+        else:
+            kept.unlink(missing_ok=True)
         self.seed = seed
         self.shard = f"{shard[0]}/{shard[1]}"
         self._env_ids: dict[str, str] = {}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .expectations import Expected, Expectations
 from .explain import format_ratio, plural, ratios_text, reproduce_command, violations_text, worst_text
 from .geometry import GRADIENTS
 from .outcome import EntryArrays, ResultRecord, as_float
@@ -138,6 +139,7 @@ class Detail:
     command: str
     shrunk: bool
     status: str = ""  # with a baseline: "new", "not in baseline" (its backend did not run there) or ""
+    expected: Expected | None = None  # the declaration that accepts this finding
     heatmap: str = ""
     note: str = ""
     worst: dict = field(default_factory=dict)
@@ -211,7 +213,8 @@ class Baseline:
         return out
 
 
-def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
+def build_context(dirs: list[Path], baseline: Path | None = None, expectations: Expectations | None = None) -> dict:
+    """Everything the template shows. ``expectations`` default to those the first directory kept."""
     records: list[dict] = []
     envs: dict = {}
     campaigns: list[dict] = []
@@ -226,6 +229,8 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         info = read_campaign(d)
         campaigns += info.get("merged_from", [info]) if info else []
     base = Baseline.read(Path(baseline)) if baseline is not None else None
+    if expectations is None:
+        expectations = next((e for e in map(Expectations.of_results, dirs) if e.entries), Expectations())
     table = summarize(records)
     backends = list(table)
     overview = []
@@ -243,7 +248,8 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         cmd = reproduce_command(d / r.case_file, r.backend) if r.case_file else "(no case file saved)"
         v = r.gradients[g].verdict
         return Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=shrunk,
-                      status=base.status(r.backend, r.format, g, v) if base else "", worst=r.gradients[g].worst or {})
+                      status=base.status(r.backend, r.format, g, v) if base else "", worst=r.gradients[g].worst or {},
+                      expected=expectations.explain_record(r, g))
 
     found = [detail(r, r.finding.gradient, r.phase == "shrunk") for r in findings(records)]
     found.sort(key=lambda it: (-SEVERITY[it.verdict], -it.record.gradients[it.gradient].max_ratio))
@@ -287,6 +293,9 @@ def build_context(dirs: list[Path], baseline: Path | None = None) -> dict:
         "others": others,
         "n_others": len(others),
         "n_findings": len(found),
+        "n_expected": sum(it.expected is not None for it in found),
+        "expectations": expectations,
+        "not_seen": expectations.not_seen(records),
         "n_new": sum(it.status == "new" for it in found),
         "n_not_in_baseline": sum(it.status == "not in baseline" for it in found),
         "comparison": base.differences(records, campaigns) if base else [],
@@ -308,12 +317,12 @@ def _worst_ratio(r: dict) -> float:
     return max(r.gradients[g].max_ratio for g in GRADIENTS)
 
 
-def render(dirs: list[Path], out: Path, baseline: Path | None = None) -> Path:
+def render(dirs: list[Path], out: Path, baseline: Path | None = None, expectations: Expectations | None = None) -> Path:
     """Write the report for ``dirs`` to ``out`` (one self-contained HTML file)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("difftest", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    page = env.get_template("report.html.j2").render(**build_context([Path(d) for d in dirs], baseline))
+    page = env.get_template("report.html.j2").render(**build_context([Path(d) for d in dirs], baseline, expectations))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -1,0 +1,164 @@
+"""Expected findings: known, accepted behaviours that must not fail a run, and must stay true.
+
+A nightly job that fails on every known behaviour (bfloat16 subnormals flushed by torch's
+kernels, reassociated float32 bias sums) is red forever and gets ignored. An expectations file
+declares such findings, each with the reason it is accepted, in the spirit of PyTorch OpInfo's
+``DecorateInfo``::
+
+    [[expected]]
+    backend = "torch-cpu-bfloat16"     # fnmatch pattern
+    gradient = "*"                     # pattern (default "*")
+    verdict = "precision"              # order, precision, domain or error
+    format = "bfloat16"                # optional
+    geometry = { C = [1, 16] }         # optional: field = value, or [min, max] (either may be omitted as "")
+    reason = "torch's CPU kernels flush bfloat16 subnormals to zero"
+
+A finding an entry matches is *expected*: shown as such, and it does not fail the exit code.
+Anything not declared fails as before. An entry that matched nothing in a run is reported as
+*not seen any more*, so the list stays true.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DifftestError
+from .verdicts import VERDICTS, fails
+
+GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding")
+
+#: The expectations a run used, kept in its result directory (a report marks findings with them).
+EXPECTED = "expected.json"
+
+#: The file ``run``, ``check`` and the pytest plugin read when none is named and it exists.
+DEFAULT_FILE = "difftest-expected.toml"
+
+
+def _load_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise DifftestError(f"{path} is not valid TOML: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One declared finding: patterns for backend and gradient, a verdict, optional constraints."""
+
+    backend: str
+    verdict: str
+    reason: str
+    gradient: str = "*"
+    format: str | None = None
+    geometry: dict = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "Expected":
+        unknown = set(d) - {"backend", "verdict", "reason", "gradient", "format", "geometry"}
+        if unknown:
+            raise DifftestError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        for key in ("backend", "verdict", "reason"):
+            if not isinstance(d.get(key), str) or not d[key].strip():
+                raise DifftestError(f"{where}: '{key}' must be a non-empty string")
+        if d["verdict"] not in VERDICTS or d["verdict"] == "pass":
+            raise DifftestError(f"{where}: verdict must be one of {', '.join(VERDICTS[1:])}, got {d['verdict']!r}")
+        geometry = d.get("geometry", {})
+        if not isinstance(geometry, dict) or set(geometry) - set(GEOMETRY_FIELDS):
+            raise DifftestError(f"{where}: geometry keys must be among {', '.join(GEOMETRY_FIELDS)}")
+        for k, v in geometry.items():
+            if not (isinstance(v, int) or (isinstance(v, list) and len(v) == 2
+                                           and all(x == "" or isinstance(x, int) for x in v))):
+                raise DifftestError(f"{where}: geometry.{k} must be an integer or [min, max] (\"\" for open), got {v!r}")
+        return cls(backend=d["backend"], verdict=d["verdict"], reason=d["reason"], gradient=d.get("gradient", "*"),
+                   format=d.get("format"), geometry=geometry)
+
+    def matches(self, backend: str, gradient: str, verdict: str, fmt: str, geometry: dict) -> bool:
+        if verdict != self.verdict or not fnmatch.fnmatchcase(backend, self.backend):
+            return False
+        if not fnmatch.fnmatchcase(gradient, self.gradient) or (self.format and fmt != self.format):
+            return False
+        for k, want in self.geometry.items():
+            have = geometry.get(k)
+            if have is None:
+                return False
+            lo, hi = (want, want) if isinstance(want, int) else want
+            if (lo != "" and have < lo) or (hi != "" and have > hi):
+                return False
+        return True
+
+    def describe(self) -> str:
+        where = [f"format {self.format}"] if self.format else []
+        where += [f"{k}={v}" for k, v in self.geometry.items()]
+        return (f"{self.backend} {self.gradient} {self.verdict}" + (f" ({', '.join(where)})" if where else "")
+                + f": {self.reason}")
+
+    def to_dict(self) -> dict:
+        d = {"backend": self.backend, "gradient": self.gradient, "verdict": self.verdict, "reason": self.reason}
+        if self.format:
+            d["format"] = self.format
+        if self.geometry:
+            d["geometry"] = self.geometry
+        return d
+
+
+@dataclass
+class Expectations:
+    """The declared findings of one file (empty: nothing is expected)."""
+
+    entries: list[Expected] = field(default_factory=list)
+    source: str = ""
+
+    @classmethod
+    def load(cls, path) -> "Expectations":
+        """Read a TOML file of ``[[expected]]`` tables (or the JSON a result directory keeps)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DifftestError(f"expectations file {str(path)!r} does not exist")
+        data = json.loads(path.read_text()) if path.suffix == ".json" else _load_toml(path)
+        items = data.get("expected", [])
+        if not isinstance(items, list):
+            raise DifftestError(f"{path}: 'expected' must be a list of tables ([[expected]])")
+        return cls([Expected.from_dict(d, f"{path}: expected[{i}]") for i, d in enumerate(items)], str(path))
+
+    @classmethod
+    def of_results(cls, directory) -> "Expectations":
+        """The expectations a result directory was judged with (none: empty)."""
+        path = Path(directory) / EXPECTED
+        return cls.load(path) if path.is_file() else cls()
+
+    def explain(self, backend: str, gradient: str, verdict: str, fmt: str, geometry: dict) -> Expected | None:
+        """The first entry that declares this finding, or None."""
+        return next((e for e in self.entries if e.matches(backend, gradient, verdict, fmt, geometry)), None)
+
+    def explain_record(self, record, gradient: str) -> Expected | None:
+        return self.explain(record.backend, gradient, record.gradients[gradient].verdict, record.format,
+                            record.geometry)
+
+    def fails(self, record, gradient: str, fail_on: str) -> bool:
+        """Whether this gradient of a result fails the run: a failing verdict nothing declares."""
+        verdict = record.gradients[gradient].verdict
+        return fails(verdict, fail_on) and self.explain_record(record, gradient) is None
+
+    def not_seen(self, records) -> list[Expected]:
+        """Entries for backends (and formats) that ran but matched no non-``pass`` result: no longer
+        true, to be removed or fixed. Entries for backends that did not run are not judged."""
+        ran = {(r.backend, r.format) for r in records}
+        seen = set()
+        for r in records:
+            for g, gr in r.gradients.items():
+                if gr.verdict != "pass":
+                    e = self.explain(r.backend, g, gr.verdict, r.format, r.geometry)
+                    if e is not None:
+                        seen.add(e)
+        return [e for e in self.entries if e not in seen and any(
+            fnmatch.fnmatchcase(b, e.backend) and (not e.format or f == e.format) for b, f in ran)]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "expected": [e.to_dict() for e in self.entries]}

@@ -1,0 +1,73 @@
+"""Expected findings: declared behaviours are shown as such, do not fail, and stay true."""
+
+import pytest
+
+from difftest.backends import get_backend
+from difftest.campaign import Campaign, CampaignConfig
+from difftest.errors import DifftestError
+from difftest.expectations import Expectations
+from difftest.report import render
+from difftest.results import findings
+
+DECLARED = """
+[[expected]]
+backend = "numpy-float*"
+gradient = "grad_bias"
+verdict = "order"
+reason = "numpy's pairwise sum reassociates the bias gradient"
+
+[[expected]]
+backend = "numpy-float32"
+verdict = "precision"
+format = "binary32"
+geometry = { C = [4, ""] }
+reason = "never seen: kept to show the not-seen list"
+
+[[expected]]
+backend = "torch-cuda-*"
+verdict = "precision"
+reason = "a backend that does not run here: not judged"
+"""
+
+
+def write(tmp_path, text=DECLARED):
+    path = tmp_path / "expected.toml"
+    path.write_text(text)
+    return Expectations.load(path)
+
+
+def test_entries_match_by_pattern_verdict_format_and_geometry(tmp_path):
+    e = write(tmp_path)
+    geo = {"N": 1, "C": 5}
+    assert e.explain("numpy-float64", "grad_bias", "order", "binary64", geo).reason.startswith("numpy's pairwise")
+    assert e.explain("numpy-float64", "grad_weight", "order", "binary64", geo) is None
+    assert e.explain("torch-cpu-float32", "grad_bias", "order", "binary32", geo) is None
+    assert e.explain("numpy-float32", "grad_input", "precision", "binary32", geo) is not None
+    assert e.explain("numpy-float32", "grad_input", "precision", "binary32", {"C": 3}) is None  # C below 4
+    assert e.explain("numpy-float32", "grad_input", "precision", "binary16", geo) is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[expected]]\nbackend = "x"\nverdict = "pass"\nreason = "r"', "verdict must be one of"),
+    ('[[expected]]\nbackend = "x"\nverdict = "order"', "'reason' must be a non-empty string"),
+    ('[[expected]]\nbackend = "x"\nverdict = "order"\nreason = "r"\ncolour = 1', "unknown keys colour"),
+    ('[[expected]]\nbackend = "x"\nverdict = "order"\nreason = "r"\ngeometry = { Q = 1 }', "geometry keys"),
+    ('[[expected]\n', "not valid TOML"),
+])
+def test_a_bad_declaration_is_refused_naming_the_entry(tmp_path, text, message):
+    with pytest.raises(DifftestError, match=message):
+        write(tmp_path, text)
+
+
+def test_a_campaign_keeps_its_expectations_and_the_report_marks_expected_and_not_seen(tmp_path):
+    e = write(tmp_path)
+    out = tmp_path / "out"
+    cfg = CampaignConfig(backends=[get_backend("numpy-float32")], out=out, database=None, progress=False, seed=0,
+                         examples=40, rounds=1, expectations=e)
+    records = Campaign(cfg).run()
+    assert any(r.finding.gradient == "grad_bias" for r in findings(records))
+    assert Expectations.of_results(out).entries == e.entries
+    assert [x.reason for x in e.not_seen(records)] == ["never seen: kept to show the not-seen list"]
+    text = render([out], tmp_path / "r.html").read_text()
+    assert "numpy&#39;s pairwise sum reassociates the bias gradient" in text and '<span class="expected">expected</span>' in text
+    assert "Expected findings not seen any more (1)" in text and "a backend that does not run here" not in text
