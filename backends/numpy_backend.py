@@ -33,6 +33,11 @@ class NumpyBackend(Backend):
         return True, ""
 
     def conv2d_backward(self, x, w, d, stride, padding):
+        # overflow to inf is what the verdict judges (domain or precision), not a warning to print
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._backward(x, w, d, stride, padding)
+
+    def _backward(self, x, w, d, stride, padding):
         g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
         dtype = self.dtype
         xt, wt, dt = (np.asarray(a).astype(dtype) for a in (x, w, d))

@@ -124,19 +124,23 @@ def nf_mul(fmt: Format, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def add_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a + b`` rounded towards +inf (exactly: TwoSum tells whether ``fl`` fell short)."""
-    s, e = two_sum(a, b)
+    """``a + b`` rounded towards +inf (exactly: TwoSum tells whether ``fl`` fell short).
+    An infinite operand gives an infinite sum (TwoSum's error term is then NaN, not > 0)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        s, e = two_sum(a, b)
     return np.where(e > 0, np.nextafter(s, np.inf), s)
 
 
 def mul_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """An upper bound of ``a · b`` for ``a, b >= 0``, within one float64 ulp."""
-    p = a * b
+    """An upper bound of ``a · b`` for ``a, b >= 0``, within one float64 ulp (+inf past float64)."""
+    with np.errstate(over="ignore"):
+        p = a * b
     up = np.nextafter(p, np.inf)
     return np.where((a == 0) | (b == 0), 0.0, np.maximum(up, _TINY))
 
 
 def sub_down(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a - b`` rounded towards -inf."""
-    s, e = two_sum(a, -b)
+    """``a - b`` rounded towards -inf (infinite operands as in :func:`add_up`)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        s, e = two_sum(a, -b)
     return np.where(e < 0, np.nextafter(s, -np.inf), s)
