@@ -150,17 +150,28 @@ def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]
     return get_oracle(oracle).spec_gradients(case.input, case.weight, case.grad_output, case.geometry)
 
 
-def check_case(case: Case, backends: list, oracle: str = "exact", stop=None) -> list[BackendResult]:
+def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max_memory="auto",
+               progress=None) -> list[BackendResult]:
     """Judge each backend on ``case``: the oracle runs once, the model once per format.
 
     A backend is a :class:`~difftest.backends.Backend`, a registered name, a plain function
     ``(x, w, d, stride, padding) -> (grad_input, grad_weight, grad_bias)`` (judged in the
     case's format) or a ``(function, format)`` pair. ``stop(result)``, when given, is asked
     after each backend; a true answer ends the judgement there (the results so far are returned).
+
+    Before any work the cost is estimated (:mod:`difftest.estimate`): above ``max_memory`` bytes
+    (``"auto"``: 60 % of the machine's memory; ``None``: no limit) the case is refused with
+    :class:`~difftest.estimate.CaseTooLarge`. ``progress(text)``, when given, hears each stage of
+    a case estimated to take more than a few seconds.
     """
     from .backends import as_backend
+    from .estimate import PROGRESS_SECONDS, default_max_memory, estimate, refuse_if_too_large
 
     backends = [as_backend(b, case.format) for b in backends]
+    cost = estimate(case.geometry, formats=len({b.format.name for b in backends}))
+    refuse_if_too_large(cost, default_max_memory() if max_memory == "auto" else max_memory)
+    say = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else (lambda text: None)
+    say(f"{cost.describe()}; exact spec")
     t0 = time.perf_counter()
     exact = exact_gradients(case, oracle)
     shared = {"exact_s": time.perf_counter() - t0}
@@ -168,8 +179,10 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None) -> 
     results = []
     for b in backends:
         if b.format.name not in models:
+            say(f"NF model and bounds in {b.format.name}")
             models[b.format.name] = model_for(case, b.format)
         model = models[b.format.name]
+        say(f"running {b.name}")
         r = run_backend(b, case, model, exact)
         r.timings = {**shared, **model.timings, **r.timings}
         results.append(r)

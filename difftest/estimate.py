@@ -1,0 +1,99 @@
+"""What judging a case will cost, before judging it: seconds and peak memory from its shapes.
+
+The pipeline's work and memory follow its GEMM operands: the im2col matrix of the input
+(``N·oh·ow × C·kH·kW``, for the weight gradient) and the transposed im2col of the output
+gradient (``N·H·W × O·kH·kW``, for the input gradient). The exact oracle slices both into
+several exact float64 parts and the bounds take absolute values and counts of them, so the peak
+is a multiple of the larger one; the time is a cost per multiply-add plus a cost per entry of the
+transposed im2col (the input gradient's zero steps and sub-pixel blocks).
+
+The constants were fitted on the development machine (2-core AMD EPYC, numpy 2.4, numba 0.68)
+to check_case runs of ResNet/VGG-like layers from 7.2 M to 116 M multiply-adds, judging
+``nf-binary32`` and ``torch-cpu-float32`` (peak measured with tracemalloc): the estimates were
+within a factor 2 and on the high side for memory. ``difftest bench`` prints the estimate next
+to what it measures, so the calibration can be checked on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import DifftestError
+from .geometry import Geometry
+
+NS_PER_MAC = 25.0  # per multiply-add of one gradient's GEMM
+NS_PER_TRANSPOSED_ENTRY = 400.0  # per entry of the input gradient's transposed im2col
+FIXED_SECONDS = 0.5
+BYTES_PER_OPERAND_ENTRY = 13 * 8  # peak bytes per entry of the larger GEMM operand
+BASE_BYTES = 64 * 2**20
+
+#: Cases estimated above this many seconds are judged with progress lines.
+PROGRESS_SECONDS = 3.0
+
+
+class CaseTooLarge(DifftestError):
+    """The estimated peak memory of judging a case exceeds the limit."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    macs: int  # multiply-adds of one gradient's GEMM
+    seconds: float
+    peak_bytes: int
+
+    def describe(self) -> str:
+        return (f"{self.macs / 1e6:.1f} M multiply-adds per gradient, estimated {self.seconds:.1f} s and "
+                f"{format_size(self.peak_bytes)} peak memory")
+
+
+def estimate(g: Geometry, formats: int = 1) -> Estimate:
+    """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats."""
+    macs = g.N * g.O * g.C * g.kH * g.kW * g.out_h * g.out_w
+    cols_x = g.N * g.out_h * g.out_w * g.C * g.kH * g.kW
+    cols_d = g.N * g.H * g.W * g.O * g.kH * g.kW
+    seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_TRANSPOSED_ENTRY * cols_d) * 1e-9
+    return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_OPERAND_ENTRY * max(cols_x, cols_d))
+
+
+def machine_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_max_memory() -> int | None:
+    """A safe share of the machine's memory: 60 % (None: no limit where it cannot be read)."""
+    total = machine_memory()
+    return None if total is None else int(total * 0.6)
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), flags=re.I)
+    if not m:
+        raise DifftestError(f"a memory size looks like 8G, 512M or 1000000 (bytes), got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def refuse_if_too_large(e: Estimate, max_memory: int | None) -> None:
+    """Raise :class:`CaseTooLarge` with the estimate when it exceeds ``max_memory``."""
+    if max_memory is not None and e.peak_bytes > max_memory:
+        raise CaseTooLarge(
+            f"judging this case needs about {format_size(e.peak_bytes)} of memory ({e.describe()}), above the "
+            f"limit of {format_size(max_memory)}; use a smaller case, or raise the limit with --max-memory "
+            "(max_memory= in Python) if this machine has the memory"
+        )
