@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .case import Case
+from .estimate import estimate
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def bench_layer(layer: Layer, repeat: int = 3) -> dict:
     seconds["total"] = sum(seconds.values())
     seconds["warmup"] = warmup
     t_torch = torch_backward_seconds(case, repeat)
+    cost = estimate(case.geometry)
     return {
         "layer": layer.name,
         "shape": {"N": layer.N, "C": layer.C, "O": layer.O, "H": layer.H, "W": layer.H, "k": layer.k,
@@ -122,6 +124,7 @@ def bench_layer(layer: Layer, repeat: int = 3) -> dict:
         "ratio_to_torch": seconds["total"] / t_torch if t_torch else None,
         "nf_verdicts": {k: v.verdict for k, v in result.gradients.items()},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "estimate": {"seconds": cost.seconds, "peak_mib": cost.peak_bytes / 2**20},
         "repeat": repeat,
     }
 
@@ -175,3 +178,6 @@ def print_layer(r: dict, out=None) -> None:
     if r["torch_float64_backward_s"]:
         print(f"  torch float64 backward {r['torch_float64_backward_s'] * 1e3:.1f} ms -> ratio {r['ratio_to_torch']:.0f}x", file=out)
     print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB; warm-up (compiled folds) {s['warmup']:.2f} s; nf verdicts {r['nf_verdicts']}", file=out)
+    e = r["estimate"]
+    print(f"  estimated before judging (difftest.estimate): {e['seconds']:.2f} s, {e['peak_mib']:.0f} MiB peak "
+          "(the process's RSS above includes the imported libraries)", file=out)
