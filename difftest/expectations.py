@@ -33,8 +33,6 @@ GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding")
 #: The expectations a run used, kept in its result directory (a report marks findings with them).
 EXPECTED = "expected.json"
 
-#: The file ``run``, ``check`` and the pytest plugin read when none is named and it exists.
-DEFAULT_FILE = "difftest-expected.toml"
 
 
 def _load_toml(path: Path) -> dict:
