@@ -129,35 +129,68 @@ def col2im_add(cols: np.ndarray, g: Geometry) -> np.ndarray:
 
 
 def im2col_transposed(d: np.ndarray, g: Geometry) -> np.ndarray:
-    """Rows ``[(n, h, w), (o, di, dj)] = δ[n, o, oi, oj]`` where ``oi·s + di = h + p`` and
+    """Rows ``[(n, h, w), (di, dj, o)] = δ[n, o, oi, oj]`` where ``oi·s + di = h + p`` and
     ``oj·s + dj = w + p`` (exact zero where no such output position exists).
 
     With it the input gradient is one GEMM against :func:`weight_rows`: entry ``(n, c, h, w)``
-    sums exactly the non-zero steps of TorchLean's ``conv2dInputDerivSpec``.
+    sums exactly the non-zero steps of TorchLean's ``conv2dInputDerivSpec``. Built tap by tap:
+    for each ``(di, dj)`` the valid ``(h, w)`` form a strided slice, filled from δ at once
+    (contiguous runs over ``o``, the innermost column index).
     """
-    def taps(n_in: int, n_out: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        t = np.arange(n_in)[:, None] + g.padding - np.arange(k)[None, :]  # (in, k): oi * s
-        valid = (t >= 0) & (t % g.stride == 0) & (t // g.stride < n_out)
-        return np.where(valid, t // g.stride, 0), valid
+    out = np.zeros((g.N, g.H, g.W, g.kH, g.kW, g.O), dtype=d.dtype)
+    dt = d.transpose(0, 2, 3, 1)  # (N, out_h, out_w, O)
 
-    oi, vi = taps(g.H, g.out_h, g.kH)  # (H, kH)
-    oj, vj = taps(g.W, g.out_w, g.kW)  # (W, kW)
-    rows = oi[:, None, :, None]  # (H, 1, kH, 1)
-    cols = oj[None, :, None, :]  # (1, W, 1, kW)
-    valid = vi[:, None, :, None] & vj[None, :, None, :]  # (H, W, kH, kW)
-    gathered = d[:, :, rows, cols]  # (N, O, H, W, kH, kW)
-    gathered = np.where(valid, gathered, np.zeros((), dtype=d.dtype))
-    return gathered.transpose(0, 2, 3, 1, 4, 5).reshape(g.N * g.H * g.W, g.O * g.kH * g.kW)
+    def span(k: int, n_in: int, n_out: int) -> tuple[slice, slice] | None:
+        """Output positions ``o`` with ``0 <= o·s - p + k < n_in``, and the input slice they reach."""
+        lo = max(0, -(-(g.padding - k) // g.stride))
+        hi = min(n_out - 1, (n_in - 1 + g.padding - k) // g.stride)
+        if hi < lo:
+            return None
+        start = lo * g.stride - g.padding + k
+        return slice(lo, hi + 1), slice(start, start + (hi - lo) * g.stride + 1, g.stride)
+
+    for di in range(g.kH):
+        rows = span(di, g.H, g.out_h)
+        if rows is None:
+            continue
+        for dj in range(g.kW):
+            cols = span(dj, g.W, g.out_w)
+            if cols is not None:
+                out[:, rows[1], cols[1], di, dj, :] = dt[:, rows[0], cols[0], :]
+    return out.reshape(g.N * g.H * g.W, g.kH * g.kW * g.O)
 
 
 def weight_rows(w: np.ndarray, g: Geometry) -> np.ndarray:
-    """The weight as a ``(O·kH·kW, C)`` matrix, matching :func:`im2col_transposed`'s columns."""
-    return w.transpose(0, 2, 3, 1).reshape(g.O * g.kH * g.kW, g.C)
+    """The weight as a ``(kH·kW·O, C)`` matrix, matching :func:`im2col_transposed`'s columns."""
+    return w.transpose(2, 3, 0, 1).reshape(g.kH * g.kW * g.O, g.C)
 
 
 def grad_output_rows(d: np.ndarray, g: Geometry) -> np.ndarray:
     """δ as an ``(O, N·out_h·out_w)`` matrix, columns in the ``(n, i, j)`` fold order."""
     return d.transpose(1, 0, 2, 3).reshape(g.O, g.N * g.out_h * g.out_w)
+
+
+def gemm_layouts(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict:
+    """The three gradients as GEMMs ``A @ B``, each operand as ``(source, layout)``: the
+    operand is ``layout(source)``, a gather of the source's entries and exact zeros (see
+    :func:`gemm_operands`). An entrywise map of the source — exact digit slices, absolute
+    values — commutes with the layout, so it can be applied to the compact source."""
+    drows = lambda t: grad_output_rows(t, g)  # noqa: E731
+    return {
+        "grad_input": ((d, lambda t: im2col_transposed(t, g)), (w, lambda t: weight_rows(t, g))),
+        "grad_weight": ((d, drows), (x, lambda t: im2col(t, g))),
+        "grad_bias": ((d, drows), (np.ones((g.N * g.out_h * g.out_w, 1), dtype=d.dtype), lambda t: t)),
+    }
+
+
+def gemm_shape(name: str, g: Geometry) -> tuple[int, int, int]:
+    """``(rows of A, inner dimension, columns of B)`` of a gradient's GEMM."""
+    n_out = g.N * g.out_h * g.out_w
+    return {
+        "grad_input": (g.N * g.H * g.W, g.O * g.kH * g.kW, g.C),
+        "grad_weight": (g.O, n_out, g.C * g.kH * g.kW),
+        "grad_bias": (g.O, n_out, 1),
+    }[name]
 
 
 def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict:
@@ -167,12 +200,7 @@ def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> d
     ``grad_bias = δ_rows @ 1``. Each entry of each product is exactly the spec's sum
     (structural zeros, padded reads and non-matching input steps, included as zeros).
     """
-    drows = grad_output_rows(d, g)
-    return {
-        "grad_input": (im2col_transposed(d, g), weight_rows(w, g)),
-        "grad_weight": (drows, im2col(x, g)),
-        "grad_bias": (drows, np.ones((drows.shape[1], 1), dtype=d.dtype)),
-    }
+    return {name: (fa(a), fb(b)) for name, ((a, fa), (b, fb)) in gemm_layouts(x, w, d, g).items()}
 
 
 Blocks = "list[tuple[np.ndarray, np.ndarray]] | None"
@@ -182,7 +210,7 @@ def gemm_blocks(name: str, g: Geometry) -> Blocks:
     """Row and column classes of a gradient's GEMM outside of which ``A`` is structurally zero.
 
     With stride ``s > 1``, input row ``h`` is reached only by taps ``di ≡ h + p (mod s)``: the
-    rows of class ``(h mod s, w mod s)`` need only the columns ``(o, di, dj)`` of that class
+    rows of class ``(h mod s, w mod s)`` need only the columns ``(di, dj, o)`` of that class
     (the sub-pixel decomposition of the transposed convolution), ``s²`` times less work.
     ``None``: one dense block.
     """
@@ -190,7 +218,7 @@ def gemm_blocks(name: str, g: Geometry) -> Blocks:
         return None
     s, p = g.stride, g.padding
     rows_of = np.arange(g.N * g.H * g.W).reshape(g.N, g.H, g.W)
-    taps = np.arange(g.O)[:, None, None] * (g.kH * g.kW) + np.arange(g.kH)[None, :, None] * g.kW + np.arange(g.kW)[None, None, :]
+    taps = (np.arange(g.kH)[:, None, None] * g.kW + np.arange(g.kW)[None, :, None]) * g.O + np.arange(g.O)[None, None, :]
     blocks = []
     for r in range(s):
         for q in range(s):
@@ -199,7 +227,7 @@ def gemm_blocks(name: str, g: Geometry) -> Blocks:
                 continue
             di = np.array([k for k in range(g.kH) if (r + p - k) % s == 0], dtype=np.int64)
             dj = np.array([k for k in range(g.kW) if (q + p - k) % s == 0], dtype=np.int64)
-            blocks.append((rows, taps[:, di][:, :, dj].ravel()))
+            blocks.append((rows, taps[np.ix_(di, dj)].ravel()))
     return blocks
 
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import Geometry, gemm_blocks, gemm_operands, gemm_result_to_gradient
+from difftest.geometry import Geometry, gemm_blocks, gemm_layouts, gemm_result_to_gradient, gemm_shape
 
 
 def slice_width(k: int) -> int:
@@ -54,11 +54,14 @@ def split_digits(a: np.ndarray, b: int) -> tuple[list[np.ndarray], int]:
 def exact_matmul(a: np.ndarray, b: np.ndarray, blocks=None) -> ExactTensor:
     """The exact product ``a @ b`` of two float64 matrices (``blocks``: see
     :func:`difftest.geometry.gemm_blocks`; ``a`` must be zero outside them)."""
-    k = a.shape[1]
-    width = slice_width(k)
+    width = slice_width(a.shape[1])
     da, qa = split_digits(a, width)
     db, qb = split_digits(b, width)
-    shape = (a.shape[0], b.shape[1])
+    return digit_product(da, qa, db, qb, width, (a.shape[0], b.shape[1]), blocks)
+
+
+def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, blocks=None) -> ExactTensor:
+    """``(Σ_s da[s] 2^(qa + s·width)) @ (Σ_t db[t] 2^(qb + t·width))`` exactly, as levels."""
     if not da or not db:
         return ExactTensor.zeros(shape)
     # the digit matrices of each block, cut once (blocks share the global q and width)
@@ -90,8 +93,18 @@ class SlicedExactOracle:
     name = "exact"
 
     def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict[str, ExactTensor]:
+        """The digits are cut from the compact tensors and then laid out (im2col repeats each
+        entry up to kH·kW times): the same digits as cutting the GEMM operands, less work. Each
+        operand holds only its source's entries and zeros, so the source's base exponent and
+        digit count serve it exactly (an entry no window reads only adds an unused digit level)."""
         out = {}
-        for name, (a, b) in gemm_operands(x, w, d, g).items():
-            r = exact_matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), gemm_blocks(name, g))
+        for name, ((a, fa), (b, fb)) in gemm_layouts(x, w, d, g).items():
+            rows, inner, cols = gemm_shape(name, g)
+            width = slice_width(inner)
+            da, qa = split_digits(a, width)
+            db, qb = split_digits(b, width)
+            da = [np.ascontiguousarray(fa(t)) for t in da]
+            db = [np.ascontiguousarray(fb(t)) for t in db]
+            r = digit_product(da, qa, db, qb, width, (rows, cols), gemm_blocks(name, g))
             out[name] = r.map(lambda v, name=name: gemm_result_to_gradient(name, v, g))
         return out
