@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
 import sys
+import traceback
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .case import Case
-from .errors import DifftestError
-from .explain import format_ratio, legend
+from .errors import CaseFileError, DifftestError
+from .explain import format_ratio, legend, plural
 from .formats import PRESETS
 from .geometry import GRADIENTS
 from .outcome import jsonable
-from .verdicts import FAIL_ON, FAIL_ON_HELP
+from .verdicts import FAIL_ON, FAIL_ON_HELP, fails
 
-EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROFILE_CHOICES = ("quick", "ci", "nightly")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,8 +33,96 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"difftest: error: {message}\n")
 
 
+# --- environment: paths to write, errors to explain ------------------------------------------------
+
+_HINTS = {
+    errno.ENOTDIR: "a part of that path is a file, not a directory; choose another path",
+    errno.EACCES: "you may not write there; fix the permissions or choose another path",
+    errno.EPERM: "you may not write there; fix the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOSPC: "the disk is full; free some space or choose another path",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another path",
+    errno.EEXIST: "something is in the way; remove it or choose another path",
+    errno.EISDIR: "it is a directory; give a file path",
+    errno.ENOENT: "check that the path exists",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+}
+
+
+def _os_reason(exc: OSError) -> str:
+    """``what went wrong; what to do`` for an error of the operating system."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}; {_HINTS.get(exc.errno, 'check the path and its permissions, then try again')}"
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``PATH: what went wrong; what to do``."""
+    where = "" if exc.filename is None else f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") + ": "
+    return where + _os_reason(exc)
+
+
+def _prepare_dir(path, what: str) -> Path:
+    """The output directory ``path`` (named ``what`` in errors), created if missing and writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DifftestError(f"{what} {p} is a file, not a directory; give a directory (it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DifftestError(f"{what} {p}: cannot create this directory: {_os_reason(exc)}") from exc
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise DifftestError(f"{what} {p} is not writable; fix its permissions or choose another directory")
+    return p
+
+
+def _prepare_file(path, what: str) -> Path:
+    """The output file ``path``: not a directory, its directory created if missing and writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise DifftestError(f"{what} {p} is a directory; give a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise DifftestError(f"{what} {p}: {parent} is a file, not a directory; choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DifftestError(f"{what} {p}: cannot create its directory {parent}: {_os_reason(exc)}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DifftestError(f"{what} {p}: {parent} is not writable; fix its permissions or choose another path")
+    return p
+
+
 def _load_case(args) -> Case:
-    return Case.load(args.case, format=getattr(args, "format", None), round_inputs=args.round_inputs)
+    path = Path(args.case)
+    if path.is_dir():
+        raise CaseFileError(f"{path} is a directory, not a case file; give an .npz case file "
+                            "(a result directory keeps its reproducers in cases/)")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise CaseFileError(f"{path} is not a readable case file: a case file is an .npz archive written by "
+                            "numpy.savez (see 'Case files' in the README)")
+    try:
+        return Case.load(path, format=getattr(args, "format", None), round_inputs=args.round_inputs)
+    except CaseFileError as exc:
+        if "pickle" in str(exc).lower():  # numpy's words for object arrays, a mechanism case files never use
+            raise CaseFileError(f"{path} is not a readable case file: it holds object arrays; a case file holds "
+                                "numeric arrays written by numpy.savez (see 'Case files' in the README)") from None
+        raise
+
+
+def _config():
+    """``[tool.difftest]`` of the nearest pyproject.toml and the DIFFTEST_* variables."""
+    from . import config
+
+    cfg = config.load()
+    for note in cfg.notes:
+        print(f"difftest: note: {note}", file=sys.stderr)
+    return cfg
+
+
+def _fail_on(args, cfg) -> str:
+    if args.fail_on is not None:
+        return args.fail_on
+    return cfg.get("fail_on", "order")
 
 
 def _available_backends(names: list[str]) -> list:
@@ -46,21 +140,23 @@ def _available_backends(names: list[str]) -> list:
 def cmd_check(args) -> int:
     from .check import check_case
 
+    fail_on = _fail_on(args, _config())
     case = _load_case(args)
     backends = _available_backends(args.backend)
+    out = _prepare_dir(args.save, "--save") if args.save else None
     results = check_case(case, backends, oracle=args.oracle)
-    if args.save:
-        out = Path(args.save)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         for r in results:
             if r.outputs is not None:
                 np.savez(out / f"{r.backend}.npz", **r.outputs)
+    code = EXIT_FINDING if any(fails(gr.verdict, fail_on) for r in results for gr in r.gradients.values()) else EXIT_OK
+    args.exit_code = code  # the outcome, also if the reader of stdout goes away
     if args.json:
         doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.to_dict() for r in results]}
         print(json.dumps(jsonable(doc), indent=2))
     else:
         _print_table(case, results)
-    return EXIT_OK if all(r.verdict == "pass" for r in results) else EXIT_FINDING
+    return code
 
 
 def _print_table(case: Case, results) -> None:
@@ -104,9 +200,8 @@ def cmd_bounds(args) -> int:
     from .check import bounds_arrays
 
     case = _load_case(args)
+    out = _prepare_file(args.out, "--out")
     arrays = bounds_arrays(case, oracle=args.oracle)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:
         np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1))
     print(f"wrote {out}: " + ", ".join(f"{g}_{{exact,nf,bound,bound_order_free}}" for g in GRADIENTS))
@@ -138,31 +233,66 @@ def cmd_backends(args) -> int:
 
 def cmd_run(args) -> int:
     from .campaign import PROFILES, Campaign, CampaignConfig, default_backends, parse_shard
-    from .results import exit_code, format_summary, read_campaign, read_results
+    from .results import exit_code, format_summary, junit_xml, read_campaign, read_results, summary_doc
 
-    backends = _available_backends(args.backend) if args.backend else default_backends()
+    cfg = _config()
+
+    def setting(key, cli_value, default):
+        return cli_value if cli_value is not None else cfg.get(key, default)
+
+    if args.backend:
+        backends = _available_backends(args.backend)
+    elif "backends" in cfg:
+        try:
+            backends = _available_backends(cfg.get("backends"))
+        except DifftestError as exc:
+            raise DifftestError(f"{cfg.source('backends')}: {exc}") from None
+    else:
+        backends = default_backends()
+    profile = setting("profile", args.profile, "quick")
+    time_budget = setting("time_budget", args.time_budget, None)
+    seed = setting("seed", args.seed, 0)
+    fail_on = _fail_on(args, cfg)
+    out = Path(setting("out", args.out, "reports/latest"))
+    if args.no_database:
+        database = None
+    elif args.database is not None:
+        database = Path(args.database)
+    elif "database" in cfg:
+        database = None if cfg.get("database") is None else Path(cfg.get("database"))
+    else:
+        database = Path(".difftest/hypothesis")
     if args.examples is not None and args.examples < 1:
         raise DifftestError("--examples must be >= 1")
     if args.rounds is not None and args.rounds < 1:
         raise DifftestError("--rounds must be >= 1")
     if args.time_budget is not None and args.time_budget <= 0:
         raise DifftestError("--time-budget must be > 0 seconds")
+    shard = parse_shard(args.shard)
+    _prepare_dir(out, "--out")
+    junit = _prepare_file(args.junit, "--junit") if args.junit else None
     config = CampaignConfig(
         backends=backends,
-        profile=PROFILES[args.profile],
+        profile=PROFILES[profile],
         examples=args.examples,
-        time_budget=args.time_budget,
-        seed=args.seed,
-        shard=parse_shard(args.shard),
-        out=Path(args.out),
-        database=None if args.no_database else Path(args.database),
+        time_budget=time_budget,
+        seed=seed,
+        shard=shard,
+        out=out,
+        database=database,
         progress=not args.quiet,
         rounds=args.rounds,
     )
     campaign = Campaign(config)
-    print(f"difftest run: profile {args.profile}, {len(backends)} backends "
-          f"({', '.join(b.name for b in backends)}), budget {campaign.budget:g}s, seed {args.seed}, "
-          f"shard {args.shard} -> {args.out}", file=sys.stderr)
+    campaign.progress.budget = campaign.budget  # progress lines say "18 s of 60 s"
+    if not args.quiet:
+        sources = cfg.sources()
+        print(f"difftest run: profile {profile}, {plural(len(backends), 'backend')} "
+              f"({', '.join(b.name for b in backends)}), "
+              + (f"budget {campaign.budget:g}s" if math.isfinite(campaign.budget) else "no time budget (bounded by --rounds)")
+              + f", seed {seed}, "
+              f"shard {args.shard} -> {out}" + (f"; settings from {', '.join(sources)}" if sources else ""),
+              file=sys.stderr)
     interrupted = False
     try:
         campaign.run()
@@ -170,24 +300,43 @@ def cmd_run(args) -> int:
         interrupted = True
     records = read_results(config.out)
     info = read_campaign(config.out)
-    print(format_summary(records, replay_dir=config.out))
-    print(f"\n{info.get('status', '?')}: {info.get('cases', 0)} cases in {info.get('duration_s', 0):.1f}s; "
-          f"results in {config.out}/results.jsonl")
+    code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on)
+    args.exit_code = code
+    # files first, then the words: a closed stdout (| head) loses no file
+    report = None
     if not args.no_report:
         from .report import render
 
-        print(f"report: {render([config.out], config.out / 'report.html')}")
-    if interrupted:
-        return 130
-    return exit_code(records, args.fail_on)
+        report = render([config.out], config.out / "report.html")
+    if junit is not None:
+        junit.write_text(junit_xml(records, fail_on, replay_dir=config.out, duration_s=info.get("duration_s", 0.0),
+                                   properties={"profile": profile, "seed": seed, "shard": args.shard,
+                                               "fail_on": fail_on, "status": info.get("status", "?")}),
+                         encoding="utf-8")
+    if args.json:
+        doc = {"status": info.get("status", "?"), "cases": info.get("cases", 0),
+               "duration_s": info.get("duration_s", 0.0), "out": str(config.out),
+               **summary_doc(records, replay_dir=config.out), "exit_code": code,
+               "report": None if report is None else str(report), "junit": None if junit is None else str(junit)}
+        print(json.dumps(jsonable(doc), indent=2))
+        return code
+    print(format_summary(records, replay_dir=config.out))
+    print(f"\n{info.get('status', '?')}: {plural(info.get('cases', 0), 'case')} in {info.get('duration_s', 0):.1f}s; "
+          f"results in {config.out}/results.jsonl")
+    if report is not None:
+        print(f"report: {report}")
+    if junit is not None:
+        print(f"junit: {junit}")
+    return code
 
 
 def cmd_report(args) -> int:
     from .report import render
 
     dirs = [Path(d) for d in args.dirs]
-    out = Path(args.output) if args.output else dirs[0] / "report.html"
+    out = _prepare_file(args.output, "-o") if args.output else dirs[0] / "report.html"
     render(dirs, out, baseline=Path(args.baseline) if args.baseline else None)
+    args.exit_code = EXIT_OK
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -211,7 +360,7 @@ def cmd_bench(args) -> int:
         bench.print_layer(doc["layer"])
     if "campaign" in doc:
         c = doc["campaign"]
-        print(f"campaign of small cases ({', '.join(c['backends'])}): {c['cases']} cases in {c['seconds']:.1f} s "
+        print(f"campaign of small cases ({', '.join(c['backends'])}): {plural(c['cases'], 'case')} in {c['seconds']:.1f} s "
               f"= {c['cases_per_second']:.1f} cases/s")
     for row in doc.get("scaling", []):
         print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
@@ -222,9 +371,19 @@ def cmd_bench(args) -> int:
 def cmd_merge(args) -> int:
     from .results import format_summary, merge, read_results
 
-    n = merge([Path(d) for d in args.dirs], Path(args.out))
-    print(format_summary(read_results(Path(args.out)), replay_dir=args.out))
-    print(f"\nmerged {len(args.dirs)} directories, {n} result lines -> {args.out}")
+    out = Path(args.out)
+    n = merge([Path(d) for d in args.dirs], out)
+    report = None
+    if not args.no_report:
+        from .report import render
+
+        report = render([out], out / "report.html")
+    records = read_results(out)
+    args.exit_code = EXIT_OK
+    print(format_summary(records, replay_dir=out))
+    print(f"\nmerged {plural(len(args.dirs), 'directory', 'directories')}, {plural(n, 'result line')} -> {out}")
+    if report is not None:
+        print(f"report: {report}")
     return EXIT_OK
 
 
@@ -232,10 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="difftest",
         description="Put Conv2D backward of real backends on trial against TorchLean's certified NF error bounds.",
-        epilog="Exit codes: 0 all pass, 1 a finding (a verdict other than pass), 2 usage or input error.",
+        epilog="Exit codes: 0 all pass, 1 a finding (a verdict other than pass), 2 usage, input or environment "
+               "error, 130 interrupted. run and check read settings from [tool.difftest] in pyproject.toml and "
+               "DIFFTEST_* variables (see the README, Configuration).",
     )
-    p.add_argument("--version", action="version", version=f"difftest {__version__}")
+    p.add_argument("-V", "--version", action="version", version=f"difftest {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (for bug reports)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
 
     def case_args(sp):
         sp.add_argument("case", help="case file (.npz with input, weight, grad_output, stride, padding[, format, eps_*])")
@@ -245,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--oracle", default="exact", choices=["exact", "mpmath"],
                         help="exact-spec oracle: 'exact' (fast, sliced GEMMs) or 'mpmath' (the slow reference)")
 
-    c = sub.add_parser("check", help="run backends on a case and print a verdict per gradient",
+    c = command("check", help="run backends on a case and print a verdict per gradient",
                        description="Run backends on a case file and judge each gradient against the exact spec: "
                                    "pass / order / precision / domain / error.")
     case_args(c)
@@ -253,9 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backend to run (repeatable); see 'difftest backends'")
     c.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     c.add_argument("--save", metavar="DIR", help="write DIR/<backend>.npz with each backend's raw gradients")
+    c.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
+                   help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser("bounds", help="write the exact spec, NF reference and both bounds of a case",
+    b = command("bounds", help="write the exact spec, NF reference and both bounds of a case",
                        description="Write g_exact, g_nf, g_bound (torchlean) and g_bound_order_free for "
                                    "g in grad_input, grad_weight, grad_bias.")
     case_args(b)
@@ -263,39 +433,49 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="OUT.npz", help="output file")
     b.set_defaults(func=cmd_bounds)
 
-    r = sub.add_parser(
+    r = command(
         "run", help="run a fuzz campaign (hypothesis search, shrunk reproducers, results.jsonl)",
         description="Search cases with hypothesis, judge every backend on each, shrink each new finding to a "
                     "minimal reproducer. Writes OUT/results.jsonl (one line per case and backend), "
                     "OUT/cases/<id>.npz reproducers, OUT/environments.json and OUT/campaign.json.",
-        epilog="Exit codes: 0 nothing at or above --fail-on, 1 a finding at or above it, 2 usage error, "
-               "130 interrupted (what was done is kept).",
+        epilog="Exit codes: 0 nothing at or above --fail-on, 1 a finding at or above it, 2 usage, input or "
+               "environment error (e.g. OUT in use by another run), 130 interrupted (what was done is kept). "
+               "Defaults come from DIFFTEST_* variables, then [tool.difftest] in the nearest pyproject.toml.",
     )
     r.add_argument("--backend", action="append", metavar="NAME",
                    help="backend to put on trial (repeatable; default: every available CPU backend)")
-    r.add_argument("--profile", default="quick", choices=["quick", "ci", "nightly"],
-                   help="case sizes and effort: quick (~1 min), ci (~5 min), nightly (~1 h)")
+    r.add_argument("--profile", default=None, choices=list(PROFILE_CHOICES),
+                   help="case sizes and effort: quick (~1 min, the default), ci (~5 min), nightly (~1 h)")
     r.add_argument("--examples", type=int, metavar="N", help="hypothesis examples per search round (default: the profile's)")
     r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
     r.add_argument("--rounds", type=int, metavar="R",
                    help="at most R search rounds per format (with --examples: a campaign bounded by work, not time)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    r.add_argument("--seed", type=int, default=None, help="seed of the search (default 0)")
     r.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (cases are partitioned by content hash)")
-    r.add_argument("--out", default="reports/latest", metavar="DIR", help="result directory (default reports/latest)")
-    r.add_argument("--fail-on", default="order", choices=list(FAIL_ON), help=f"exit 1 on: {FAIL_ON_HELP}")
-    r.add_argument("--database", default=".difftest/hypothesis", metavar="DIR",
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="result directory (default reports/latest); locked while the run writes it")
+    r.add_argument("--fail-on", default=None, choices=list(FAIL_ON), help=f"exit 1 on: {FAIL_ON_HELP}")
+    r.add_argument("--database", default=None, metavar="DIR",
                    help="hypothesis example database, kept between runs so failures replay first (default .difftest/hypothesis)")
     r.add_argument("--no-database", action="store_true", help="do not read or write an example database")
-    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.add_argument("--quiet", action="store_true", help="print nothing but the final summary")
     r.add_argument("--no-report", action="store_true", help="do not write OUT/report.html at the end")
+    r.add_argument("--json", action="store_true",
+                   help="print the final summary as one JSON object (status, cases, duration_s, out, findings, "
+                        "cells, exit_code) instead of the table")
+    r.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per backend x gradient")
     r.set_defaults(func=cmd_run)
 
-    m = sub.add_parser("merge", help="combine result directories (shards, machines, nights)")
+    m = command("merge", help="combine result directories (shards, machines, nights)",
+                       description="Combine result directories into a new one (written next to it and renamed into "
+                                   "place when complete; an existing result directory there is replaced) and write "
+                                   "its report.html. The output may not be, be inside or contain an input.")
     m.add_argument("dirs", nargs="+", metavar="DIR", help="result directories")
     m.add_argument("--out", required=True, metavar="DIR", help="merged result directory")
+    m.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
     m.set_defaults(func=cmd_merge)
 
-    h = sub.add_parser("report", help="write a self-contained HTML report of result directories",
+    h = command("report", help="write a self-contained HTML report of result directories",
                        description="One HTML file (inline CSS and images, no scripts, no network) from one or "
                                    "more result directories: overview, findings with heatmaps and reproduce "
                                    "commands, tightness, environments.")
@@ -304,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--baseline", metavar="DIR", help="mark findings that are not in this earlier result directory as new")
     h.set_defaults(func=cmd_report)
 
-    bn = sub.add_parser("bench", help="time a full check of a reference layer, stage by stage, against torch",
+    bn = command("bench", help="time a full check of a reference layer, stage by stage, against torch",
                         description="Exact spec, NF reference + TorchLean bounds, order-free bounds and comparison of "
                                     "a layer, each the median of --repeat runs, next to torch's float64 backward of the "
                                     "same layer measured in the same process; peak memory. 'small' adds the campaign "
@@ -317,22 +497,54 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true", help="print JSON")
     bn.set_defaults(func=cmd_bench)
 
-    k = sub.add_parser("backends", help="list known backends and whether they can run here")
+    k = command("backends", help="list known backends and whether they can run here")
     k.add_argument("--json", action="store_true", help="print JSON")
     k.set_defaults(func=cmd_backends)
     return p
 
 
+def _error(message: str, debug: bool) -> int:
+    """One line on stderr (the traceback before it only with --debug); exit 2."""
+    if debug:
+        traceback.print_exc()
+    print(f"difftest: error: {message}".replace("\n", " "), file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away (``| head``): send what is left to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
-        return args.func(args)
-    except DifftestError as exc:
-        print(f"difftest: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (difftest check ... | head): no traceback, and the command's own
+        # exit code where its outcome was known before it printed (0 otherwise)
+        _silence_stdout()
+        return getattr(args, "exit_code", EXIT_OK)
     except KeyboardInterrupt:
         print("difftest: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except DifftestError as exc:
+        return _error(str(exc), debug)
+    except MemoryError as exc:
+        what = ("the case is too large for this machine's memory; try a smaller case or a machine with more memory"
+                if args.command in ("check", "bounds") else
+                "this needs more memory than the machine has; try smaller cases (--profile quick) or a bigger machine")
+        return _error(f"out of memory{f' ({exc})' if str(exc) else ''}: {what}", debug)
+    except OSError as exc:  # PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError, ENOSPC, ...
+        return _error(_os_error_text(exc), debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,3 +140,24 @@ def test_the_cli_exits_2_with_a_one_line_error_for_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bounds", str(path), "--format", "float33", "--out", "x.npz"])
     assert exc.value.code == 2
+
+
+def test_the_cli_says_a_directory_is_not_a_case_file(tmp_path, capsys):
+    assert main(["check", str(tmp_path), "--backend", "nf-binary32"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is a directory, not a case file" in err and "does not exist" not in err
+
+
+@pytest.mark.parametrize("content", ["random bytes", "object arrays"])
+def test_the_cli_calls_a_garbage_npz_unreadable_without_talking_about_pickles(tmp_path, content, capsys):
+    path = tmp_path / "garbage.npz"
+    if content == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(300))
+    else:
+        x, w, d = arrays()
+        _write(path, input=np.array([object()]), weight=w, grad_output=d, stride=1, padding=0)
+    for command in (["check", str(path), "--backend", "nf-binary32"], ["bounds", str(path), "--out", str(tmp_path / "b.npz")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"difftest: error: {path} is not a readable case file") and len(err.splitlines()) == 1
+        assert "pickle" not in err.lower()
