@@ -108,28 +108,29 @@ class Campaign:
         self.budget = config.time_budget if config.time_budget is not None else (
             math.inf if config.rounds else self.profile.time_budget)  # rounds alone: bounded by work
         self.recorder: CampaignRecorder | None = None
-        self.progress = Progress(enabled=config.progress)
+        self.progress = Progress(enabled=config.progress, budget=self.budget)
         self.status = "running"
         self.found: set[FindingKey] = set()
         self.interrupted = False
         self.end = 0.0
         self.draws = 0  # cases hypothesis drew for the search (a repeat of a judged case counts, is not judged again)
-        self._judged: dict[str, list] = {}  # case_id -> results, without raw outputs
+        self._judged: dict[str, list] = {}  # case_id -> results, without raw outputs (search and shrink)
+        self.recorded: set[str] = set()  # case ids the search has recorded (shrinking records none)
         self.seen: dict[FindingKey, tuple] = {}  # non-pass key -> (choices, round, case, result) of its first case
 
     # --- what the rounds ask --------------------------------------------------------------
 
-    def judge(self, case, backends, stop=None) -> tuple[list, bool]:
-        """The backends' results on ``case`` and whether they are fresh (not judged before).
+    def judge(self, case, backends, stop=None) -> list:
+        """The backends' results on ``case``, judged once (hypothesis repeats cases).
         ``stop(result)`` ends the judgement early (shrinking needs only one answer)."""
         if case.case_id in self._judged:
-            return self._judged[case.case_id], False
+            return self._judged[case.case_id]
         results = check_case(case, backends, stop=stop)
         if len(results) == len(backends):
             if len(self._judged) >= _CACHE_SIZE:
                 self._judged.clear()
             self._judged[case.case_id] = [r.lightweight() for r in results]
-        return results, True
+        return results
 
     def new_finding(self, results) -> FindingKey | None:
         """The first ``(backend, gradient, verdict)`` among ``results`` not found before."""

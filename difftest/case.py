@@ -157,14 +157,21 @@ class Case:
     def load(cls, path: str | Path, *, format: str | None = None, round_inputs: bool = False) -> "Case":
         """Read a case file. ``format`` overrides the file's own (default ``binary32``)."""
         path = Path(path)
+        if path.is_dir():
+            raise CaseFileError(f"{path} is a directory, not a case file; give an .npz case file "
+                                "(a result directory keeps its reproducers in cases/)")
         if not path.is_file():
             raise CaseFileError(f"case file {str(path)!r} does not exist")
+        if not zipfile.is_zipfile(path):
+            raise CaseFileError(f"{path} is not a readable case file: a case file is an .npz archive written by "
+                                "numpy.savez (see 'Case files' in the README)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            why = "it holds object arrays" if "pickle" in str(exc).lower() else str(exc)
             raise CaseFileError(
-                f"{path} is not a readable case file (.npz written by numpy.savez): {exc}"
+                f"{path} is not a readable case file (.npz of numeric arrays written by numpy.savez): {why}"
             ) from None
         missing = [k for k in (*TENSORS, "stride", "padding") if k not in data]
         if missing:

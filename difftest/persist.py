@@ -23,12 +23,16 @@ class CampaignRecorder:
     def __init__(self, out: Path, seed: int, shard: tuple[int, int], expectations=None):
         self.writer = ResultsWriter(out, fresh=True)
         kept = Path(out) / EXPECTED
-        if expectations is not None and expectations.entries:
-            tmp = kept.with_suffix(".tmp")
-            tmp.write_text(json.dumps(expectations.to_dict(), indent=2) + "\n")
-            tmp.replace(kept)
-        else:
-            kept.unlink(missing_ok=True)
+        try:
+            if expectations is not None and expectations.entries:
+                tmp = kept.with_suffix(".tmp")
+                tmp.write_text(json.dumps(expectations.to_dict(), indent=2) + "\n")
+                tmp.replace(kept)
+            else:
+                kept.unlink(missing_ok=True)
+        except BaseException:
+            self.writer.close()  # release the directory's lock
+            raise
         self.seed = seed
         self.shard = f"{shard[0]}/{shard[1]}"
         self._env_ids: dict[str, str] = {}

@@ -25,6 +25,7 @@ gives the same reproducers.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 
 from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings, target
@@ -108,8 +109,9 @@ class Round:
             raise BudgetExhausted
         self.searched += 1
         c.draws += 1
-        results, fresh = c.judge(case, self.backends)
-        if fresh:
+        results = c.judge(case, self.backends)
+        if case.case_id not in c.recorded:  # whatever shrinking judged before: recording is the search's
+            c.recorded.add(case.case_id)
             c.recorder.record(case, results, "search", self.round_no)
             c.note_seen(case, results, tuple(current_build_context().data.choices), self.round_no)
             c.progress.cases += 1
@@ -124,11 +126,12 @@ class Round:
 
     def shrink_step(self, case) -> None:
         c = self.campaign
-        started = self.first_failure_at or self.started
-        if time.monotonic() > min(started + c.profile.shrink_seconds, c.end):
-            raise BudgetExhausted  # shrink time is up: keep the smallest failure reached
+        if c.end < math.inf:  # a campaign bounded by work shrinks as far as hypothesis goes
+            started = self.first_failure_at or self.started
+            if time.monotonic() > min(started + c.profile.shrink_seconds, c.end):
+                raise BudgetExhausted  # shrink time is up: keep the smallest failure reached
         wanted = (lambda key: key == self.target) if self.target else (lambda key: key not in c.found)
-        results, _ = c.judge(case, self.backends, stop=lambda r: any(wanted(k) for k in _keys(r)))
+        results = c.judge(case, self.backends, stop=lambda r: any(wanted(k) for k in _keys(r)))
         key = next((k for r in results for k in _keys(r) if wanted(k)), None)
         if key is not None:
             self.fail(key, case, results)
