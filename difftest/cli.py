@@ -105,6 +105,14 @@ def _config():
     return cfg
 
 
+def _expectations(args, cfg):
+    """The expected findings named by --expected, DIFFTEST_EXPECTED or [tool.difftest] expected."""
+    from .expectations import Expectations
+
+    path = args.expected if args.expected is not None else cfg.get("expected")
+    return Expectations.load(path) if path else Expectations()
+
+
 def _fail_on(args, cfg) -> str:
     if args.fail_on is not None:
         return args.fail_on
@@ -126,7 +134,8 @@ def _available_backends(names: list[str]) -> list:
 def cmd_check(args) -> int:
     from .check import check_case
 
-    fail_on = _fail_on(args, _config())
+    cfg = _config()
+    fail_on, expectations = _fail_on(args, cfg), _expectations(args, cfg)
     case = _load_case(args)
     backends = _available_backends(args.backend)
     out = _prepare_dir(args.save, "--save") if args.save else None
@@ -135,17 +144,21 @@ def cmd_check(args) -> int:
         for r in results:
             if r.outputs is not None:
                 np.savez(out / f"{r.backend}.npz", **r.outputs)
-    code = EXIT_FINDING if any(fails(gr.verdict, fail_on) for r in results for gr in r.gradients.values()) else EXIT_OK
+    geometry = case.geometry.as_dict()
+    expected = {(r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, geometry)
+                for r in results for g, gr in r.gradients.items() if gr.verdict != "pass"}
+    code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((r.backend, g)) is None
+                               for r in results for g, gr in r.gradients.items()) else EXIT_OK
     args.exit_code = code  # the outcome, also if the reader of stdout goes away
     if args.json:
         doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.to_dict() for r in results]}
         print(json.dumps(jsonable(doc), indent=2))
     else:
-        _print_table(case, results)
+        _print_table(case, results, expected)
     return code
 
 
-def _print_table(case: Case, results) -> None:
+def _print_table(case: Case, results, expected: dict) -> None:
     g = case.geometry
     print(
         f"case: input {g.input_shape}, weight {g.weight_shape}, stride {g.stride}, padding {g.padding}, "
@@ -176,6 +189,8 @@ def _print_table(case: Case, results) -> None:
             )
             if gr.message and gr.verdict in ("error", "domain"):
                 print(f"{'':<24} {gr.message}")
+            if expected.get((r.backend, name)) is not None:
+                print(f"{'':<24} expected: {expected[(r.backend, name)].reason}")
     print()
     for line in legend(gr.verdict for r in results for gr in r.gradients.values()):
         print(line)
@@ -239,6 +254,7 @@ def cmd_run(args) -> int:
     time_budget = setting("time_budget", args.time_budget, None)
     seed = setting("seed", args.seed, 0)
     fail_on = _fail_on(args, cfg)
+    expectations = _expectations(args, cfg)
     out = Path(setting("out", args.out, "reports/latest"))
     if args.no_database:
         database = None
@@ -268,6 +284,7 @@ def cmd_run(args) -> int:
         database=database,
         progress=not args.quiet,
         rounds=args.rounds,
+        expectations=expectations,
     )
     campaign = Campaign(config)
     if not args.quiet:
@@ -285,7 +302,7 @@ def cmd_run(args) -> int:
         interrupted = True
     records = read_results(config.out)
     info = read_campaign(config.out)
-    code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on)
+    code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on, expectations)
     args.exit_code = code
     # files first, then the words: a closed stdout (| head) loses no file
     report = None
@@ -296,16 +313,17 @@ def cmd_run(args) -> int:
     if junit is not None:
         junit.write_text(junit_xml(records, fail_on, replay_dir=config.out, duration_s=info.get("duration_s", 0.0),
                                    properties={"profile": profile, "seed": seed, "shard": args.shard,
-                                               "fail_on": fail_on, "status": info.get("status", "?")}),
+                                               "fail_on": fail_on, "status": info.get("status", "?")},
+                                   expectations=expectations),
                          encoding="utf-8")
     if args.json:
         doc = {"status": info.get("status", "?"), "cases": info.get("cases", 0),
                "duration_s": info.get("duration_s", 0.0), "out": str(config.out),
-               **summary_doc(records, replay_dir=config.out), "exit_code": code,
+               **summary_doc(records, replay_dir=config.out, expectations=expectations), "exit_code": code,
                "report": None if report is None else str(report), "junit": None if junit is None else str(junit)}
         print(json.dumps(jsonable(doc), indent=2))
         return code
-    print(format_summary(records, replay_dir=config.out))
+    print(format_summary(records, replay_dir=config.out, expectations=expectations))
     print(f"\n{info.get('status', '?')}: {plural(info.get('cases', 0), 'case')} in {info.get('duration_s', 0):.1f}s; "
           f"results in {config.out}/results.jsonl")
     if report is not None:
@@ -320,7 +338,10 @@ def cmd_report(args) -> int:
 
     dirs = [Path(d) for d in args.dirs]
     out = _prepare_file(args.output, "-o") if args.output else dirs[0] / "report.html"
-    render(dirs, out, baseline=Path(args.baseline) if args.baseline else None)
+    from .expectations import Expectations
+
+    render(dirs, out, baseline=Path(args.baseline) if args.baseline else None,
+           expectations=Expectations.load(args.expected) if args.expected else None)
     args.exit_code = EXIT_OK
     print(f"wrote {out}")
     return EXIT_OK
@@ -354,6 +375,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    from .expectations import Expectations
     from .results import format_summary, merge, read_results
 
     out = Path(args.out)
@@ -365,7 +387,7 @@ def cmd_merge(args) -> int:
         report = render([out], out / "report.html")
     records = read_results(out)
     args.exit_code = EXIT_OK
-    print(format_summary(records, replay_dir=out))
+    print(format_summary(records, replay_dir=out, expectations=Expectations.of_results(out)))
     print(f"\nmerged {plural(len(args.dirs), 'directory', 'directories')}, {plural(n, 'result line')} -> {out}")
     if report is not None:
         print(f"report: {report}")
@@ -406,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backend to run (repeatable); see 'difftest backends'")
     c.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     c.add_argument("--save", metavar="DIR", help="write DIR/<backend>.npz with each backend's raw gradients")
+    c.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
+                        "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
     c.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
                    help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
     c.set_defaults(func=cmd_check)
@@ -449,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the final summary as one JSON object (status, cases, duration_s, out, findings, "
                         "cells, exit_code) instead of the table")
     r.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per backend x gradient")
+    r.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
+                        "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
     r.set_defaults(func=cmd_run)
 
     m = command("merge", help="combine result directories (shards, machines, nights)",
@@ -467,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("dirs", nargs="+", metavar="DIR", help="result directories (shards, machines, nights)")
     h.add_argument("-o", "--output", metavar="FILE.html", help="output file (default DIR/report.html of the first DIR)")
     h.add_argument("--baseline", metavar="DIR", help="mark findings that are not in this earlier result directory as new")
+    h.add_argument("--expected", metavar="FILE",
+                   help="expected-findings file to mark findings with (default: the one the run kept, expected.json)")
     h.set_defaults(func=cmd_report)
 
     bn = command("bench", help="time a full check of a reference layer, stage by stage, against torch",

@@ -19,10 +19,11 @@ Keys (the file's name, the variable's name, what it holds):
 ``seed``        ``DIFFTEST_SEED``      integer
 ``database``    ``DIFFTEST_DATABASE``  hypothesis example database directory; ``false`` in the
                                        file or ``none`` in the variable: no database
+``expected``    ``DIFFTEST_EXPECTED``  expected-findings file (TOML, see :mod:`difftest.expectations`)
 =============== ====================== ==========================================================
 
 The file's keys may also be spelled with hyphens (``time-budget``, ``fail-on``). Relative paths
-in the file (``out``, ``database``) are relative to the directory of that ``pyproject.toml``;
+in the file (``out``, ``database``, ``expected``) are relative to the directory of that ``pyproject.toml``;
 on the command line and in variables, to the current directory. An empty variable counts as
 unset. Every value is checked, and a wrong one is an error naming where it came from:
 
@@ -68,6 +69,7 @@ ENV_VARS = {
     "fail_on": "DIFFTEST_FAIL_ON",
     "seed": "DIFFTEST_SEED",
     "database": "DIFFTEST_DATABASE",
+    "expected": "DIFFTEST_EXPECTED",
 }
 KEYS = tuple(ENV_VARS)
 TABLE = "[tool.difftest]"
@@ -152,12 +154,12 @@ def _check(key: str, value, source: str, from_text: bool, base: Path | None):
             raise bad('a non-empty list of backend names, e.g. ["numpy-float32", "nf-binary32"] '
                       "(see 'difftest backends')")
         return [v.strip() for v in value]
-    if key in ("out", "database"):
+    if key in ("out", "database", "expected"):
         if key == "database" and (value is False or (from_text and value.strip().lower() == "none")):
             return None  # no example database
         if not isinstance(value, str) or not value.strip():
             no_db = "" if key != "database" else " (or none: no database)" if from_text else " (or false: no database)"
-            raise bad("a directory path" + no_db)
+            raise bad(("a file path" if key == "expected" else "a directory path") + no_db)
         path = Path(value).expanduser()
         return str(path if base is None or path.is_absolute() else base / path)
     raise AssertionError(key)  # pragma: no cover

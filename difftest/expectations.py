@@ -120,10 +120,11 @@ class Expectations:
         if not path.is_file():
             raise DifftestError(f"expectations file {str(path)!r} does not exist")
         data = json.loads(path.read_text()) if path.suffix == ".json" else _load_toml(path)
+        source = data.get("source") or str(path) if path.suffix == ".json" else str(path)
         items = data.get("expected", [])
         if not isinstance(items, list):
             raise DifftestError(f"{path}: 'expected' must be a list of tables ([[expected]])")
-        return cls([Expected.from_dict(d, f"{path}: expected[{i}]") for i, d in enumerate(items)], str(path))
+        return cls([Expected.from_dict(d, f"{path}: expected[{i}]") for i, d in enumerate(items)], source)
 
     @classmethod
     def of_results(cls, directory) -> "Expectations":

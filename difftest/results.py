@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DifftestError
+from .expectations import EXPECTED, Expectations
 from .explain import RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, plural, reproduce_command
 from .geometry import GRADIENTS
 from .outcome import BackendResult, ResultRecord, environment_id, jsonable
-from .verdicts import SEVERITY, VERDICTS, fails, worst_verdict
+from .verdicts import SEVERITY, VERDICTS, worst_verdict
 
 RESULTS = "results.jsonl"
 CASES = "cases"
@@ -316,9 +317,10 @@ def findings(records: list[ResultRecord]) -> list[ResultRecord]:
     return sorted(out, key=lambda r: -r.gradients[r.finding.gradient].max_ratio)
 
 
-def exit_code(records: list[ResultRecord], fail_on: str) -> int:
-    """1 when a verdict failing under ``fail_on`` occurred, else 0."""
-    return int(any(fails(gr.verdict, fail_on) for r in records for gr in r.gradients.values()))
+def exit_code(records: list[ResultRecord], fail_on: str, expectations: Expectations | None = None) -> int:
+    """1 when a verdict failing under ``fail_on`` occurred that no expectation declares, else 0."""
+    e = expectations or Expectations()
+    return int(any(e.fails(r, g, fail_on) for r in records for g in r.gradients))
 
 
 def _overlap(out: Path, dirs: list[Path]) -> str | None:
@@ -395,6 +397,10 @@ def merge(dirs: list[Path], out: Path) -> int:
                 n += 1
             campaigns.extend(info.get("merged_from", [info]) if info else [])
         _write_json(tmp / ENVIRONMENTS, writer.environments)
+        declared = [e for d, *_ in sources for e in Expectations.of_results(d).entries]
+        if declared:  # the union of what the inputs were judged with
+            union = Expectations(list(dict.fromkeys(declared)), "merged from " + ", ".join(map(str, dirs)))
+            _write_json(tmp / EXPECTED, union.to_dict())
         writer.campaign({"merged_from": campaigns, "sources": [str(d) for d in dirs]})
         writer.close()
         _replace_dir(tmp, out)
@@ -427,34 +433,38 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def summary_doc(records: list[ResultRecord], replay_dir=None) -> dict:
-    """The summary as plain data: ``findings`` (shrunk reproducers, worst first: ``backend``,
-    ``gradient``, ``verdict``, ``max_ratio``, ``max_ratio_order_free``, ``case_file`` — a path to
-    replay, under ``replay_dir`` when given) and ``cells`` (``{backend: {gradient: {"cases",
-    "worst_ratio", "worst_ratio_order_free", "counts"}}}``)."""
+def summary_doc(records: list[ResultRecord], replay_dir=None, expectations: Expectations | None = None) -> dict:
+    """The summary as plain data: ``findings`` (one per distinct key, worst first: ``backend``,
+    ``gradient``, ``verdict``, ``max_ratio``, ``max_ratio_order_free``, ``shrunk``, ``expected``
+    (the declared reason, or null), ``case_file`` — a path to replay, under ``replay_dir`` when
+    given), ``cells`` (``{backend: {gradient: {"cases", "worst_ratio", "worst_ratio_order_free",
+    "counts"}}}``) and ``not_seen`` (declared findings that did not show)."""
+    e = expectations or Expectations()
     out = []
     for r in findings(records):
         f = r.finding
         gr = r.gradients[f.gradient]
         case_file = r.case_file if r.case_file is None or replay_dir is None else str(Path(replay_dir) / r.case_file)
+        expected = e.explain_record(r, f.gradient)
         out.append({"backend": f.backend, "gradient": f.gradient, "verdict": f.verdict, "max_ratio": gr.max_ratio,
-                    "max_ratio_order_free": gr.max_ratio_order_free, "case_file": case_file})
+                    "max_ratio_order_free": gr.max_ratio_order_free, "shrunk": r.phase == "shrunk",
+                    "expected": expected.reason if expected else None, "case_file": case_file})
     cells = {b: {g: {"cases": c.cases, "worst_ratio": c.worst_ratio, "worst_ratio_order_free": c.worst_ratio_order_free,
                      "counts": dict(c.counts)} for g, c in row.items()}
              for b, row in summarize(records).items()}
-    return jsonable({"findings": out, "cells": cells})
+    return jsonable({"findings": out, "cells": cells, "not_seen": [x.describe() for x in e.not_seen(records)]})
 
 
 def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, duration_s: float = 0.0,
-              properties: dict | None = None) -> str:
+              properties: dict | None = None, expectations: Expectations | None = None) -> str:
     """JUnit XML: one ``<testcase classname="difftest.<backend>" name="<gradient>">`` per backend ×
     gradient, with a ``<failure>`` (the verdicts, the worst ratios, each finding and the command
-    that replays it) where a verdict fails under ``fail_on``."""
+    that replays it) where a verdict fails under ``fail_on`` that no expectation declares."""
     import xml.etree.ElementTree as ET
 
+    e = expectations or Expectations()
     table = summarize(records)
-    failing = {(b, g) for b, row in table.items() for g, c in row.items()
-               if any(n and fails(v, fail_on) for v, n in c.counts.items())}
+    failing = {(r.backend, g) for r in records for g in r.gradients if e.fails(r, g, fail_on)}
     suite = ET.Element("testsuite", name="difftest", tests=str(3 * len(table)), failures=str(len(failing)),
                        errors="0", skipped="0", time=f"{duration_s:.3f}")
     if properties:
@@ -471,26 +481,30 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
                 ET.SubElement(tc, "system-out").text = summary
                 continue
             lines = [summary]
-            mine = [r for r in shrunk if r.finding.backend == backend and r.finding.gradient == g]
+            mine = [r for r in shrunk if r.finding.backend == backend and r.finding.gradient == g
+                    and e.fails(r, g, fail_on)]
             for r in mine:
                 lines += ["shrunk " + gradient_text(backend, g, r.gradients[g]),
                           "    " + finding_text(backend, g, r.gradients[g], r.case_file, replay_dir).split("\n")[-1].strip()]
             if not mine:  # no shrunk reproducer (e.g. interrupted): the worst searched case
-                bad = [r for r in records if r.backend == backend and fails(r.gradients[g].verdict, fail_on)]
+                bad = [r for r in records if r.backend == backend and e.fails(r, g, fail_on)]
                 worst = max(bad, key=lambda r: (SEVERITY[r.gradients[g].verdict], r.gradients[g].max_ratio))
                 lines.append(gradient_text(backend, g, worst.gradients[g]))
                 if worst.case_file:
                     path = Path(replay_dir) / worst.case_file if replay_dir else worst.case_file
                     lines.append("    reproduce: " + reproduce_command(path, backend))
-            verdict = worst_verdict(v for v, n in c.counts.items() if n and fails(v, fail_on))
+            verdict = worst_verdict(r.gradients[g].verdict for r in records
+                                    if r.backend == backend and e.fails(r, g, fail_on))
             failure = ET.SubElement(tc, "failure", type=verdict, message=summary)
             failure.text = "\n".join(lines)
     ET.indent(suite)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
 
-def format_summary(records: list[ResultRecord], replay_dir=None) -> str:
-    """The backend × gradient table: cases, worst ratios, verdict counts; then the findings."""
+def format_summary(records: list[ResultRecord], replay_dir=None, expectations: Expectations | None = None) -> str:
+    """The backend × gradient table: cases, worst ratios, verdict counts; then the findings (those an
+    expectation declares marked with its reason) and the declared findings not seen any more."""
+    e = expectations or Expectations()
     lines = []
     header = f"{'backend':<24} {'gradient':<12} {'cases':>6} {'worst_ratio':>11} {'ratio_of':>9}  " + " ".join(
         f"{v:>9}" for v in VERDICTS
@@ -502,9 +516,20 @@ def format_summary(records: list[ResultRecord], replay_dir=None) -> str:
             lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {format_ratio(c.worst_ratio):>11} {format_ratio(c.worst_ratio_order_free):>9}  {counts}")
     found = findings(records)
     if found:
-        lines += ["", f"{plural(len(found), 'finding')}, each shrunk to a minimal reproducer:"]
-        for r in found:
+        shrunk = sum(r.phase == "shrunk" for r in found)
+        expected = [e.explain_record(r, r.finding.gradient) for r in found]
+        how = ("each shrunk to a minimal reproducer" if shrunk == len(found) else
+               f"{shrunk} shrunk to a minimal reproducer, {len(found) - shrunk} the first case that showed it")
+        n_expected = sum(x is not None for x in expected)
+        lines += ["", f"{plural(len(found), 'finding')}, {how}" + (f"; {n_expected} expected" if n_expected else "") + ":"]
+        for r, x in zip(found, expected):
             f = r.finding
             lines.append("  " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, replay_dir))
+            if x is not None:
+                lines.append(f"    expected: {x.reason}")
         lines.append(f"  ({RATIO_LEGEND})")
+    gone = e.not_seen(records)
+    if gone:
+        lines += ["", f"expected findings not seen any more (fix or remove them in {e.source}):"]
+        lines += [f"  {x.describe()}" for x in gone]
     return "\n".join(lines)

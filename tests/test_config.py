@@ -3,6 +3,7 @@ defaults, every value checked with a message naming where it came from."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_the_file_is_read_from_the_nearest_pyproject_at_or_above_the_current_dir
     assert cfg.file == p
     assert {k: cfg.get(k) for k in config.KEYS} == {
         "backends": ["nf-binary16"], "profile": "ci", "time_budget": 30.0, "out": str(tmp_path / "proj" / "res"),
-        "fail_on": "never", "seed": 5, "database": None}
+        "fail_on": "never", "seed": 5, "database": None, "expected": None}
     assert cfg.source("seed") == f"{p} [tool.difftest] seed = 5"
     pyproject(tmp_path / "proj" / "src", "")  # a nearer pyproject.toml without the table: no settings
     assert config.load(cwd=sub, environ={}).settings == {}
@@ -164,6 +165,7 @@ def test_the_readme_configuration_example_is_valid(tmp_path, capsys):
     section = section[:section.index("\n## ", 1)]
     toml = re.search(r"```toml\n(.*?)```", section, flags=re.S).group(1)
     p = pyproject(tmp_path, toml)
+    shutil.copyfile(README.parent / "difftest-expected.toml", tmp_path / "difftest-expected.toml")
     settings = config.read_file(p)
     assert set(settings) == set(config.KEYS)
     for name in settings["backends"].value:

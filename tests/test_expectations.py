@@ -4,6 +4,7 @@ import pytest
 
 from difftest.backends import get_backend
 from difftest.campaign import Campaign, CampaignConfig
+from difftest.cli import main
 from difftest.errors import DifftestError
 from difftest.expectations import Expectations
 from difftest.report import render
@@ -71,3 +72,40 @@ def test_a_campaign_keeps_its_expectations_and_the_report_marks_expected_and_not
     text = render([out], tmp_path / "r.html").read_text()
     assert "numpy&#39;s pairwise sum reassociates the bias gradient" in text and '<span class="expected">expected</span>' in text
     assert "Expected findings not seen any more (1)" in text and "a backend that does not run here" not in text
+
+
+def _run(tmp_path, name, *extra):
+    return main(["run", "--backend", "numpy-float32", "--examples", "40", "--rounds", "1", "--seed", "0",
+                 "--out", str(tmp_path / name), "--no-database", "--no-report", "--quiet", *extra])
+
+
+def test_run_with_expectations_passes_on_declared_findings_and_says_what_is_not_seen(tmp_path, capsys):
+    path = tmp_path / "expected.toml"
+    path.write_text(DECLARED)
+    assert _run(tmp_path, "plain") == 1
+    capsys.readouterr()
+    assert _run(tmp_path, "declared", "--expected", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "expected: numpy's pairwise sum reassociates the bias gradient" in out
+    assert f"expected findings not seen any more (fix or remove them in {path}):" in out
+    assert "never seen: kept to show the not-seen list" in out and "torch-cuda" not in out
+    # merged result directories keep what they were judged with
+    assert main(["merge", str(tmp_path / "declared"), "--out", str(tmp_path / "merged"), "--no-report"]) == 0
+    assert Expectations.of_results(tmp_path / "merged").entries == Expectations.load(path).entries
+
+
+def test_an_undeclared_finding_still_fails_and_the_environment_names_the_file(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "expected.toml"
+    path.write_text(DECLARED.replace('gradient = "grad_bias"', 'gradient = "grad_weight"'))
+    monkeypatch.setenv("DIFFTEST_EXPECTED", str(path))
+    assert _run(tmp_path, "env") == 1  # the bias finding is not the declared one
+
+
+def test_check_marks_a_declared_verdict_and_exits_0(tmp_path, capsys):
+    path = tmp_path / "expected.toml"
+    path.write_text(DECLARED)
+    args = ["check", "examples/cancellation.npz", "--backend", "numpy-float32"]
+    assert main(args) == 1
+    capsys.readouterr()
+    assert main([*args, "--expected", str(path)]) == 0
+    assert "expected: numpy's pairwise sum reassociates the bias gradient" in capsys.readouterr().out
