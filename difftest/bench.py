@@ -149,6 +149,32 @@ def campaign_rate(seconds: float = 20.0, backends=("torch-cpu-float32", "nf-bina
             "cases_per_second": c.progress.cases / dt}
 
 
+def jobs_speedup(jobs: int | None = None, examples: int = 40, seed: int = 0) -> dict:
+    """Wall time of one campaign bounded by work (every available CPU backend, ``examples`` cases
+    per format group, one round) in one process and in ``jobs`` processes (default: the cores);
+    both search the same cases."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .campaign import Campaign, CampaignConfig, default_backends
+
+    jobs = jobs or os.cpu_count() or 1
+    backends = default_backends()
+    out = {"backends": [b.name for b in backends], "examples": examples, "jobs": jobs}
+    with tempfile.TemporaryDirectory() as d:
+        for n in (1, jobs):
+            cfg = CampaignConfig(backends=backends, out=Path(d) / f"jobs-{n}", database=None, progress=False,
+                                 seed=seed, examples=examples, rounds=1, jobs=n)
+            t0 = time.perf_counter()
+            c = Campaign(cfg)
+            c.run()
+            out[f"seconds_jobs_{n}"] = time.perf_counter() - t0
+            out["cases"] = c.progress.cases
+    out["speedup"] = out["seconds_jobs_1"] / out[f"seconds_jobs_{jobs}"]
+    return out
+
+
 def scaling(channels=(8, 16, 32, 64, 128), repeat: int = 1) -> list[dict]:
     """Total time against multiply-adds, 56 × 56, 3 × 3, C -> C channels."""
     out = []

@@ -33,6 +33,7 @@ from . import __version__
 from .check import check_case
 from .errors import DifftestError
 from .expectations import Expectations
+from .jobs import run_jobs
 from .outcome import FindingKey
 from .persist import CampaignRecorder
 from .progress import Progress
@@ -90,6 +91,7 @@ class CampaignConfig:
     progress: bool = True
     rounds: int | None = None  # search rounds per format (None: until the time budget is spent)
     expectations: Expectations | None = None  # declared findings, kept with the results (expected.json)
+    jobs: int = 1  # processes for the format groups (difftest.jobs); 1: this process
 
 
 #: Judged cases remembered per campaign (hypothesis repeats simple cases: judge once, record once).
@@ -114,6 +116,7 @@ class Campaign:
         self.interrupted = False
         self.end = 0.0
         self.draws = 0  # cases hypothesis drew for the search (a repeat of a judged case counts, is not judged again)
+        self.job_totals: dict | None = None  # what parallel jobs did (difftest.jobs)
         self._judged: dict[str, list] = {}  # case_id -> results, without raw outputs (search and shrink)
         self.recorded: set[str] = set()  # case ids the search has recorded (shrinking records none)
         self.seen: dict[FindingKey, tuple] = {}  # non-pass key -> (choices, round, case, result) of its first case
@@ -214,6 +217,17 @@ class Campaign:
             left -= max(run.searched, 1)
             segment += 1
 
+    def _jobs(self, groups: dict) -> int:
+        """Processes to use: at most one per format group; 1 where a backend is not registered
+        (a plain function or object cannot be rebuilt in another process)."""
+        from .backends import is_registered
+
+        jobs = min(self.config.jobs, len(groups))
+        if jobs > 1 and not all(is_registered(b.name) for b in self.config.backends):
+            self.progress.note("--jobs: a backend that is not registered runs in this process only; one job")
+            return 1
+        return jobs
+
     def _settings(self, groups: dict) -> dict:
         cfg = self.config
         return {
@@ -228,6 +242,7 @@ class Campaign:
             "backends": [b.name for b in cfg.backends],
             "formats": list(groups),
             "database": str(cfg.database) if cfg.database else None,
+            "jobs": cfg.jobs,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "status": "running",
         }
@@ -245,9 +260,17 @@ class Campaign:
         self.recorder.campaign(info)
         previous = self._catch_sigint()
         try:
-            for gi, backends in enumerate(groups.values()):
-                share = (self.budget - (time.monotonic() - t0)) / (len(groups) - gi)  # unused time passes on
-                self._search_group(backends, time.monotonic() + share)
+            jobs = self._jobs(groups)
+            if jobs > 1:
+                crashed = [j for j in run_jobs(self, groups, jobs)["jobs"] if j["status"] != "complete"]
+                if crashed and not self.interrupted:
+                    raise DifftestError(f"job {crashed[0]['job']} ({', '.join(crashed[0]['formats'])}) ended "
+                                        f"{crashed[0]['status']} (exit code {crashed[0]['exit_code']}): see its "
+                                        "messages above; what the jobs wrote is kept")
+            else:
+                for gi, backends in enumerate(groups.values()):
+                    share = (self.budget - (time.monotonic() - t0)) / (len(groups) - gi)  # unused time passes on
+                    self._search_group(backends, time.monotonic() + share)
             if self.interrupted:
                 raise KeyboardInterrupt
             self.status = "complete"
@@ -260,6 +283,9 @@ class Campaign:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.job_totals:
+                self.draws = self.job_totals["draws"]
+                info["job_runs"] = self.job_totals["jobs"]
             info.update({
                 "status": self.status,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -268,6 +268,8 @@ def cmd_run(args) -> int:
         raise DifftestError("--examples must be >= 1")
     if args.rounds is not None and args.rounds < 1:
         raise DifftestError("--rounds must be >= 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise DifftestError("--jobs must be >= 1")
     if args.time_budget is not None and args.time_budget <= 0:
         raise DifftestError("--time-budget must be > 0 seconds")
     shard = parse_shard(args.shard)
@@ -285,6 +287,7 @@ def cmd_run(args) -> int:
         progress=not args.quiet,
         rounds=args.rounds,
         expectations=expectations,
+        jobs=args.jobs or os.cpu_count() or 1,
     )
     campaign = Campaign(config)
     if not args.quiet:
@@ -359,6 +362,8 @@ def cmd_bench(args) -> int:
             doc["campaign"] = bench.campaign_rate(args.campaign_seconds)
     elif args.layer == "scaling":
         doc["scaling"] = bench.scaling(repeat=args.repeat)
+    elif args.layer == "jobs":
+        doc["jobs"] = bench.jobs_speedup()
     if args.json:
         print(json.dumps(jsonable(doc), indent=2))
         return EXIT_OK
@@ -368,6 +373,11 @@ def cmd_bench(args) -> int:
         c = doc["campaign"]
         print(f"campaign of small cases ({', '.join(c['backends'])}): {plural(c['cases'], 'case')} in {c['seconds']:.1f} s "
               f"= {c['cases_per_second']:.1f} cases/s")
+    if "jobs" in doc:
+        j = doc["jobs"]
+        print(f"campaign bounded by work ({plural(len(j['backends']), 'backend')}, {j['examples']} examples per format, "
+              f"{plural(j['cases'], 'case')}): {j['seconds_jobs_1']:.1f} s in one process, "
+              f"{j['seconds_jobs_' + str(j['jobs'])]:.1f} s with --jobs {j['jobs']}: speed-up {j['speedup']:.2f}x")
     for row in doc.get("scaling", []):
         print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
               f"{row['ns_per_mac']:.2f} ns/MAC")
@@ -473,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the final summary as one JSON object (status, cases, duration_s, out, findings, "
                         "cells, exit_code) instead of the table")
     r.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per backend x gradient")
+    r.add_argument("--jobs", type=int, metavar="N",
+                   help="search the format groups in N processes, one results.jsonl (default: this machine's cores, "
+                        f"{os.cpu_count() or 1} here; 1: this process)")
     r.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
                         "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
     r.set_defaults(func=cmd_run)
@@ -501,10 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Exact spec, NF reference + TorchLean bounds, order-free bounds and comparison of "
                                     "a layer, each the median of --repeat runs, next to torch's float64 backward of the "
                                     "same layer measured in the same process; peak memory. 'small' adds the campaign "
-                                    "rate of small cases, 'scaling' the curve from 8 to 128 channels.")
-    bn.add_argument("--layer", default="resnet50-conv2", choices=["resnet50-conv2", "strided", "small", "scaling"],
+                                    "rate of small cases, 'scaling' the curve from 8 to 128 channels, 'jobs' the "
+                                    "speed-up of a campaign in parallel processes.")
+    bn.add_argument("--layer", default="resnet50-conv2",
+                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs"],
                     help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
-                         "small: 8->8, 16x16; scaling: C->C for C = 8..128")
+                         "small: 8->8, 16x16; scaling: C->C for C = 8..128; jobs: a campaign in one process "
+                         "and with --jobs = the cores")
     bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
     bn.add_argument("--json", action="store_true", help="print JSON")

@@ -227,6 +227,27 @@ class ResultsWriter:
         self._file.write(json.dumps(jsonable(d)) + "\n")
         self._file.flush()
 
+    def append(self, d: Path, records: list[ResultRecord], environments: dict, seen: set) -> int:
+        """Add another directory's result lines (those whose ``(case, backend, phase)`` is not in
+        ``seen``), their case and output files, and its environments; returns the lines added."""
+        n = 0
+        for eid, env in environments.items():
+            self.environments.setdefault(eid, env)
+        _write_json(self.out / ENVIRONMENTS, self.environments)
+        for r in records:
+            key = (r.case_id, r.backend, r.phase)
+            if key in seen:
+                continue
+            seen.add(key)
+            for rel in (r.case_file, r.outputs_file):
+                if rel:
+                    src, dst = Path(d) / rel, self.out / rel
+                    if src.is_file() and not dst.exists():
+                        shutil.copyfile(src, dst)
+            self.write(r)
+            n += 1
+        return n
+
     def campaign(self, info: dict) -> None:
         _write_json(self.out / CAMPAIGN, info)
 
@@ -381,22 +402,8 @@ def merge(dirs: list[Path], out: Path) -> int:
         n = 0
         campaigns = []
         for d, records, envs, info in sources:
-            for eid, env in envs.items():
-                writer.environments.setdefault(eid, env)
-            for r in records:
-                key = (r.case_id, r.backend, r.phase)
-                if key in seen:
-                    continue
-                seen.add(key)
-                for rel in (r.case_file, r.outputs_file):
-                    if rel:
-                        src, dst = d / rel, tmp / rel
-                        if src.is_file() and not dst.exists():
-                            shutil.copyfile(src, dst)
-                writer.write(r)
-                n += 1
+            n += writer.append(d, records, envs, seen)
             campaigns.extend(info.get("merged_from", [info]) if info else [])
-        _write_json(tmp / ENVIRONMENTS, writer.environments)
         declared = [e for d, *_ in sources for e in Expectations.of_results(d).entries]
         if declared:  # the union of what the inputs were judged with
             union = Expectations(list(dict.fromkeys(declared)), "merged from " + ", ".join(map(str, dirs)))

@@ -1,0 +1,148 @@
+"""Parallel campaigns: format groups searched in separate processes, one result directory.
+
+``difftest run --jobs N`` deals the campaign's format groups to ``N`` processes (started with
+``spawn``: no state shared with the parent, torch and numba start clean). Each job is an
+ordinary campaign over its groups, with the same seeds as a sequential run, writing into
+``OUT/.jobs/job-<k>/``; the parent appends their result lines, reproducers and environments to
+``OUT`` as they arrive (every half second), so a crash of the parent loses at most that much,
+and at the end removes the job directories. Ctrl-C reaches every job; each stops and keeps
+what it has, like a sequential campaign. A job runs its groups one after another with the
+whole time budget (the jobs run side by side), so a parallel run searches more cases in the
+same time; bounded by work (``--examples``/``--rounds``), it searches the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .outcome import ResultRecord
+
+JOBS_DIR = ".jobs"
+POLL_S = 0.5
+
+
+def plan(groups: dict[str, list], jobs: int) -> list[list[str]]:
+    """Format names per job: the groups with most backends first, each to the least loaded job."""
+    loads = [[] for _ in range(min(jobs, len(groups)))]
+    weight = [0] * len(loads)
+    for fmt in sorted(groups, key=lambda f: -len(groups[f])):
+        k = weight.index(min(weight))
+        loads[k].append(fmt)
+        weight[k] += len(groups[fmt])
+    return loads
+
+
+def _watch_parent(parent: int) -> None:
+    """End this job when the parent campaign is gone (killed): nobody would read its results."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _job_main(spec: dict) -> None:
+    """A job process: one campaign over some format groups (backends by name)."""
+    from .backends import get_backend
+    from .campaign import Campaign, CampaignConfig
+
+    threading.Thread(target=_watch_parent, args=(spec.pop("parent"),), daemon=True).start()
+    spec["backends"] = [get_backend(n) for n in spec["backends"]]
+    try:
+        Campaign(CampaignConfig(**spec)).run()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+class _Tail:
+    """New whole lines of a job's results.jsonl since the last read."""
+
+    def __init__(self, directory: Path):
+        self.directory, self.offset, self.partial = directory, 0, b""
+
+    def new_records(self) -> list[ResultRecord]:
+        path = self.directory / "results.jsonl"
+        if not path.is_file():
+            return []
+        with open(path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [ResultRecord.from_dict(json.loads(line)) for line in lines if line.strip()]
+
+    def environments(self) -> dict:
+        path = self.directory / "environments.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:  # being replaced right now: next time
+            return {}
+
+
+def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
+    """Search ``groups`` in ``jobs`` processes into the campaign's result directory; returns the
+    totals of the jobs' campaign.json (cases, draws, findings, statuses), also kept as
+    ``campaign.job_totals`` when the jobs are interrupted."""
+    cfg = campaign.config
+    root = Path(cfg.out) / JOBS_DIR
+    shutil.rmtree(root, ignore_errors=True)
+    ctx = multiprocessing.get_context("spawn")
+    procs, tails = [], []
+    for k, formats in enumerate(plan(groups, jobs), start=1):
+        out = root / f"job-{k}"
+        spec = {
+            "backends": [b.name for f in formats for b in groups[f]], "profile": cfg.profile,
+            "examples": cfg.examples, "time_budget": campaign.budget if campaign.budget < float("inf") else None,
+            "seed": cfg.seed, "shard": cfg.shard, "out": out, "database": cfg.database, "progress": False,
+            "rounds": cfg.rounds, "parent": os.getpid(),
+        }
+        p = ctx.Process(target=_job_main, args=(spec,), name=f"difftest-job-{k}")
+        p.start()
+        procs.append(p)
+        tails.append(_Tail(out))
+    writer, seen, searched = campaign.recorder.writer, set(), set()
+
+    def drain() -> None:
+        for t in tails:
+            records = t.new_records()
+            if records:
+                writer.append(t.directory, records, t.environments(), seen)
+                searched.update(r.case_id for r in records if r.phase == "search")
+                campaign.progress.cases = len(searched)
+                campaign.progress.findings += sum(r.finding is not None for r in records)
+
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(POLL_S)
+            drain()
+            campaign.progress.update(f"[{len(procs)} jobs]")
+    except KeyboardInterrupt:
+        for p in procs:  # a kill -INT of the parent alone: pass it on
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(60)
+        raise
+    finally:
+        drain()
+        campaign.job_totals = _totals(root, procs)
+        shutil.rmtree(root, ignore_errors=True)
+    return campaign.job_totals
+
+
+def _totals(root: Path, procs) -> dict:
+    out = {"cases": 0, "draws": 0, "findings": 0, "jobs": []}
+    for k, p in enumerate(procs, start=1):
+        path = root / f"job-{k}" / "campaign.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        for key in ("cases", "draws", "findings"):
+            out[key] += info.get(key, 0)
+        out["jobs"].append({"job": k, "formats": info.get("formats", []), "status": info.get("status", "crashed"),
+                            "exit_code": p.exitcode, "duration_s": info.get("duration_s")})
+    return out
