@@ -191,8 +191,12 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     return results
 
 
-def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact") -> dict[str, np.ndarray]:
-    """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each gradient ``g``."""
+def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", max_memory="auto") -> dict[str, np.ndarray]:
+    """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each gradient ``g``
+    (``max_memory`` as in :func:`check_case`)."""
+    from .estimate import default_max_memory, estimate, refuse_if_too_large
+
+    refuse_if_too_large(estimate(case.geometry), default_max_memory() if max_memory == "auto" else max_memory)
     fmt = case.format if fmt is None else fmt
     model = model_for(case, fmt)
     if model.runtime is None:

@@ -105,6 +105,13 @@ def _config():
     return cfg
 
 
+def _max_memory(args):
+    """--max-memory in bytes; "auto" (the default) is a safe share of this machine's memory."""
+    from .estimate import parse_size
+
+    return "auto" if args.max_memory in (None, "auto") else parse_size(args.max_memory)
+
+
 def _expectations(args, cfg):
     """The expected findings named by --expected, DIFFTEST_EXPECTED or [tool.difftest] expected."""
     from .expectations import Expectations
@@ -139,7 +146,8 @@ def cmd_check(args) -> int:
     case = _load_case(args)
     backends = _available_backends(args.backend)
     out = _prepare_dir(args.save, "--save") if args.save else None
-    results = check_case(case, backends, oracle=args.oracle)
+    results = check_case(case, backends, oracle=args.oracle, max_memory=_max_memory(args),
+                         progress=lambda text: print(f"difftest: {text}", file=sys.stderr, flush=True))
     if out is not None:
         for r in results:
             if r.outputs is not None:
@@ -202,7 +210,7 @@ def cmd_bounds(args) -> int:
 
     case = _load_case(args)
     out = _prepare_file(args.out, "--out")
-    arrays = bounds_arrays(case, oracle=args.oracle)
+    arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args))
     with open(out, "wb") as f:
         np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1))
     print(f"wrote {out}: " + ", ".join(f"{g}_{{exact,nf,bound,bound_order_free}}" for g in GRADIENTS))
@@ -427,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--round-inputs", action="store_true",
                         help="round values not representable in a format into it, and add the exact maximal "
                              "rounding error of each tensor to its eps (otherwise such values are an error)")
+        sp.add_argument("--max-memory", metavar="SIZE",
+                        help="refuse a case whose estimated peak memory is above SIZE (8G, 512M, bytes; default "
+                             "auto: 60%% of this machine's memory); the estimate is in the message")
         sp.add_argument("--oracle", default="exact", choices=["exact", "mpmath"],
                         help="exact-spec oracle: 'exact' (fast, sliced GEMMs) or 'mpmath' (the slow reference)")
 

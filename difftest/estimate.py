@@ -93,7 +93,8 @@ def refuse_if_too_large(e: Estimate, max_memory: int | None) -> None:
     """Raise :class:`CaseTooLarge` with the estimate when it exceeds ``max_memory``."""
     if max_memory is not None and e.peak_bytes > max_memory:
         raise CaseTooLarge(
-            f"judging this case needs about {format_size(e.peak_bytes)} of memory ({e.describe()}), above the "
+            f"judging this case needs about {format_size(e.peak_bytes)} of memory ({e.macs / 1e6:.1f} M multiply-adds "
+            f"per gradient, about {e.seconds:.0f} s), above the "
             f"limit of {format_size(max_memory)}; use a smaller case, or raise the limit with --max-memory "
             "(max_memory= in Python) if this machine has the memory"
         )

@@ -42,3 +42,17 @@ def test_a_case_estimated_above_the_progress_threshold_reports_its_stages(monkey
 @pytest.mark.parametrize("text, size", [("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", int(1.5 * 2**30)), ("1000", 1000)])
 def test_memory_sizes_parse(text, size):
     assert parse_size(text) == size
+
+
+def test_the_cli_refuses_a_huge_case_at_once_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    g = Geometry(1, 512, 224, 224, 64, 7, 7, 1, 3)
+    z = lambda shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+    Case(z(g.input_shape), z(g.weight_shape), z(g.grad_output_shape), stride=1, padding=3).save(tmp_path / "huge.npz")
+    for args in (["check", str(tmp_path / "huge.npz"), "--backend", "nf-binary32"],
+                 ["bounds", str(tmp_path / "huge.npz"), "--out", str(tmp_path / "b.npz"), "--max-memory", "2G"]):
+        p = subprocess.run([sys.executable, "-m", "difftest", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "GiB of memory" in p.stderr
+        assert "Traceback" not in p.stderr
