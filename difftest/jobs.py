@@ -13,6 +13,7 @@ same time; bounded by work (``--examples``/``--rounds``), it searches the same c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -26,6 +27,25 @@ from .outcome import ResultRecord
 
 JOBS_DIR = ".jobs"
 POLL_S = 0.5
+
+
+#: Thread pools of the numeric libraries, each sized to the job's share of the cores (a spawned
+#: process reads them when it starts; torch records its thread count in the environment).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def plan(groups: dict[str, list], jobs: int) -> list[list[str]]:
@@ -94,7 +114,9 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     ctx = multiprocessing.get_context("spawn")
     procs, tails = [], []
-    for k, formats in enumerate(plan(groups, jobs), start=1):
+    layout = plan(groups, jobs)
+    threads = str(max(1, (os.cpu_count() or 1) // len(layout)))
+    for k, formats in enumerate(layout, start=1):
         out = root / f"job-{k}"
         spec = {
             "backends": [b.name for f in formats for b in groups[f]], "profile": cfg.profile,
@@ -103,7 +125,8 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
             "rounds": cfg.rounds, "parent": os.getpid(),
         }
         p = ctx.Process(target=_job_main, args=(spec,), name=f"difftest-job-{k}")
-        p.start()
+        with _environment({var: threads for var in THREAD_VARIABLES}):  # the jobs share the cores
+            p.start()
         procs.append(p)
         tails.append(_Tail(out))
     writer, seen, searched = campaign.recorder.writer, set(), set()
