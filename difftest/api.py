@@ -23,6 +23,12 @@ def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=
     evaluation order). On failure the case is saved under ``save_to`` (``None``: not saved) and
     the ``AssertionError`` names each failing gradient's verdict, ratios, worst entry and the
     ``difftest check`` command that replays it. Returns the result.
+
+    Under hypothesis, give the test ``@settings(deadline=None)`` (and a ``max_examples`` to bound
+    its work): the first check in a process loads the backend and the compiled folds (a second or
+    more), and larger cases take longer than hypothesis's default 200 ms deadline. Warming up
+    here would not help: hypothesis times the whole test body, and an example that is slow only
+    the first time fails as "unreliable test timings" when replayed.
     """
     from .backends import get_backend
 

@@ -129,8 +129,9 @@ def bench_layer(layer: Layer, repeat: int = 3) -> dict:
     }
 
 
-def campaign_rate(seconds: float = 20.0, backends=("torch-cpu-float32", "nf-binary32")) -> dict:
-    """Checked cases per second through a campaign of small cases (<= 8 channels, 16 × 16)."""
+def campaign_rate(seconds: float = 20.0, backends=("torch-cpu-float32", "nf-binary32"), examples: int | None = None) -> dict:
+    """Checked cases per second through a campaign of small cases (<= 8 channels, 16 × 16): for
+    ``seconds``, or ``examples`` cases in one round (bounded by work)."""
     import tempfile
     from pathlib import Path
 
@@ -138,10 +139,12 @@ def campaign_rate(seconds: float = 20.0, backends=("torch-cpu-float32", "nf-bina
     from .campaign import Campaign, CampaignConfig, Profile
     from .strategies import Limits
 
-    profile = Profile("small", Limits(max_batch=1, max_channels=8, max_size=16, max_kernel=3), 10_000, seconds, 2.0)
+    profile = Profile("small", Limits(max_batch=1, max_channels=8, max_size=16, max_kernel=3), examples or 10_000,
+                      seconds, 2.0)
     bs = [get_backend(b) for b in backends if get_backend(b).availability()[0]]
     with tempfile.TemporaryDirectory() as d:
-        c = Campaign(CampaignConfig(backends=bs, profile=profile, out=Path(d), database=None, progress=False, seed=0))
+        c = Campaign(CampaignConfig(backends=bs, profile=profile, out=Path(d), database=None, progress=False, seed=0,
+                                    rounds=1 if examples else None, time_budget=None if examples else seconds))
         t0 = time.perf_counter()
         c.run()
         dt = time.perf_counter() - t0

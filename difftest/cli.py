@@ -367,7 +367,7 @@ def cmd_bench(args) -> int:
     if args.layer in bench.LAYERS:
         doc["layer"] = bench.bench_layer(bench.LAYERS[args.layer], args.repeat)
         if args.layer == "small":
-            doc["campaign"] = bench.campaign_rate(args.campaign_seconds)
+            doc["campaign"] = bench.campaign_rate(args.campaign_seconds, examples=args.campaign_examples)
     elif args.layer == "scaling":
         doc["scaling"] = bench.scaling(repeat=args.repeat)
     elif args.layer == "jobs":
@@ -534,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "and with --jobs = the cores")
     bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
+    bn.add_argument("--campaign-examples", type=int, metavar="N",
+                    help="the campaign-rate run checks N cases (bounded by work) instead of --campaign-seconds")
     bn.add_argument("--json", action="store_true", help="print JSON")
     bn.set_defaults(func=cmd_bench)
 

@@ -1,21 +1,35 @@
 """pytest plugin (entry point ``pytest11``): ``pytest --difftest`` runs the campaign as test items.
 
-One item per backend × gradient. Each backend's campaign runs once per process, the first time
-one of its items runs, into ``<out>/<backend>``; the item fails when the gradient has a verdict
-at or above ``--difftest-fail-on``, and the failure names the verdicts, ratios and the shrunk
-reproducers with the command that replays them. With pytest-xdist, ``-n auto --dist loadgroup``
-keeps a backend's items on one worker (they carry an ``xdist_group`` mark), so each campaign
-runs once.
+``--difftest`` adds a collector ``difftest`` to the session, next to whatever else is collected,
+with one collector per backend and one item per gradient under it: node ids
+``difftest::<backend>::<gradient>``. They are ordinary collected items, so the collected count,
+``--collect-only``, ``-k``, ``-m difftest`` and deselection all see them.
+
+Each backend's campaign runs once, when the first of its items runs, into
+``<--difftest-out>/<backend>``; the item fails when the gradient has a verdict at or above
+``--difftest-fail-on``, and the failure names the verdicts, ratios and the shrunk reproducers with
+the command that replays them. A campaign is bounded by ``--difftest-time-budget`` (default: the
+profile's budget shared among the backends) or, with ``--difftest-rounds`` and no time budget, by
+work alone: at most ``--difftest-rounds`` hypothesis rounds of ``--difftest-examples`` examples per
+format, the same cases for the same seed on any machine.
+
+With pytest-xdist, a backend's items must stay on one worker, so that its campaign runs once: each
+backend's items carry an ``xdist_group`` mark and share a scope, which ``--dist loadgroup`` (and
+``loadscope``, ``loadfile``) honour; the distribution modes that spread them (``load``,
+``worksteal``, ``each``) are refused with a usage error.
 """
 
 from __future__ import annotations
 
-import os
+import math
 from pathlib import Path
 
 import pytest
 
 from .geometry import GRADIENTS
+
+#: xdist distribution modes that keep each backend's items (one group, one scope) on one worker.
+_DIST_MODES_KEEPING_GROUPS = ("no", "loadgroup", "loadscope", "loadfile")
 
 
 def pytest_addoption(parser):
@@ -25,54 +39,152 @@ def pytest_addoption(parser):
                 help="backend to put on trial (repeatable; default every available CPU backend)")
     g.addoption("--difftest-profile", default="quick", choices=["quick", "ci", "nightly"], help="campaign profile")
     g.addoption("--difftest-time-budget", type=float, default=None, metavar="SECONDS",
-                help="time budget per backend (default: the profile's budget shared among the backends)")
+                help="time budget per backend (default: the profile's budget shared among the backends; "
+                     "none with --difftest-rounds)")
+    g.addoption("--difftest-examples", type=int, default=None, metavar="N",
+                help="hypothesis examples per search round (default: the profile's)")
+    g.addoption("--difftest-rounds", type=int, default=None, metavar="R",
+                help="at most R search rounds per format; without --difftest-time-budget the campaign is then "
+                     "bounded by work (rounds × examples), not time")
     g.addoption("--difftest-seed", type=int, default=0, help="campaign seed")
-    g.addoption("--difftest-out", default="reports/pytest", metavar="DIR", help="result directories go here")
+    g.addoption("--difftest-out", default="reports/pytest", metavar="DIR",
+                help="result directories go here, one per backend: DIR/<backend>")
     g.addoption("--difftest-fail-on", default="order", choices=["order", "precision"],
                 help="fail an item on: order = any verdict but pass (default); precision = precision or error")
     g.addoption("--difftest-database", default=".difftest/hypothesis", metavar="DIR", help="hypothesis example database")
+    g.addoption("--difftest-expected", default=None, metavar="FILE",
+                help="expected-findings file (TOML): declared findings pass, with the reason in the report")
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_configure(config):
+    config.addinivalue_line("markers", "difftest: a difftest campaign item (added by --difftest)")
+    if not config.pluginmanager.hasplugin("xdist"):  # the mark the items carry, known without xdist too
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup keeps a group on one worker")
     if not config.getoption("--difftest"):
         return
-    from .backends import get_backend
-    from .campaign import default_backends
+    for option in ("--difftest-examples", "--difftest-rounds"):
+        value = config.getoption(option)
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{option} must be >= 1, got {value}")
+    budget = config.getoption("--difftest-time-budget")
+    if budget is not None and not budget > 0:
+        raise pytest.UsageError(f"--difftest-time-budget must be > 0 seconds, got {budget}")
+    _backend_names(config)  # unknown names are a usage error, before anything runs
+    from .errors import DifftestError
+
+    try:
+        _expectations(config)
+    except DifftestError as exc:
+        raise pytest.UsageError(f"--difftest-expected: {exc}") from None
+    dist = config.getoption("dist", default="no")
+    distributed = bool(config.getoption("tx", default=None))  # pytest-xdist starts workers
+    if distributed and not hasattr(config, "workerinput") and dist not in _DIST_MODES_KEEPING_GROUPS:
+        raise pytest.UsageError(
+            f"--difftest with pytest-xdist --dist {dist} would split a backend's items over workers and run its "
+            "campaign on each: use --dist loadgroup (or loadscope, loadfile)"
+        )
+
+
+def _backend_names(config) -> list[str] | None:
+    """The ``--difftest-backend`` names (None: the default set); an unknown name is a usage error."""
+    from .backends import all_backends
 
     names = config.getoption("--difftest-backend")
-    backends = [get_backend(n) for n in names] if names else default_backends()
-    for b in backends:
+    if not names:
+        return None
+    known = all_backends()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise pytest.UsageError(
+            f"--difftest-backend: unknown backend {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+        )
+    return list(dict.fromkeys(names))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Put the ``difftest`` collector into the session's collection, next to what it collects."""
+    outcome = yield
+    if isinstance(collector, pytest.Session) and collector.config.getoption("--difftest"):
+        report = outcome.get_result()
+        report.result.append(DifftestCollector.from_parent(collector, name="difftest", nodeid="difftest"))
+
+
+class DifftestCollector(pytest.Collector):
+    """The session's campaign: one :class:`BackendCampaign` per backend."""
+
+    def collect(self):
+        from .backends import get_backend
+        from .campaign import default_backends
+
+        names = _backend_names(self.config)
+        backends = [get_backend(n) for n in names] if names is not None else default_backends()
+        for b in backends:
+            yield BackendCampaign.from_parent(self, name=b.name, backend=b, n_backends=len(backends))
+
+
+class BackendCampaign(pytest.Collector):
+    """One backend: its campaign's items, one per gradient, kept together on one xdist worker."""
+
+    def __init__(self, *, backend, n_backends: int, **kwargs):
+        super().__init__(**kwargs)
+        self.backend, self.n_backends = backend, n_backends
+        self.add_marker(pytest.mark.difftest)
+        self.add_marker(pytest.mark.xdist_group(backend.name))
+
+    def collect(self):
         for g in GRADIENTS:
-            item = CampaignItem.from_parent(session, name=f"difftest[{b.name}:{g}]", backend=b.name, gradient=g,
-                                            n_backends=len(backends))
-            item.add_marker(pytest.mark.xdist_group(b.name))
-            items.append(item)
+            yield CampaignItem.from_parent(self, name=g, backend=self.backend.name, gradient=g,
+                                           n_backends=self.n_backends)
 
 
-#: This session's finished campaigns, ``{backend name: (result directory, records)}``.
+#: This session's campaigns, ``{backend name: (result directory, records) or the exception it raised}``.
 CAMPAIGNS_KEY = pytest.StashKey[dict]()
+
+
+def campaign_config(config, backend, n_backends: int):
+    """The :class:`~difftest.campaign.CampaignConfig` of ``backend``'s campaign from the options."""
+    from .campaign import PROFILES, CampaignConfig
+
+    profile = PROFILES[config.getoption("--difftest-profile")]
+    rounds = config.getoption("--difftest-rounds")
+    budget = config.getoption("--difftest-time-budget")
+    if budget is None:
+        budget = math.inf if rounds is not None else profile.time_budget / n_backends
+    return CampaignConfig(
+        backends=[backend], profile=profile, examples=config.getoption("--difftest-examples"), rounds=rounds,
+        time_budget=budget, seed=config.getoption("--difftest-seed"),
+        out=Path(config.getoption("--difftest-out")) / backend.name,
+        database=Path(config.getoption("--difftest-database")), progress=False, expectations=_expectations(config),
+    )
+
+
+def _expectations(config):
+    from .expectations import Expectations
+
+    path = config.getoption("--difftest-expected")
+    return Expectations.load(path) if path else Expectations()
 
 
 def _campaign(config, backend_name: str, n_backends: int) -> tuple[Path, list]:
     campaigns = config.stash.setdefault(CAMPAIGNS_KEY, {})
     if backend_name not in campaigns:
         from .backends import get_backend
-        from .campaign import PROFILES, Campaign, CampaignConfig
+        from .campaign import Campaign
 
         b = get_backend(backend_name)
         ok, reason = b.availability()
         if not ok:
             pytest.skip(f"{backend_name} is not available here: {reason}")
-        profile = PROFILES[config.getoption("--difftest-profile")]
-        budget = config.getoption("--difftest-time-budget") or profile.time_budget / n_backends
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-        out = Path(config.getoption("--difftest-out")) / (backend_name + (f"-{worker}" if worker else ""))
-        records = Campaign(CampaignConfig(
-            backends=[b], profile=profile, time_budget=budget, seed=config.getoption("--difftest-seed"),
-            out=out, database=Path(config.getoption("--difftest-database")), progress=False,
-        )).run()
-        campaigns[backend_name] = (out, records)
-    return campaigns[backend_name]
+        cfg = campaign_config(config, b, n_backends)
+        try:
+            campaigns[backend_name] = (cfg.out, Campaign(cfg).run())
+        except Exception as exc:  # the backend's other items report it too, without running it again
+            campaigns[backend_name] = exc
+    result = campaigns[backend_name]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class CampaignFailure(Exception):
@@ -87,20 +199,20 @@ class CampaignItem(pytest.Item):
     def runtest(self):
         from .explain import counts_text, finding_text, format_ratio
         from .results import findings, summarize
-        from .verdicts import fails
 
         out, records = _campaign(self.config, self.backend, self.n_backends)
         fail_on = self.config.getoption("--difftest-fail-on")
+        expectations = _expectations(self.config)
         cell = summarize(records).get(self.backend, {}).get(self.gradient)
         if cell is None or cell.cases == 0:
-            pytest.skip("the campaign checked no case in its time budget")
-        if any(n and fails(v, fail_on) for v, n in cell.counts.items()):
+            pytest.skip("the campaign checked no case")
+        if any(expectations.fails(r, self.gradient, fail_on) for r in records if r.backend == self.backend):
             lines = [f"{self.backend} {self.gradient}: {cell.cases} cases, verdicts {counts_text(cell.counts)}, "
                      f"worst ratio {format_ratio(cell.worst_ratio)} (TorchLean), "
                      f"{format_ratio(cell.worst_ratio_order_free)} (order-free)"]
             for r in findings(records):
                 f = r.finding
-                if f.gradient == self.gradient:
+                if f.gradient == self.gradient and expectations.fails(r, f.gradient, fail_on):
                     lines.append("shrunk " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, out))
             raise CampaignFailure("\n".join(lines))
 
@@ -109,5 +221,5 @@ class CampaignItem(pytest.Item):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
-    def reportinfo(self):
-        return self.path, None, self.name
+    def reportinfo(self):  # a line number, so that skip marks added by others can be located
+        return self.path, 0, f"difftest[{self.backend}:{self.gradient}]"

@@ -24,6 +24,7 @@ gives the same reproducers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -171,7 +172,8 @@ class Round:
         """Run; the (shrunk) finding, or None when nothing new failed."""
         self.started = time.monotonic()
         try:
-            self._test()()
+            with _strategies_only():
+                self._test()()
         except Finding as f:
             return f
         except BudgetExhausted:
@@ -183,6 +185,30 @@ class Round:
                 self.campaign.progress.note(f"hypothesis stopped the {self.fmt.name} search: {exc}")
             return self.last_failure
         return None
+
+
+@contextlib.contextmanager
+def _strategies_only():
+    """Draw from the campaign's strategies alone: hypothesis (>= 6.131) also draws literals found in
+    the source of loaded local modules, so a seed's cases would change with an import (a spawned
+    job, a report) or any edit of a literal. Private hypothesis API, used where it exists."""
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # pragma: no cover
+        providers = None
+    get = getattr(providers, "_get_local_constants", None)
+    cache = getattr(getattr(providers, "CONSTANTS_CACHE", None), "cache", None)
+    empty = getattr(providers, "Constants", None)
+    if get is None or cache is None or empty is None:
+        yield
+        return
+    providers._get_local_constants = empty
+    cache.clear()
+    try:
+        yield
+    finally:
+        providers._get_local_constants = get
+        cache.clear()
 
 
 def _keys(result):

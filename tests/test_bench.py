@@ -6,7 +6,7 @@ from difftest.cli import main
 
 
 def test_bench_reports_stages_torch_ratio_memory_and_campaign_rate(capsys):
-    assert main(["bench", "--layer", "small", "--repeat", "1", "--campaign-seconds", "2", "--json"]) == 0
+    assert main(["bench", "--layer", "small", "--repeat", "1", "--campaign-examples", "10", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     layer = doc["layer"]
     assert set(layer["seconds"]) >= {"exact_spec", "nf_and_torchlean", "order_free", "comparison", "total"}
@@ -17,6 +17,6 @@ def test_bench_reports_stages_torch_ratio_memory_and_campaign_rate(capsys):
 
 
 def test_bench_table_output(capsys):
-    assert main(["bench", "--layer", "small", "--repeat", "1", "--campaign-seconds", "1"]) == 0
+    assert main(["bench", "--layer", "small", "--repeat", "1", "--campaign-examples", "10"]) == 0
     out = capsys.readouterr().out
     assert "nf_and_torchlean" in out and "torch float64 backward" in out and "cases/s" in out

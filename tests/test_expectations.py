@@ -109,3 +109,20 @@ def test_check_marks_a_declared_verdict_and_exits_0(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--expected", str(path)]) == 0
     assert "expected: numpy's pairwise sum reassociates the bias gradient" in capsys.readouterr().out
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_pytest_plugin_passes_declared_findings(pytester, tmp_path):
+    path = tmp_path / "expected.toml"
+    path.write_text(DECLARED)
+    args = ["--difftest", "--difftest-backend", "numpy-float32", "--difftest-examples", "40", "--difftest-rounds", "1",
+            "--difftest-seed", "3",
+            "--difftest-database", str(tmp_path / "db"), "-p", "no:cacheprovider"]
+    plain = pytester.runpytest_subprocess(*args, "--difftest-out", str(tmp_path / "a"))
+    plain.assert_outcomes(passed=2, failed=1)  # grad_bias: order
+    declared = pytester.runpytest_subprocess(*args, "--difftest-out", str(tmp_path / "b"), "--difftest-expected", str(path))
+    declared.assert_outcomes(passed=3)
+    bad = pytester.runpytest_subprocess(*args, "--difftest-expected", str(tmp_path / "missing.toml"))
+    assert bad.ret == 4 and "does not exist" in bad.stderr.str()

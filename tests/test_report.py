@@ -32,8 +32,10 @@ class RaisingBackend:
         return {"backend": self.name}
 
 
-def campaign(out: Path, backends, budget: float, seed: int = 0) -> Path:
-    Campaign(CampaignConfig(backends=backends, out=out, database=None, progress=False, time_budget=budget, seed=seed)).run()
+def campaign(out: Path, backends, examples: int, rounds: int = 1, seed: int = 0) -> Path:
+    """A campaign bounded by work (examples × rounds) and a seed, never by time."""
+    Campaign(CampaignConfig(backends=backends, out=out, database=None, progress=False, examples=examples,
+                            rounds=rounds, seed=seed)).run()
     return out
 
 
@@ -41,10 +43,10 @@ def campaign(out: Path, backends, budget: float, seed: int = 0) -> Path:
 def result_sets(tmp_path_factory):
     base = tmp_path_factory.mktemp("results")
     return {
-        "pass-only": campaign(base / "pass", [get_backend("nf-binary16")], 3),
-        "mixed": campaign(base / "mixed", [get_backend("numpy-float32"), get_backend("nf-binary32")], 10),
-        "error": campaign(base / "error", [RaisingBackend(), get_backend("nf-binary32")], 4),
-        "empty": campaign(base / "empty", [get_backend("nf-binary32")], 1e-6),
+        "pass-only": campaign(base / "pass", [get_backend("nf-binary16")], 15),
+        "mixed": campaign(base / "mixed", [get_backend("numpy-float32"), get_backend("nf-binary32")], 30, rounds=2),
+        "error": campaign(base / "error", [RaisingBackend(), get_backend("nf-binary32")], 10),
+        "empty": campaign(base / "empty", [], 1),  # no backend: a campaign that checks no case
     }
 
 
@@ -144,7 +146,7 @@ def test_a_heatmap_draws_the_saved_per_entry_arrays_and_an_old_directory_renders
 
 
 def test_run_writes_the_report_at_the_end(tmp_path, capsys):
-    assert main(["run", "--backend", "nf-binary16", "--time-budget", "2", "--out", str(tmp_path), "--no-database", "--quiet"]) == 0
+    assert main(["run", "--backend", "nf-binary16", "--examples", "5", "--rounds", "1", "--out", str(tmp_path), "--no-database", "--quiet"]) == 0
     assert (tmp_path / "report.html").is_file()
     parse(tmp_path / "report.html")
 
