@@ -15,14 +15,20 @@ _ALLOWED = {"torchlean": ("pass",), "order-free": ("pass", "order")}
 DEFAULT_SAVE_DIR = Path(".difftest") / "cases"
 
 
-def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=DEFAULT_SAVE_DIR) -> BackendResult:
-    """Run ``backend`` (a name or a Backend) on ``case`` and assert every gradient is within ``bound``.
+def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=DEFAULT_SAVE_DIR,
+                         format=None) -> BackendResult:
+    """Run ``backend`` on ``case`` and assert every gradient is within ``bound``.
+
+    ``backend`` is a registered name, a :class:`~difftest.backends.Backend`, or a plain function
+    ``(x, w, d, stride, padding) -> (grad_input, grad_weight, grad_bias)`` judged in ``format``
+    (default: the case's format).
 
     ``bound="torchlean"`` requires the verdict ``pass`` (no entry beyond either bound);
     ``bound="order-free"`` also accepts ``order`` (beyond the TorchLean bound, explained by
     evaluation order). On failure the case is saved under ``save_to`` (``None``: not saved) and
     the ``AssertionError`` names each failing gradient's verdict, ratios, worst entry and the
-    ``difftest check`` command that replays it. Returns the result.
+    command that replays it (``difftest check`` for a registered backend, a Python line for a
+    function). Returns the result.
 
     Under hypothesis, give the test ``@settings(deadline=None)`` (and a ``max_examples`` to bound
     its work): the first check in a process loads the backend and the compiled folds (a second or
@@ -30,11 +36,11 @@ def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=
     here would not help: hypothesis times the whole test body, and an example that is slow only
     the first time fails as "unreliable test timings" when replayed.
     """
-    from .backends import get_backend
+    from .backends import as_backend, is_registered
 
     if bound not in _ALLOWED:
         raise ValueError(f"bound must be one of {list(_ALLOWED)}, got {bound!r}")
-    b = get_backend(backend) if isinstance(backend, str) else backend
+    b = as_backend(backend, format or case.format)
     (result,) = check_case(case, [b])
     bad = {g: r for g, r in result.gradients.items() if r.verdict not in _ALLOWED[bound]}
     if bad:
@@ -42,6 +48,9 @@ def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=
         lines += [f"  {gradient_text(b.name, g, r)}" for g, r in bad.items()]
         if save_to is not None:
             path = case.save(Path(save_to) / f"{case.case_id}.npz")
-            lines.append(f"  reproduce: {reproduce_command(path, b.name)}")
+            if is_registered(b.name):
+                lines.append(f"  reproduce: {reproduce_command(path, b.name)}")
+            else:
+                lines.append(f"  reproduce: difftest.check_case(difftest.Case.load({str(path)!r}), [{b.name}])")
         raise AssertionError("\n".join(lines))
     return result

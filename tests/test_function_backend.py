@@ -49,3 +49,18 @@ def test_as_backend_says_what_it_accepts():
     with pytest.raises(TypeError, match="not a backend"):
         as_backend(42)
     assert as_backend(get_backend("numpy-float32")).name == "numpy-float32"
+
+
+def test_assert_within_bounds_takes_a_function_and_names_the_saved_case_on_failure(tmp_path):
+    from difftest import assert_within_bounds
+
+    case = Case.load("examples/cancellation.npz")
+    assert_within_bounds(case, torch_float32_conv_backward, bound="order-free")
+
+    def sums_in_float16(x, w, d, stride, padding):  # a user's bug: the bias summed in binary16
+        gi, gw, _ = torch_float32_conv_backward(x, w, d, stride, padding)
+        return gi, gw, torch.tensor(d, dtype=torch.float16).sum((0, 2, 3))
+
+    with pytest.raises(AssertionError, match="grad_bias: precision") as failure:
+        assert_within_bounds(case, sums_in_float16, save_to=tmp_path)
+    assert f"difftest.check_case(difftest.Case.load('{tmp_path / case.case_id}.npz'), [" in str(failure.value)
