@@ -79,15 +79,7 @@ def _prepare_file(path, what: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise DifftestError(f"{what} {p} is a directory; give a file path")
-    parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise DifftestError(f"{what} {p}: {parent} is a file, not a directory; choose another path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DifftestError(f"{what} {p}: cannot create its directory {parent}: {_os_reason(exc)}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DifftestError(f"{what} {p}: {parent} is not writable; fix its permissions or choose another path")
+    _prepare_dir(p.parent if str(p.parent) else Path("."), f"{what} {p}: its directory")
     return p
 
 
