@@ -234,7 +234,8 @@ def cmd_backends(args) -> int:
 
 def cmd_run(args) -> int:
     from .campaign import PROFILES, Campaign, CampaignConfig, default_backends, parse_shard
-    from .results import exit_code, format_summary, junit_xml, read_campaign, read_results, summary_doc
+    from .results import exit_code, read_campaign, read_results
+    from .summary import format_summary, junit_xml, summary_doc
 
     cfg = _config()
 
@@ -386,7 +387,8 @@ def cmd_bench(args) -> int:
 
 def cmd_merge(args) -> int:
     from .expectations import Expectations
-    from .results import format_summary, merge, read_results
+    from .results import merge, read_results
+    from .summary import format_summary
 
     out = Path(args.out)
     n = merge([Path(d) for d in args.dirs], out)

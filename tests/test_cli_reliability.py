@@ -25,7 +25,9 @@ from difftest.geometry import GRADIENTS
 from difftest.outcome import FindingKey
 from difftest.persist import CampaignRecorder
 from difftest.progress import Progress
-from difftest.results import DirectoryInUse, ResultsWriter, junit_xml, read_results, summary_doc
+from difftest.lock import DirectoryInUse
+from difftest.results import ResultsWriter, read_results
+from difftest.summary import junit_xml, summary_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 CANCELLATION = ROOT / "examples" / "cancellation.npz"

@@ -1,0 +1,117 @@
+"""A result set in words and for machines: the terminal summary, the JSON summary, JUnit XML.
+
+All three count findings the same way (:func:`difftest.results.findings`: one per distinct
+``(backend, gradient, verdict)``) and mark those an expectations file declares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .expectations import Expectations
+from .explain import RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, plural, reproduce_command
+from .outcome import ResultRecord, jsonable
+from .results import findings, summarize
+from .verdicts import SEVERITY, VERDICTS, worst_verdict
+
+
+def summary_doc(records: list[ResultRecord], replay_dir=None, expectations: Expectations | None = None) -> dict:
+    """The summary as plain data: ``findings`` (one per distinct key, worst first: ``backend``,
+    ``gradient``, ``verdict``, ``max_ratio``, ``max_ratio_order_free``, ``shrunk``, ``expected``
+    (the declared reason, or null), ``case_file`` — a path to replay, under ``replay_dir`` when
+    given), ``cells`` (``{backend: {gradient: {"cases", "worst_ratio", "worst_ratio_order_free",
+    "counts"}}}``) and ``not_seen`` (declared findings that did not show)."""
+    e = expectations or Expectations()
+    out = []
+    for r in findings(records):
+        f = r.finding
+        gr = r.gradients[f.gradient]
+        case_file = r.case_file if r.case_file is None or replay_dir is None else str(Path(replay_dir) / r.case_file)
+        expected = e.explain_record(r, f.gradient)
+        out.append({"backend": f.backend, "gradient": f.gradient, "verdict": f.verdict, "max_ratio": gr.max_ratio,
+                    "max_ratio_order_free": gr.max_ratio_order_free, "shrunk": r.phase == "shrunk",
+                    "expected": expected.reason if expected else None, "case_file": case_file})
+    cells = {b: {g: {"cases": c.cases, "worst_ratio": c.worst_ratio, "worst_ratio_order_free": c.worst_ratio_order_free,
+                     "counts": dict(c.counts)} for g, c in row.items()}
+             for b, row in summarize(records).items()}
+    return jsonable({"findings": out, "cells": cells, "not_seen": [x.describe() for x in e.not_seen(records)]})
+
+
+def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, duration_s: float = 0.0,
+              properties: dict | None = None, expectations: Expectations | None = None) -> str:
+    """JUnit XML: one ``<testcase classname="difftest.<backend>" name="<gradient>">`` per backend ×
+    gradient, with a ``<failure>`` (the verdicts, the worst ratios, each finding and the command
+    that replays it) where a verdict fails under ``fail_on`` that no expectation declares."""
+    import xml.etree.ElementTree as ET
+
+    e = expectations or Expectations()
+    table = summarize(records)
+    failing = {(r.backend, g) for r in records for g in r.gradients if e.fails(r, g, fail_on)}
+    suite = ET.Element("testsuite", name="difftest", tests=str(3 * len(table)), failures=str(len(failing)),
+                       errors="0", skipped="0", time=f"{duration_s:.3f}")
+    if properties:
+        props = ET.SubElement(suite, "properties")
+        for k, v in properties.items():
+            ET.SubElement(props, "property", name=str(k), value=str(v))
+    shrunk = findings(records)
+    for backend, row in table.items():
+        for g, c in row.items():
+            tc = ET.SubElement(suite, "testcase", classname=f"difftest.{backend}", name=g)
+            summary = (f"{backend} {g}: {plural(c.cases, 'case')}, verdicts {counts_text(c.counts)}; worst ratio "
+                       f"{format_ratio(c.worst_ratio)} (TorchLean), {format_ratio(c.worst_ratio_order_free)} (order-free)")
+            if (backend, g) not in failing:
+                ET.SubElement(tc, "system-out").text = summary
+                continue
+            lines = [summary]
+            mine = [r for r in shrunk if r.finding.backend == backend and r.finding.gradient == g
+                    and e.fails(r, g, fail_on)]
+            for r in mine:
+                lines += ["shrunk " + gradient_text(backend, g, r.gradients[g]),
+                          "    " + finding_text(backend, g, r.gradients[g], r.case_file, replay_dir).split("\n")[-1].strip()]
+            if not mine:  # no shrunk reproducer (e.g. interrupted): the worst searched case
+                bad = [r for r in records if r.backend == backend and e.fails(r, g, fail_on)]
+                worst = max(bad, key=lambda r: (SEVERITY[r.gradients[g].verdict], r.gradients[g].max_ratio))
+                lines.append(gradient_text(backend, g, worst.gradients[g]))
+                if worst.case_file:
+                    path = Path(replay_dir) / worst.case_file if replay_dir else worst.case_file
+                    lines.append("    reproduce: " + reproduce_command(path, backend))
+            verdict = worst_verdict(r.gradients[g].verdict for r in records
+                                    if r.backend == backend and e.fails(r, g, fail_on))
+            failure = ET.SubElement(tc, "failure", type=verdict, message=summary)
+            failure.text = "\n".join(lines)
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def format_summary(records: list[ResultRecord], replay_dir=None, expectations: Expectations | None = None) -> str:
+    """The backend × gradient table: cases, worst ratios, verdict counts; then the findings (those an
+    expectation declares marked with its reason) and the declared findings not seen any more."""
+    e = expectations or Expectations()
+    lines = []
+    header = f"{'backend':<24} {'gradient':<12} {'cases':>6} {'worst_ratio':>11} {'ratio_of':>9}  " + " ".join(
+        f"{v:>9}" for v in VERDICTS
+    )
+    lines += [header, "-" * len(header)]
+    for backend, row in summarize(records).items():
+        for g, c in row.items():
+            counts = " ".join(f"{c.counts[v]:>9}" for v in VERDICTS)
+            lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {format_ratio(c.worst_ratio):>11} {format_ratio(c.worst_ratio_order_free):>9}  {counts}")
+    found = findings(records)
+    if found:
+        shrunk = sum(r.phase == "shrunk" for r in found)
+        expected = [e.explain_record(r, r.finding.gradient) for r in found]
+        how = ("each shrunk to a minimal reproducer" if shrunk == len(found) else
+               f"{shrunk} shrunk to a minimal reproducer, {len(found) - shrunk} the first case that showed it")
+        n_expected = sum(x is not None for x in expected)
+        lines += ["", f"{plural(len(found), 'finding')}, {how}" + (f"; {n_expected} expected" if n_expected else "") + ":"]
+        for r, x in zip(found, expected):
+            f = r.finding
+            lines.append("  " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, replay_dir))
+            if x is not None:
+                lines.append(f"    expected: {x.reason}")
+        lines.append(f"  ({RATIO_LEGEND})")
+    gone = e.not_seen(records)
+    if gone:
+        lines += ["", f"expected findings not seen any more (fix or remove them in {e.source}):"]
+        lines += [f"  {x.describe()}" for x in gone]
+    return "\n".join(lines)
