@@ -152,7 +152,7 @@ def campaign_rate(seconds: float = 20.0, backends=("torch-cpu-float32", "nf-bina
             "cases_per_second": c.progress.cases / dt}
 
 
-def jobs_speedup(jobs: int | None = None, examples: int = 40, seed: int = 0) -> dict:
+def jobs_speedup(jobs: int | None = None, examples: int = 150, seed: int = 0) -> dict:
     """Wall time of one campaign bounded by work (every available CPU backend, ``examples`` cases
     per format group, one round) in one process and in ``jobs`` processes (default: the cores);
     both search the same cases."""
