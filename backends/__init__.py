@@ -10,13 +10,14 @@ from importlib.metadata import entry_points
 from difftest.errors import UnknownBackend
 
 from .base import Backend
+from .emu_backend import EmulatedBackend, FFTBackend, emulated_backends
 from .function_backend import FunctionBackend
 from .nf_backend import NFBackend, nf_backends
 from .numpy_backend import NumpyBackend, numpy_backends
 from .onnx_backend import OnnxRuntimeBackend, onnx_backends
 from .torch_backend import TorchBackend, torch_backends
 
-_FACTORIES = (numpy_backends, torch_backends, onnx_backends, nf_backends)
+_FACTORIES = (numpy_backends, torch_backends, onnx_backends, nf_backends, emulated_backends)
 
 
 def _plugins() -> list[Backend]:
@@ -87,6 +88,6 @@ def as_backend(obj, format=None) -> Backend:
 
 
 __all__ = [
-    "Backend", "FunctionBackend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends",
+    "Backend", "EmulatedBackend", "FFTBackend", "FunctionBackend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends",
     "as_backend", "get_backend", "is_registered",
 ]

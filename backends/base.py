@@ -25,6 +25,8 @@ class Backend(ABC):
     device: str = "cpu"
     accumulation: str = ""
     description: str = ""
+    #: Whether ``difftest run`` takes it when no backend is named (emulated references are not).
+    default_campaign: bool = True
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "")`` or ``(False, reason)``."""

@@ -302,7 +302,8 @@ class Campaign:
 
 
 def default_backends() -> list:
-    """Every available CPU backend."""
+    """Every available CPU backend but the emulated references (``emu-*``: named to run)."""
     from .backends import all_backends
 
-    return [b for b in all_backends().values() if b.device == "cpu" and b.availability()[0]]
+    return [b for b in all_backends().values()
+            if b.device == "cpu" and getattr(b, "default_campaign", True) and b.availability()[0]]

@@ -14,7 +14,8 @@ GEOMETRIES = [  # (N, C, H, W, O, k, stride, padding)
     (1, 4, 6, 10, 2, 2, 2, 0),
     (2, 1, 5, 5, 2, 1, 3, 2),
 ]
-AVAILABLE = [b for b in all_backends().values() if b.availability()[0]]
+# the emulated references (emu-*) break binary32's bounds by design: tests/test_emulated.py
+AVAILABLE = [b for b in all_backends().values() if b.availability()[0] and b.default_campaign]
 
 
 def ordinary_case(fmt, geometry, seed):
