@@ -296,8 +296,8 @@ def cmd_run(args) -> int:
         print(f"difftest run: profile {profile}, {plural(len(backends), 'backend')} "
               f"({', '.join(b.name for b in backends)}), "
               + (f"budget {campaign.budget:g}s" if math.isfinite(campaign.budget) else "no time budget (bounded by --rounds)")
-              + f", seed {seed}, "
-              f"shard {args.shard} -> {out}" + (f"; settings from {', '.join(sources)}" if sources else ""),
+              + f", seed {seed}, shard {args.shard}, {plural(min(config.jobs, len({b.format.name for b in backends})), 'job')} "
+              f"-> {out}" + (f"; settings from {', '.join(sources)}" if sources else ""),
               file=sys.stderr)
     interrupted = False
     try:
