@@ -165,11 +165,11 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     a case estimated to take more than a few seconds.
     """
     from .backends import as_backend
-    from .estimate import PROGRESS_SECONDS, default_max_memory, estimate, refuse_if_too_large
+    from .estimate import PROGRESS_SECONDS, estimate, refuse_if_too_large
 
     backends = [as_backend(b, case.format) for b in backends]
     cost = estimate(case.geometry, formats=len({b.format.name for b in backends}))
-    refuse_if_too_large(cost, default_max_memory() if max_memory == "auto" else max_memory)
+    refuse_if_too_large(cost, max_memory)
     say = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else (lambda text: None)
     say(f"{cost.describe()}; exact spec")
     t0 = time.perf_counter()
@@ -194,9 +194,9 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
 def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", max_memory="auto") -> dict[str, np.ndarray]:
     """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each gradient ``g``
     (``max_memory`` as in :func:`check_case`)."""
-    from .estimate import default_max_memory, estimate, refuse_if_too_large
+    from .estimate import estimate, refuse_if_too_large
 
-    refuse_if_too_large(estimate(case.geometry), default_max_memory() if max_memory == "auto" else max_memory)
+    refuse_if_too_large(estimate(case.geometry), max_memory)
     fmt = case.format if fmt is None else fmt
     model = model_for(case, fmt)
     if model.runtime is None:

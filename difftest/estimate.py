@@ -89,8 +89,11 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
-def refuse_if_too_large(e: Estimate, max_memory: int | None) -> None:
-    """Raise :class:`CaseTooLarge` with the estimate when it exceeds ``max_memory``."""
+def refuse_if_too_large(e: Estimate, max_memory) -> None:
+    """Raise :class:`CaseTooLarge` with the estimate when it exceeds ``max_memory`` (bytes;
+    ``"auto"``: :func:`default_max_memory`; ``None``: no limit)."""
+    if max_memory == "auto":
+        max_memory = default_max_memory()
     if max_memory is not None and e.peak_bytes > max_memory:
         raise CaseTooLarge(
             f"judging this case needs about {format_size(e.peak_bytes)} of memory ({e.macs / 1e6:.1f} M multiply-adds "
