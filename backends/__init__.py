@@ -8,9 +8,10 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from difftest.errors import UnknownBackend
+from difftest.geometry import GRADIENTS
 
 from .base import Backend
-from .emu_backend import EmulatedBackend, FFTBackend, emulated_backends
+from .emu_backend import EmulatedBackend, FFTBackend, GatedBackend, emulated_backends, emulated_by_name
 from .function_backend import FunctionBackend
 from .nf_backend import NFBackend, nf_backends
 from .numpy_backend import NumpyBackend, numpy_backends
@@ -41,7 +42,7 @@ class _Broken(Backend):
     def availability(self):
         return False, self._reason
 
-    def conv2d_backward(self, x, w, d, stride, padding):  # pragma: no cover - never available
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):  # pragma: no cover - never available
         raise RuntimeError(self._reason)
 
 
@@ -59,15 +60,23 @@ def all_backends() -> dict[str, Backend]:
 def get_backend(name: str) -> Backend:
     """A backend by name; :class:`UnknownBackend` lists the known names."""
     known = all_backends()
-    try:
+    if name in known:
         return known[name]
-    except KeyError:
-        raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(sorted(known))}") from None
+    built = emulated_by_name(name, known)  # emu-blocked-L, NAME@gates (raises on a bad gate)
+    if built is not None:
+        return built
+    raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(sorted(known))} "
+                         "(emulations also take a shape gate: emu-tf32@min-channels=32)")
 
 
 def is_registered(name: str) -> bool:
-    """Whether ``name`` is a built-in or plugin backend (so ``difftest check --backend NAME`` runs it)."""
-    return name in all_backends()
+    """Whether ``name`` is a built-in or plugin backend, or an emulation built from its name (so
+    ``difftest check --backend NAME`` runs it)."""
+    try:
+        get_backend(name)
+    except UnknownBackend:
+        return False
+    return True
 
 
 def as_backend(obj, format=None) -> Backend:
@@ -88,6 +97,6 @@ def as_backend(obj, format=None) -> Backend:
 
 
 __all__ = [
-    "Backend", "EmulatedBackend", "FFTBackend", "FunctionBackend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends",
+    "Backend", "EmulatedBackend", "FFTBackend", "FunctionBackend", "GatedBackend", "NFBackend", "NumpyBackend", "OnnxRuntimeBackend", "TorchBackend", "all_backends",
     "as_backend", "get_backend", "is_registered",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
-from difftest.geometry import Geometry, col2im_add, grad_output_rows, im2col
+from difftest.geometry import GRADIENTS, Geometry, col2im_add, grad_output_rows, im2col
 
 from .base import Backend
 
@@ -32,12 +32,13 @@ class NumpyBackend(Backend):
             return False, f"{exc.name or 'a package'} is not installed; pip install 'difftest[bfloat16]'"
         return True, ""
 
-    def conv2d_backward(self, x, w, d, stride, padding):
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
         # overflow to inf is what the verdict judges (domain or precision), not a warning to print
         with np.errstate(over="ignore", invalid="ignore"):
-            return self._backward(x, w, d, stride, padding)
+            return self._backward(x, w, d, stride, padding, gradients)
 
-    def _backward(self, x, w, d, stride, padding):
+    def _backward(self, x, w, d, stride, padding, gradients):
+        """Only the requested gradients are computed (each from δ and one other tensor)."""
         g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
         dtype = self.dtype
         xt, wt, dt = (np.asarray(a).astype(dtype) for a in (x, w, d))
@@ -45,15 +46,13 @@ class NumpyBackend(Backend):
             if not np.array_equal(t.astype(np.float64), a):
                 raise ValueError(f"{name} is not exactly representable in numpy {dtype}")
         drows = grad_output_rows(dt, g)  # (O, N·oh·ow)
-        grad_weight = (drows @ im2col(xt, g)).astype(dtype).reshape(g.weight_shape)
-        cols = (drows.T @ wt.reshape(g.O, -1)).astype(dtype)  # (N·oh·ow, C·kH·kW)
-        grad_input = col2im_add(cols, g)
-        grad_bias = drows.sum(axis=1)
-        return {
-            "grad_input": grad_input.astype(np.float64),
-            "grad_weight": grad_weight.astype(np.float64),
-            "grad_bias": grad_bias.astype(np.float64),
+        compute = {
+            # columns (N·oh·ow, C·kH·kW), added back into the image
+            "grad_input": lambda: col2im_add((drows.T @ wt.reshape(g.O, -1)).astype(dtype), g),
+            "grad_weight": lambda: (drows @ im2col(xt, g)).astype(dtype).reshape(g.weight_shape),
+            "grad_bias": lambda: drows.sum(axis=1),
         }
+        return {name: compute[name]().astype(np.float64) for name in gradients}
 
 
 def _bfloat16():

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
+from difftest.geometry import GRADIENTS
 
 from .base import Backend, cpu_flags
 
@@ -104,7 +105,9 @@ class TorchBackend(Backend):
     def version(self) -> str:
         return _torch().__version__
 
-    def conv2d_backward(self, x, w, d, stride, padding):
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
+        """Input, weight and the (zero) bias require grad exactly where their gradient is
+        requested, so autograd runs the kernels a training step asking for those runs."""
         torch = _torch()
         dtype = getattr(torch, self.dtype_name)
         tensors = []
@@ -115,19 +118,16 @@ class TorchBackend(Backend):
                 raise ValueError(f"{name} is not exactly representable in torch.{self.dtype_name}")
             tensors.append(t.to(self.device))
         xt, wt, dt = tensors
-        xt.requires_grad_(True)
-        wt.requires_grad_(True)
-        bt = torch.zeros(wt.shape[0], dtype=dtype, device=self.device, requires_grad=True)
+        bt = torch.zeros(wt.shape[0], dtype=dtype, device=self.device)
+        leaves = {"grad_input": xt, "grad_weight": wt, "grad_bias": bt}
+        for name in gradients:
+            leaves[name].requires_grad_(True)
         with cudnn_tf32(self.tf32):
             y = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=padding)
             y.backward(dt)
             if self.device == "cuda":
                 torch.cuda.synchronize()
-        return {
-            "grad_input": xt.grad.detach().to("cpu", torch.float64).numpy(),
-            "grad_weight": wt.grad.detach().to("cpu", torch.float64).numpy(),
-            "grad_bias": bt.grad.detach().to("cpu", torch.float64).numpy(),
-        }
+        return {name: leaves[name].grad.detach().to("cpu", torch.float64).numpy() for name in gradients}
 
     def environment(self) -> dict:
         env = super().environment()

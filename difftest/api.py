@@ -17,7 +17,8 @@ DEFAULT_SAVE_DIR = Path(".difftest") / "cases"
 
 def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=DEFAULT_SAVE_DIR,
                          format=None) -> BackendResult:
-    """Run ``backend`` on ``case`` and assert every gradient is within ``bound``.
+    """Run ``backend`` on ``case`` and assert every requested gradient (``case.gradients``) is
+    within ``bound``.
 
     ``backend`` is a registered name, a :class:`~difftest.backends.Backend`, or a plain function
     ``(x, w, d, stride, padding) -> (grad_input, grad_weight, grad_bias)`` judged in ``format``
@@ -44,12 +45,13 @@ def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=
     (result,) = check_case(case, [b])
     bad = {g: r for g, r in result.gradients.items() if r.verdict not in _ALLOWED[bound]}
     if bad:
-        lines = [f"{b.name} is not within the {bound} bound on a case of geometry {case.geometry.as_dict()}:"]
+        asked = "" if case.all_gradients else f", requesting only {', '.join(case.gradients)}"
+        lines = [f"{b.name} is not within the {bound} bound on a case of geometry {case.geometry.as_dict()}{asked}:"]
         lines += [f"  {gradient_text(b.name, g, r)}" for g, r in bad.items()]
         if save_to is not None:
             path = case.save(Path(save_to) / f"{case.case_id}.npz")
             if is_registered(b.name):
-                lines.append(f"  reproduce: {reproduce_command(path, b.name)}")
+                lines.append(f"  reproduce: {reproduce_command(path, b.name, case.gradients)}")
             else:
                 lines.append(f"  reproduce: difftest.check_case(difftest.Case.load({str(path)!r}), [{b.name}])")
         raise AssertionError("\n".join(lines))

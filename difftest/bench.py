@@ -178,6 +178,36 @@ def jobs_speedup(jobs: int | None = None, examples: int = 150, seed: int = 0) ->
     return out
 
 
+#: What ``difftest bench --layer emulations`` times: each emulation and shape-gated variants of the
+#: kinds libraries switch kernels on.
+EMULATIONS = ("emu-tf32", "emu-binary16-acc", "emu-bfloat16-acc", "emu-ftz", "emu-rtz-acc", "emu-fft",
+              "emu-tf32@min-channels=32", "emu-fft@min-kernel=5", "emu-rtz-acc@min-stride=2",
+              "emu-binary16-acc@min-image=16", "emu-bfloat16-acc@min-reduction=500", "emu-ftz@min-channels=64")
+
+
+def time_to_precision(names=EMULATIONS, seed: int = 0, profile: str = "quick") -> list[dict]:
+    """Seconds and draws until a campaign of ``profile`` (its time budget, no shrinking) first
+    finds ``precision`` for each emulation alone, stopping there."""
+    import tempfile
+    from pathlib import Path
+
+    from .backends import get_backend
+    from .campaign import PROFILES, Campaign, CampaignConfig
+
+    out = []
+    for name in names:
+        with tempfile.TemporaryDirectory() as d:
+            c = Campaign(CampaignConfig([get_backend(name)], PROFILES[profile], seed=seed, out=Path(d), database=None,
+                                        progress=False, shrink=False, stop_on=frozenset({"precision"})))
+            t0 = time.perf_counter()
+            c.run()
+            elapsed = time.perf_counter() - t0
+        first = min((s for k, s in c.first_seen.items() if k.verdict == "precision"), default=None)
+        out.append({"backend": name, "seconds": first, "draws": c.draws, "campaign_s": elapsed,
+                    "found": c.stopped_on.gradient if c.stopped_on else None, "budget_s": PROFILES[profile].time_budget})
+    return out
+
+
 def scaling(channels=(8, 16, 32, 64, 128), repeat: int = 1) -> list[dict]:
     """Total time against multiply-adds, 56 × 56, 3 × 3, C -> C channels."""
     out = []

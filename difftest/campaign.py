@@ -53,12 +53,30 @@ class Profile:
     examples: int  # hypothesis max_examples per round
     time_budget: float  # seconds for the whole campaign
     shrink_seconds: float  # cap on shrinking one finding
+    shrink_steps: int = 300  # cap on the cases judged while shrinking one finding (work, not time)
+    realistic: float = 0.0  # share of drawn cases that are real layers with probes (difftest.probes)
+    max_macs: int = 2_000_000  # multiply-adds of one gradient of a real-layer case, at most
+
+    @property
+    def description(self) -> str:
+        lim = self.limits
+        small = f"fuzzed cases up to {lim.max_channels} channels, {lim.max_size}×{lim.max_size}"
+        if not self.realistic:
+            return small
+        return (f"{round(100 * (1 - self.realistic))} % {small}; {round(100 * self.realistic)} % real layers "
+                f"(difftest.catalogue) with probes, up to {self.max_macs / 1e6:g} M multiply-adds")
 
 
 PROFILES = {
-    "quick": Profile("quick", Limits(max_batch=2, max_channels=3, max_size=6, max_kernel=3), 150, 60.0, 10.0),
-    "ci": Profile("ci", Limits(max_batch=2, max_channels=6, max_size=10, max_kernel=3), 500, 300.0, 30.0),
-    "nightly": Profile("nightly", Limits(max_batch=4, max_channels=16, max_size=16, max_kernel=5), 2000, 3600.0, 120.0),
+    "quick": Profile("quick", Limits(max_batch=2, max_channels=3, max_size=6, max_kernel=3), 150, 60.0, 10.0,
+                     realistic=0.3, max_macs=2_000_000),
+    "ci": Profile("ci", Limits(max_batch=2, max_channels=6, max_size=10, max_kernel=3), 500, 300.0, 30.0,
+                  realistic=0.3, max_macs=8_000_000),
+    "nightly": Profile("nightly", Limits(max_batch=4, max_channels=16, max_size=16, max_kernel=5), 2000, 3600.0, 120.0,
+                       realistic=0.3, max_macs=20_000_000),
+    # For GPUs (the nightly GPU job): vendors pick tensor-core, Winograd and FFT kernels by shape.
+    "hardware": Profile("hardware", Limits(max_batch=2, max_channels=6, max_size=10, max_kernel=3), 400, 1800.0, 120.0,
+                        realistic=0.9, max_macs=50_000_000),
 }
 
 
@@ -92,6 +110,8 @@ class CampaignConfig:
     rounds: int | None = None  # search rounds per format (None: until the time budget is spent)
     expectations: Expectations | None = None  # declared findings, kept with the results (expected.json)
     jobs: int = 1  # processes for the format groups (difftest.jobs); 1: this process
+    shrink: bool = True  # False: every finding stands as the first case that showed it
+    stop_on: frozenset = frozenset()  # verdicts whose first finding ends the campaign
 
 
 #: Judged cases remembered per campaign (hypothesis repeats simple cases: judge once, record once).
@@ -114,12 +134,17 @@ class Campaign:
         self.status = "running"
         self.found: set[FindingKey] = set()
         self.interrupted = False
+        self.stopped_on: FindingKey | None = None  # the finding that ended the campaign (config.stop_on)
         self.end = 0.0
         self.draws = 0  # cases hypothesis drew for the search (a repeat of a judged case counts, is not judged again)
         self.job_totals: dict | None = None  # what parallel jobs did (difftest.jobs)
         self._judged: dict[str, list] = {}  # case_id -> results, without raw outputs (search and shrink)
         self.recorded: set[str] = set()  # case ids the search has recorded (shrinking records none)
         self.seen: dict[FindingKey, tuple] = {}  # non-pass key -> (choices, round, case, result) of its first case
+        self.largest: dict[FindingKey, dict] = {}  # non-pass key -> the largest searched case that showed it
+        self.started = time.monotonic()
+        self.first_seen_s: dict[str, float] = {}  # from the jobs' campaign.json (difftest.jobs)
+        self.first_seen: dict[FindingKey, float] = {}  # non-pass key -> seconds from the start to the case that showed it
 
     # --- what the rounds ask --------------------------------------------------------------
 
@@ -151,16 +176,33 @@ class Campaign:
                 key = FindingKey(r.backend, g, gr.verdict)
                 if key.verdict != "pass" and key not in self.found and key not in self.seen:
                     self.seen[key] = (choices, round_no, case, r)
+                if key.verdict != "pass":
+                    self.first_seen.setdefault(key, time.monotonic() - self.started)
+
+    def note_largest(self, case, results, case_file: str | None) -> None:
+        """Remember, per non-``pass`` key, the searched case of most multiply-adds that showed it."""
+        macs = case.geometry.macs
+        for r in results:
+            for g, gr in r.gradients.items():
+                key = FindingKey(r.backend, g, gr.verdict)
+                if key.verdict != "pass" and case_file and macs > self.largest.get(key, {}).get("macs", -1):
+                    self.largest[key] = {"case_id": case.case_id, "case_file": case_file,
+                                         "geometry": case.geometry.as_dict(), "macs": macs}
 
     def save_finding(self, key: FindingKey, case, result, round_no: int, phase: str = "shrunk") -> None:
         self.found.add(key)
         self.progress.findings += 1
-        self.recorder.record(case, [result], phase, round_no, finding=key)
+        largest = self.largest.get(key)
+        if largest is not None and (largest["case_id"] == case.case_id or largest["macs"] <= case.geometry.macs):
+            largest = None  # the reproducer is the largest case itself
+        self.recorder.record(case, [result], phase, round_no, finding=key, largest_case=largest)
+        if key.verdict in self.config.stop_on and self.stopped_on is None:
+            self.stopped_on = key
         self.progress.update(f"found {key.backend} {key.gradient}: {key.verdict}", force=True)
 
     def _save(self, f: Finding, round_no: int) -> None:
         result = next(r for r in f.results if r.backend == f.key.backend)
-        self.save_finding(f.key, f.case, result, round_no)
+        self.save_finding(f.key, f.case, result, round_no, "shrunk" if self.config.shrink else "unshrunk")
         self.note_seen(f.case, [result], f.choices, round_no)  # other keys its reproducer shows
 
     # --- the campaign ----------------------------------------------------------------------
@@ -191,7 +233,7 @@ class Campaign:
             if key in self.found or key.backend not in names:
                 continue
             f = None
-            if not self.interrupted and time.monotonic() < self.end:
+            if self.config.shrink and not self.interrupted and not self.stopped_on and time.monotonic() < self.end:
                 try:
                     f = Round(self, fmt, backends, round_no, self.end, self.examples, target=key, choices=choices).run()
                 except BudgetExhausted:
@@ -207,7 +249,7 @@ class Campaign:
         while left > 0:
             if self.interrupted:
                 raise KeyboardInterrupt
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self.stopped_on:
                 raise BudgetExhausted
             run = Round(self, fmt, backends, round_no, deadline, left, segment)
             f = run.run()
@@ -234,6 +276,8 @@ class Campaign:
             "version": __version__,
             "profile": self.profile.name,
             "limits": self.profile.limits.__dict__,
+            "realistic": self.profile.realistic,
+            "max_macs": self.profile.max_macs,
             "examples_per_round": self.examples,
             "rounds": cfg.rounds,
             "time_budget_s": self.budget,
@@ -243,6 +287,8 @@ class Campaign:
             "formats": list(groups),
             "database": str(cfg.database) if cfg.database else None,
             "jobs": cfg.jobs,
+            "shrink": cfg.shrink,
+            "stop_on": sorted(cfg.stop_on),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "status": "running",
         }
@@ -254,7 +300,7 @@ class Campaign:
         for b in cfg.backends:
             groups.setdefault(b.format.name, []).append(b)
         self.recorder = CampaignRecorder(cfg.out, cfg.seed, cfg.shard, cfg.expectations)
-        t0 = time.monotonic()
+        t0 = self.started = time.monotonic()
         self.end = t0 + self.budget
         info = self._settings(groups)
         self.recorder.campaign(info)
@@ -269,6 +315,8 @@ class Campaign:
                                         "messages above; what the jobs wrote is kept")
             else:
                 for gi, backends in enumerate(groups.values()):
+                    if self.stopped_on:
+                        break
                     share = (self.budget - (time.monotonic() - t0)) / (len(groups) - gi)  # unused time passes on
                     self._search_group(backends, time.monotonic() + share)
             if self.interrupted:
@@ -286,6 +334,7 @@ class Campaign:
             if self.job_totals:
                 self.draws = self.job_totals["draws"]
                 info["job_runs"] = self.job_totals["jobs"]
+                self.first_seen_s = self.job_totals["first_seen_s"]
             info.update({
                 "status": self.status,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -293,6 +342,8 @@ class Campaign:
                 "cases": self.progress.cases,
                 "draws": self.draws,
                 "findings": self.progress.findings,
+                "stopped_on": self.stopped_on.to_dict() if self.stopped_on else None,
+                "first_seen_s": self.first_seen_s or {" ".join(k): round(s, 3) for k, s in sorted(self.first_seen.items())},
             })
             self.recorder.campaign(info)
             self.recorder.close()

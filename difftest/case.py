@@ -21,7 +21,7 @@ import numpy as np
 from .errors import CaseFileError, InvalidCase, NotRepresentable, UnsupportedFormat
 from .formats import BINARY32, Format, get_format
 from .fparith import add_up
-from .geometry import Geometry
+from .geometry import GRADIENTS, Geometry, gradient_subset
 
 #: Largest magnitude a case value may have. The model has no overflow; the vectorised engine
 #: emulates it in float64, whose range must hold every product and partial sum.
@@ -47,7 +47,9 @@ class RuntimeInputs:
 
 @dataclass(frozen=True, eq=False)
 class Case:
-    """One Conv2D backward problem: spec arrays, geometry, format and eps hypotheses."""
+    """One Conv2D backward problem: spec arrays, geometry, format, eps hypotheses and the
+    gradients requested of a backend (``gradients``: a tuple in ``GRADIENTS`` order, default all
+    three; frameworks run other kernels when only some are requested)."""
 
     input: np.ndarray
     weight: np.ndarray
@@ -59,10 +61,12 @@ class Case:
     eps_weight: float = 0.0
     eps_grad_output: float = 0.0
     round_inputs: bool = False
+    gradients: tuple[str, ...] = GRADIENTS
     geometry: Geometry = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", get_format(self.format))
+        object.__setattr__(self, "gradients", gradient_subset(self.gradients))
         arrays = {}
         for name in TENSORS:
             arrays[name] = _as_float64(name, getattr(self, name))
@@ -134,10 +138,17 @@ class Case:
 
     # --- files --------------------------------------------------------------------------
 
+    @property
+    def all_gradients(self) -> bool:
+        """Whether every gradient is requested (then files and ids are as before subsets existed)."""
+        return self.gradients == GRADIENTS
+
     def save(self, path: str | Path) -> Path:
-        """Write the reproducer ``.npz`` (arrays, stride, padding, format, eps)."""
+        """Write the reproducer ``.npz`` (arrays, stride, padding, format, eps, and ``gradients``
+        — a string array — only when not all three are requested)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        subset = {} if self.all_gradients else {"gradients": np.array(self.gradients)}
         with open(path, "wb") as f:
             np.savez(
                 f,
@@ -150,12 +161,15 @@ class Case:
                 eps_input=np.float64(self.eps_input),
                 eps_weight=np.float64(self.eps_weight),
                 eps_grad_output=np.float64(self.eps_grad_output),
+                **subset,
             )
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, format: str | None = None, round_inputs: bool = False) -> "Case":
-        """Read a case file. ``format`` overrides the file's own (default ``binary32``)."""
+    def load(cls, path: str | Path, *, format: str | None = None, round_inputs: bool = False,
+             gradients=None) -> "Case":
+        """Read a case file. ``format`` overrides the file's own (default ``binary32``),
+        ``gradients`` the file's requested gradients (default all three)."""
         path = Path(path)
         if path.is_dir():
             raise CaseFileError(f"{path} is a directory, not a case file; give an .npz case file "
@@ -178,7 +192,7 @@ class Case:
             raise CaseFileError(
                 f"{path} lacks {', '.join(missing)}; a case file holds arrays input, weight, "
                 "grad_output and scalars stride, padding (optional: format, eps_input, "
-                "eps_weight, eps_grad_output)"
+                "eps_weight, eps_grad_output, gradients)"
             )
         kwargs = {name: data[name] for name in TENSORS}
         for name in ("stride", "padding"):
@@ -189,22 +203,35 @@ class Case:
         fmt_name = format if format is not None else (
             _scalar(path, "format", data["format"], str) if "format" in data else BINARY32.name
         )
-        return cls(**kwargs, format=get_format(fmt_name), round_inputs=round_inputs)
+        if gradients is None and "gradients" in data:
+            gradients = _gradients(path, data["gradients"])
+        return cls(**kwargs, format=get_format(fmt_name), round_inputs=round_inputs,
+                   gradients=GRADIENTS if gradients is None else gradients)
 
     @cached_property
     def case_id(self) -> str:
-        """A content hash: equal cases have equal ids, on any machine."""
+        """A content hash: equal cases have equal ids, on any machine (a case requesting every
+        gradient has the id it had before requested gradients existed)."""
         h = hashlib.sha256()
         h.update(f"{self.format.name}|{self.stride}|{self.padding}|{self.eps_input!r}|{self.eps_weight!r}|"
                  f"{self.eps_grad_output!r}|{self.round_inputs}".encode())
+        if not self.all_gradients:
+            h.update(f"|gradients={','.join(self.gradients)}".encode())
         for name in TENSORS:
             a = getattr(self, name)
             h.update(repr(a.shape).encode())
             h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
         return h.hexdigest()[:16]
 
+    def __repr__(self) -> str:
+        """Shapes and settings, not the arrays (a real layer's case has millions of values)."""
+        g = self.geometry
+        subset = "" if self.all_gradients else f", gradients={self.gradients}"
+        return (f"Case(input {g.input_shape}, weight {g.weight_shape}, stride={self.stride}, padding={self.padding}, "
+                f"format={self.format.name}{subset}, case_id={self.case_id})")
+
     def describe(self) -> dict:
-        """Plain-JSON description (geometry, format, eps); arrays are left out."""
+        """Plain-JSON description (geometry, format, eps, requested gradients); arrays are left out."""
         return {
             "geometry": self.geometry.as_dict(),
             "format": self.format.name,
@@ -212,6 +239,7 @@ class Case:
             "eps_weight": self.eps_weight,
             "eps_grad_output": self.eps_grad_output,
             "round_inputs": self.round_inputs,
+            "gradients": list(self.gradients),
             "batch_extension": self.geometry.N > 1,
         }
 
@@ -262,6 +290,17 @@ def _geometry_of(arrays: dict[str, np.ndarray], stride: int, padding: int) -> Ge
             f"stride {stride}, padding {padding}"
         )
     return g
+
+
+def _gradients(path: Path, value: np.ndarray) -> tuple[str, ...]:
+    """A case file's ``gradients``: a string array, or one comma-separated string."""
+    if value.dtype.kind != "U" or value.ndim > 1:
+        raise CaseFileError(f"{path}: gradients must be a string array or a comma-separated string, "
+                            f"got {value.dtype} of shape {value.shape}")
+    try:
+        return gradient_subset(",".join(str(v) for v in np.atleast_1d(value)))
+    except InvalidCase as exc:
+        raise CaseFileError(f"{path}: {exc}") from None
 
 
 def _scalar(path: Path, name: str, value: np.ndarray, kind: type):

@@ -6,6 +6,10 @@ comparison are put together; ``difftest check``, ``difftest run``, ``difftest be
 typed :class:`~difftest.outcome.BackendResult` objects; each records the seconds its stages
 took (``timings``: ``exact_s``, ``nf_and_torchlean_s``, ``order_free_s`` shared by the backends
 of one format, ``backend_s`` and ``comparison_s`` of its own).
+
+Only the case's requested gradients (``case.gradients``) are asked of a backend, computed by
+the oracle and the model, and judged; a result holds a verdict for each of them and records
+them (``requested``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from .errors import DifftestError, NotRepresentable
 from .exact import ExactTensor
 from .formats import Format
 from .fparith import add_up
-from .geometry import GRADIENTS
 from .orderfree import OrderFree, order_free_bounds
 from .outcome import BackendResult, GradientResult, verdict_only
 from .replay import replay
@@ -50,15 +53,16 @@ class FormatModel:
 
 
 def model_for(case: Case, fmt: Format) -> FormatModel:
-    """NF reference, TorchLean bound and order-free bound of ``case`` in ``fmt``."""
+    """NF reference, TorchLean bound and order-free bound of ``case`` in ``fmt``, for the
+    case's requested gradients."""
     try:
         rt = case.runtime(fmt)
     except NotRepresentable as exc:
         return FormatModel(fmt, None, unrepresentable=str(exc))
     t0 = time.perf_counter()
-    rep = replay(rt, case.geometry)
+    rep = replay(rt, case.geometry, case.gradients)
     t1 = time.perf_counter()
-    of = order_free_bounds(rt, case.geometry)
+    of = order_free_bounds(rt, case.geometry, case.gradients)
     t2 = time.perf_counter()
     return FormatModel(
         format=fmt,
@@ -102,25 +106,29 @@ def _beyond_capacity(backend, rt: RuntimeInputs) -> str:
     return ""
 
 
-def _whole_case(backend, verdict: str, message: str, env: dict, **kw) -> BackendResult:
-    return BackendResult(backend.name, backend.format.name, {g: verdict_only(verdict, message) for g in GRADIENTS},
-                         environment=env, **kw)
+def _whole_case(backend, case: Case, verdict: str, message: str, env: dict, **kw) -> BackendResult:
+    """One verdict for each requested gradient (``domain`` without running, ``error``)."""
+    return BackendResult(backend.name, backend.format.name, {g: verdict_only(verdict, message) for g in case.gradients},
+                         environment=env, requested=case.gradients, **kw)
 
 
 def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactTensor]) -> BackendResult:
-    """Run one backend and judge it; a raising backend gives ``error`` and nothing else stops."""
+    """Run one backend on the case's requested gradients and judge those; a raising backend
+    gives ``error`` and nothing else stops. What it returns beyond the request is dropped."""
+    from .backends.base import backward
+
     env = environment_of(backend)
     rt = model.runtime
     if rt is None:
-        return _whole_case(backend, "domain", model.unrepresentable, env)
+        return _whole_case(backend, case, "domain", model.unrepresentable, env)
     reason = _beyond_capacity(backend, rt)
     if reason:
-        return _whole_case(backend, "domain", reason, env)
+        return _whole_case(backend, case, "domain", reason, env)
     t0 = time.perf_counter()
     try:
-        out = backend.conv2d_backward(rt.input, rt.weight, rt.grad_output, case.stride, case.padding)
+        out = backward(backend, rt.input, rt.weight, rt.grad_output, case.stride, case.padding, case.gradients)
         outputs = {}
-        for g in GRADIENTS:
+        for g in case.gradients:
             if g not in out:
                 raise DifftestError(f"{backend.name} returned no {g}")
             a = np.asarray(out[g], dtype=np.float64)
@@ -129,30 +137,32 @@ def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactT
                 raise DifftestError(f"{backend.name} returned {g} of shape {a.shape}, expected {want}")
             outputs[g] = a
     except Exception as exc:  # the backend is on trial: whatever it raises is its verdict
-        return _whole_case(backend, "error", f"{type(exc).__name__}: {exc}", env,
+        return _whole_case(backend, case, "error", f"{type(exc).__name__}: {exc}", env,
                            seconds=time.perf_counter() - t0, error=traceback.format_exc(limit=3))
     seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     results = {}
-    for g in GRADIENTS:
+    for g in case.gradients:
         of = model.order_free[g]
         reach = add_up(of.abs_sum, of.bound)
         results[g] = compare_gradient(outputs[g], exact[g], model.bound[g], of.bound, reach, rt.format)
     timings = {"backend_s": seconds, "comparison_s": time.perf_counter() - t1}
     return BackendResult(backend.name, backend.format.name, results, seconds=seconds, environment=env,
-                         outputs=outputs, timings=timings)
+                         outputs=outputs, timings=timings, requested=case.gradients)
 
 
 def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]:
-    """The exact spec gradients of the case's spec values."""
+    """The exact spec gradients of the case's spec values (its requested gradients)."""
     from .oracles import get_oracle
 
-    return get_oracle(oracle).spec_gradients(case.input, case.weight, case.grad_output, case.geometry)
+    return get_oracle(oracle).spec_gradients(case.input, case.weight, case.grad_output, case.geometry,
+                                             case.gradients)
 
 
 def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max_memory="auto",
                progress=None) -> list[BackendResult]:
-    """Judge each backend on ``case``: the oracle runs once, the model once per format.
+    """Judge each backend on ``case``'s requested gradients: the oracle runs once, the model
+    once per format.
 
     A backend is a :class:`~difftest.backends.Backend`, a registered name, a plain function
     ``(x, w, d, stride, padding) -> (grad_input, grad_weight, grad_bias)`` (judged in the
@@ -192,8 +202,8 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
 
 
 def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", max_memory="auto") -> dict[str, np.ndarray]:
-    """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each gradient ``g``
-    (``max_memory`` as in :func:`check_case`)."""
+    """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each requested gradient
+    ``g`` of the case (``max_memory`` as in :func:`check_case`)."""
     from .estimate import estimate, refuse_if_too_large
 
     refuse_if_too_large(estimate(case.geometry), max_memory)
@@ -203,7 +213,7 @@ def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", 
         raise DifftestError(model.unrepresentable)
     exact = exact_gradients(case, oracle)
     out: dict[str, np.ndarray] = {}
-    for g in GRADIENTS:
+    for g in case.gradients:
         out[f"{g}_exact"] = exact[g].nearest
         out[f"{g}_nf"] = model.nf[g]
         out[f"{g}_bound"] = model.bound[g]

@@ -17,13 +17,14 @@ from . import __version__
 from .case import Case
 from .errors import DifftestError
 from .explain import format_ratio, legend, plural
+from .config import PROFILE_NAMES
 from .formats import PRESETS
 from .geometry import GRADIENTS
 from .outcome import jsonable
-from .verdicts import FAIL_ON, FAIL_ON_HELP, fails
+from .verdicts import FAIL_ON, FAIL_ON_HELP, VERDICTS, fails
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-PROFILE_CHOICES = ("quick", "ci", "nightly")
+PROFILE_CHOICES = PROFILE_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +85,21 @@ def _prepare_file(path, what: str) -> Path:
 
 
 def _load_case(args) -> Case:
-    return Case.load(args.case, format=getattr(args, "format", None), round_inputs=args.round_inputs)
+    return Case.load(args.case, format=getattr(args, "format", None), round_inputs=args.round_inputs,
+                     gradients=_gradients(args))
+
+
+def _gradients(args) -> tuple[str, ...] | None:
+    """``check --gradients``: the requested gradients, overriding the case file's (None: the file's)."""
+    from .geometry import gradient_subset
+
+    text = getattr(args, "gradients", None)
+    if text is None:
+        return None
+    try:
+        return gradient_subset(text)
+    except DifftestError as exc:
+        raise DifftestError(f"--gradients {text}: {exc}") from None
 
 
 def _config():
@@ -164,6 +179,7 @@ def _print_table(case: Case, results, expected: dict) -> None:
         f"case: input {g.input_shape}, weight {g.weight_shape}, stride {g.stride}, padding {g.padding}, "
         f"format {case.format.name}"
         + (f", eps x/w/δ = {case.eps_input:g}/{case.eps_weight:g}/{case.eps_grad_output:g}" if case.round_inputs or case.eps_input or case.eps_weight or case.eps_grad_output else "")
+        + ("" if case.all_gradients else f", requesting only {', '.join(case.gradients)}")
     )
     if g.N > 1:
         print("note: batch N > 1: grad_weight/grad_bias bounds fold over (n, i, j), n outermost — "
@@ -180,8 +196,7 @@ def _print_table(case: Case, results, expected: dict) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        for name in GRADIENTS:
-            gr = r.gradients[name]
+        for name, gr in r.gradients.items():
             worst = "" if gr.worst_index is None else str(gr.worst_index)
             print(
                 f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {format_ratio(gr.max_ratio):>10} "
@@ -205,8 +220,8 @@ def cmd_bounds(args) -> int:
     arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args))
     with open(out, "wb") as f:
         np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1))
-    print(f"wrote {out}: " + ", ".join(f"{g}_{{exact,nf,bound,bound_order_free}}" for g in GRADIENTS))
-    for g in GRADIENTS:
+    print(f"wrote {out}: " + ", ".join(f"{g}_{{exact,nf,bound,bound_order_free}}" for g in case.gradients))
+    for g in case.gradients:
         print(f"  {g:<12} linf torchlean bound {arrays[g + '_bound'].max():.6g}, "
               f"order-free {arrays[g + '_bound_order_free'].max():.6g}")
     if case.geometry.N > 1:
@@ -229,6 +244,9 @@ def cmd_backends(args) -> int:
     for r in rows:
         notes = r["accumulation"] if r["available"] else r["reason"]
         print(f"{r['name']:<24} {r['format']:<9} {r['device']:<6} {'yes' if r['available'] else 'no':<9}  {notes}")
+    print("\nAny emu-* name takes a shape gate, as libraries switch kernels by shape: emu-tf32@min-channels=32 "
+          "computes like emu-tf32 where both channel counts are >= 32, like numpy-float32 elsewhere; emu-blocked-L "
+          "takes any block length L >= 2 (README: Backends).")
     return EXIT_OK
 
 
@@ -289,11 +307,13 @@ def cmd_run(args) -> int:
         rounds=args.rounds,
         expectations=expectations,
         jobs=args.jobs or os.cpu_count() or 1,
+        shrink=not args.no_shrink,
+        stop_on=frozenset(args.stop_on or ()),
     )
     campaign = Campaign(config)
     if not args.quiet:
         sources = cfg.sources()
-        print(f"difftest run: profile {profile}, {plural(len(backends), 'backend')} "
+        print(f"difftest run: profile {profile} ({PROFILES[profile].description}), {plural(len(backends), 'backend')} "
               f"({', '.join(b.name for b in backends)}), "
               + (f"budget {campaign.budget:g}s" if math.isfinite(campaign.budget) else "no time budget (bounded by --rounds)")
               + f", seed {seed}, shard {args.shard}, {plural(min(config.jobs, len({b.format.name for b in backends})), 'job')} "
@@ -365,6 +385,8 @@ def cmd_bench(args) -> int:
         doc["scaling"] = bench.scaling(repeat=args.repeat)
     elif args.layer == "jobs":
         doc["jobs"] = bench.jobs_speedup()
+    elif args.layer == "emulations":
+        doc["emulations"] = bench.time_to_precision(seed=args.seed)
     if args.json:
         print(json.dumps(jsonable(doc), indent=2))
         return EXIT_OK
@@ -379,6 +401,10 @@ def cmd_bench(args) -> int:
         print(f"campaign bounded by work ({plural(len(j['backends']), 'backend')}, {j['examples']} examples per format, "
               f"{plural(j['cases'], 'case')}): {j['seconds_jobs_1']:.1f} s in one process, "
               f"{j['seconds_jobs_' + str(j['jobs'])]:.1f} s with --jobs {j['jobs']}: speed-up {j['speedup']:.2f}x")
+    for row in doc.get("emulations", []):
+        when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
+                if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
+        print(f"{row['backend']:<38} {when}")
     for row in doc.get("scaling", []):
         print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
               f"{row['ns_per_mac']:.2f} ns/MAC")
@@ -440,7 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pass / order / precision / domain / error.")
     case_args(c)
     c.add_argument("--backend", action="append", required=True, metavar="NAME",
-                   help="backend to run (repeatable); see 'difftest backends'")
+                   help="backend to run (repeatable); see 'difftest backends' (an emu-* name takes a shape gate: "
+                        "emu-tf32@min-channels=32)")
+    c.add_argument("--gradients", metavar="G,G", default=None,
+                   help="request only these gradients of each backend and judge only them (comma-separated: "
+                        f"{', '.join(GRADIENTS)}, or input, weight, bias; default: the case file's, else all "
+                        "three); frameworks run other kernels when fewer are requested")
     c.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     c.add_argument("--save", metavar="DIR", help="write DIR/<backend>.npz with each backend's raw gradients")
     c.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
@@ -467,11 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
                "Defaults come from DIFFTEST_* variables, then [tool.difftest] in the nearest pyproject.toml.",
     )
     r.add_argument("--backend", action="append", metavar="NAME",
-                   help="backend to put on trial (repeatable; default: every available CPU backend)")
+                   help="backend to put on trial (repeatable; default: every available CPU backend but the emu-* "
+                        "references; an emu-* name takes a shape gate: emu-tf32@min-channels=32)")
     r.add_argument("--profile", default=None, choices=list(PROFILE_CHOICES),
-                   help="case sizes and effort: quick (~1 min, the default), ci (~5 min), nightly (~1 h)")
+                   help="case sizes and effort: quick (~1 min, the default), ci (~5 min), nightly (~1 h); "
+                        "hardware (30 min, nine cases in ten real layers with probes: for GPUs)")
     r.add_argument("--examples", type=int, metavar="N", help="hypothesis examples per search round (default: the profile's)")
     r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
+    r.add_argument("--no-shrink", action="store_true",
+                   help="keep each finding as the first case that showed it (a GPU finding shrunk to a tiny shape "
+                        "may leave the kernel that failed; with shrinking on, the largest such case is kept too)")
+    r.add_argument("--stop-on", action="append", choices=[v for v in VERDICTS if v != "pass"], metavar="VERDICT",
+                   help="end the campaign at the first finding with this verdict (repeatable), e.g. --stop-on precision")
     r.add_argument("--rounds", type=int, metavar="R",
                    help="at most R search rounds per format (with --examples: a campaign bounded by work, not time)")
     r.add_argument("--seed", type=int, default=None, help="seed of the search (default 0)")
@@ -520,12 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a layer, each the median of --repeat runs, next to torch's float64 backward of the "
                                     "same layer measured in the same process; peak memory. 'small' adds the campaign "
                                     "rate of small cases, 'scaling' the curve from 8 to 128 channels, 'jobs' the "
-                                    "speed-up of a campaign in parallel processes.")
+                                    "speed-up of a campaign in parallel processes, 'emulations' the time the quick "
+                                    "profile takes to find precision for each emu-* backend and shape-gated variants.")
     bn.add_argument("--layer", default="resnet50-conv2",
-                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs"],
+                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "emulations"],
                     help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
                          "small: 8->8, 16x16; scaling: C->C for C = 8..128; jobs: a campaign in one process "
-                         "and with --jobs = the cores")
+                         "and with --jobs = the cores; emulations: time to the first precision finding of each "
+                         "emu-* backend in the quick profile (no shrinking, stops there)")
+    bn.add_argument("--seed", type=int, default=0, help="campaign seed (--layer emulations)")
     bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
     bn.add_argument("--campaign-examples", type=int, metavar="N",

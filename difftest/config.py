@@ -12,7 +12,7 @@ Keys (the file's name, the variable's name, what it holds):
 
 =============== ====================== ==========================================================
 ``backends``    ``DIFFTEST_BACKENDS``  backend names: a TOML list; the variable comma-separated
-``profile``     ``DIFFTEST_PROFILE``   ``quick``, ``ci`` or ``nightly``
+``profile``     ``DIFFTEST_PROFILE``   ``quick``, ``ci``, ``nightly`` or ``hardware``
 ``time_budget`` ``DIFFTEST_TIME_BUDGET`` seconds (> 0)
 ``out``         ``DIFFTEST_OUT``       result directory
 ``fail_on``     ``DIFFTEST_FAIL_ON``   ``order``, ``precision`` or ``never``
@@ -30,7 +30,7 @@ unset. Every value is checked, and a wrong one is an error naming where it came 
 >>> load(cwd="/", environ={"DIFFTEST_PROFILE": "fast"})
 Traceback (most recent call last):
 ...
-difftest.errors.DifftestError: DIFFTEST_PROFILE=fast: profile must be one of quick, ci, nightly
+difftest.errors.DifftestError: DIFFTEST_PROFILE=fast: profile must be one of quick, ci, nightly, hardware
 >>> cfg = load(cwd="/", environ={"DIFFTEST_BACKENDS": "nf-binary32, numpy-float32", "DIFFTEST_SEED": "7"})
 >>> cfg.get("backends"), cfg.get("seed"), cfg.source("seed")
 (['nf-binary32', 'numpy-float32'], 7, 'DIFFTEST_SEED=7')
@@ -58,7 +58,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         _toml = None
 
 #: The campaign profiles (``difftest.campaign.PROFILES``; a test keeps the two equal).
-PROFILE_NAMES = ("quick", "ci", "nightly")
+PROFILE_NAMES = ("quick", "ci", "nightly", "hardware")
 
 #: Each key and its environment variable.
 ENV_VARS = {

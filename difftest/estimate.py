@@ -50,7 +50,7 @@ class Estimate:
 
 def estimate(g: Geometry, formats: int = 1) -> Estimate:
     """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats."""
-    macs = g.N * g.O * g.C * g.kH * g.kW * g.out_h * g.out_w
+    macs = g.macs
     cols_x = g.N * g.out_h * g.out_w * g.C * g.kH * g.kW
     cols_d = g.N * g.H * g.W * g.O * g.kH * g.kW
     seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_TRANSPOSED_ENTRY * cols_d) * 1e-9

@@ -137,11 +137,17 @@ class Expectations:
         return next((e for e in self.entries if e.matches(backend, gradient, verdict, fmt, geometry)), None)
 
     def explain_record(self, record, gradient: str) -> Expected | None:
+        """The entry that declares this gradient's result (None also where it was not requested)."""
+        if gradient not in record.gradients:
+            return None
         return self.explain(record.backend, gradient, record.gradients[gradient].verdict, record.format,
                             record.geometry)
 
     def fails(self, record, gradient: str, fail_on: str) -> bool:
-        """Whether this gradient of a result fails the run: a failing verdict nothing declares."""
+        """Whether this gradient of a result fails the run: a failing verdict nothing declares
+        (a gradient not requested of the backend was not judged, and fails nothing)."""
+        if gradient not in record.gradients:
+            return False
         verdict = record.gradients[gradient].verdict
         return fails(verdict, fail_on) and self.explain_record(record, gradient) is None
 

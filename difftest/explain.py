@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shlex
 
+from .geometry import GRADIENTS
 from .outcome import GradientResult, as_float
 from .verdicts import MEANING, VERDICTS
 
@@ -35,9 +36,12 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
-def reproduce_command(case_file, backend: str) -> str:
-    """The one command that replays a result."""
-    return f"difftest check {shlex.quote(str(case_file))} --backend {shlex.quote(backend)}"
+def reproduce_command(case_file, backend: str, requested=GRADIENTS) -> str:
+    """The one command that replays a result; with ``--gradients`` where fewer than all three
+    were requested (the case file keeps them too: the option says so where it is read)."""
+    cmd = f"difftest check {shlex.quote(str(case_file))} --backend {shlex.quote(backend)}"
+    requested = tuple(requested)
+    return cmd if requested == GRADIENTS else f"{cmd} --gradients {','.join(requested)}"
 
 
 def ratios_text(gr: GradientResult) -> str:
@@ -80,8 +84,26 @@ def legend(verdicts) -> list[str]:
     return [f"{v:<10} {MEANING[v]}" for v in seen]
 
 
-def finding_text(backend: str, gradient: str, gr: GradientResult, case_file, replay_dir=None) -> str:
-    """A finding in a list: key, ratios, and the command that replays it."""
+def geometry_text(g: dict) -> str:
+    """A geometry (``Geometry.as_dict()``) in one line."""
+    return (f"input {g['N']}×{g['C']}×{g['H']}×{g['W']}, weight {g['O']}×{g['C']}×{g['kH']}×{g['kW']}, "
+            f"stride {g['stride']}, padding {g['padding']}")
+
+
+def largest_case_text(largest: dict, backend: str, replay_dir=None) -> str:
+    """Where a finding's reproducer was shrunk: the largest searched case that showed it, and its replay."""
+    path = f"{replay_dir}/{largest['case_file']}" if replay_dir else largest["case_file"]
+    return (f"largest case that showed it ({geometry_text(largest['geometry'])}): "
+            f"{reproduce_command(path, backend)}")
+
+
+def finding_text(backend: str, gradient: str, gr: GradientResult, case_file, replay_dir=None,
+                 largest_case: dict | None = None, requested=GRADIENTS) -> str:
+    """A finding in a list: key, ratios, the command that replays it (with the ``requested``
+    gradients) and, where the reproducer was shrunk from a larger case, the largest case's replay."""
     path = f"{replay_dir}/{case_file}" if replay_dir else case_file
-    return (f"{backend} {gradient}: {gr.verdict}, {ratios_text(gr)}\n"
-            f"    reproduce: {reproduce_command(path, backend)}")
+    text = (f"{backend} {gradient}: {gr.verdict}, {ratios_text(gr)}\n"
+            f"    reproduce: {reproduce_command(path, backend, requested)}")
+    if largest_case:
+        text += "\n    " + largest_case_text(largest_case, backend, replay_dir)
+    return text

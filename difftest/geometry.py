@@ -53,6 +53,11 @@ class Geometry:
         return (self.W + 2 * self.padding - self.kW) // self.stride + 1
 
     @property
+    def macs(self) -> int:
+        """Multiply-adds of one gradient's GEMM (input and weight gradients alike)."""
+        return self.N * self.C * self.O * self.kH * self.kW * self.out_h * self.out_w
+
+    @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.N, self.C, self.H, self.W)
 
@@ -84,6 +89,38 @@ class Geometry:
 
 
 GRADIENTS = ("grad_input", "grad_weight", "grad_bias")
+
+#: The short names :func:`gradient_subset` also takes.
+SHORT_GRADIENT_NAMES = {g.removeprefix("grad_"): g for g in GRADIENTS}
+
+
+def gradient_subset(names) -> tuple[str, ...]:
+    """A requested set of gradients as a tuple in :data:`GRADIENTS` order, duplicates merged.
+
+    ``names`` is an iterable of names or one string of comma-separated names; ``input``,
+    ``weight`` and ``bias`` stand for ``grad_input``, ``grad_weight`` and ``grad_bias``. An empty
+    set or an unknown name raises :class:`InvalidCase` listing the valid names.
+
+    >>> gradient_subset("bias, grad_input")
+    ('grad_input', 'grad_bias')
+    """
+    valid = f"{', '.join(GRADIENTS)} (or {', '.join(SHORT_GRADIENT_NAMES)})"
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    try:
+        names = list(names)
+    except TypeError:
+        raise InvalidCase(f"gradients must be names among {valid}, got {names!r}") from None
+    chosen = set()
+    for name in names:
+        key = name.strip() if isinstance(name, str) else name
+        full = SHORT_GRADIENT_NAMES.get(key, key) if isinstance(key, str) else None
+        if full not in GRADIENTS:
+            raise InvalidCase(f"unknown gradient {name!r}; valid: {valid}")
+        chosen.add(full)
+    if not chosen:
+        raise InvalidCase(f"no gradient requested; request one or more of {valid}")
+    return tuple(g for g in GRADIENTS if g in chosen)
 
 
 def pad(x: np.ndarray, g: Geometry) -> np.ndarray:
@@ -193,14 +230,15 @@ def gemm_shape(name: str, g: Geometry) -> tuple[int, int, int]:
     }[name]
 
 
-def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict:
-    """The three gradients as GEMMs ``A @ B`` and how to shape the product back.
+def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, names=GRADIENTS) -> dict:
+    """The gradients ``names`` (default all three) as GEMMs ``A @ B``, operands laid out.
 
     ``grad_weight = δ_rows @ im2col(x)``, ``grad_input = im2col_transposed(δ) @ weight_rows``,
     ``grad_bias = δ_rows @ 1``. Each entry of each product is exactly the spec's sum
     (structural zeros, padded reads and non-matching input steps, included as zeros).
     """
-    return {name: (fa(a), fb(b)) for name, ((a, fa), (b, fb)) in gemm_layouts(x, w, d, g).items()}
+    layouts = gemm_layouts(x, w, d, g)
+    return {name: (fa(a), fb(b)) for name, ((a, fa), (b, fb)) in layouts.items() if name in names}
 
 
 Blocks = "list[tuple[np.ndarray, np.ndarray]] | None"

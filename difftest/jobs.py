@@ -122,7 +122,7 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
             "backends": [b.name for f in formats for b in groups[f]], "profile": cfg.profile,
             "examples": cfg.examples, "time_budget": campaign.budget if campaign.budget < float("inf") else None,
             "seed": cfg.seed, "shard": cfg.shard, "out": out, "database": cfg.database, "progress": False,
-            "rounds": cfg.rounds, "parent": os.getpid(),
+            "rounds": cfg.rounds, "shrink": cfg.shrink, "stop_on": cfg.stop_on, "parent": os.getpid(),
         }
         p = ctx.Process(target=_job_main, args=(spec,), name=f"difftest-job-{k}")
         with _environment({var: threads for var in THREAD_VARIABLES}):  # the jobs share the cores
@@ -160,12 +160,13 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
 
 
 def _totals(root: Path, procs) -> dict:
-    out = {"cases": 0, "draws": 0, "findings": 0, "jobs": []}
+    out = {"cases": 0, "draws": 0, "findings": 0, "first_seen_s": {}, "jobs": []}
     for k, p in enumerate(procs, start=1):
         path = root / f"job-{k}" / "campaign.json"
         info = json.loads(path.read_text()) if path.is_file() else {}
         for key in ("cases", "draws", "findings"):
             out[key] += info.get(key, 0)
+        out["first_seen_s"].update(info.get("first_seen_s", {}))  # a job's own start: one process each
         out["jobs"].append({"job": k, "formats": info.get("formats", []), "status": info.get("status", "crashed"),
                             "exit_code": p.exitcode, "duration_s": info.get("duration_s")})
     return out

@@ -58,7 +58,7 @@ import numpy as np
 from .case import RuntimeInputs
 from .formats import Format
 from .fparith import add_up, half_ulp_up, mul_up
-from .geometry import Geometry, blocked_matmul, gemm_blocks, gemm_operands, gemm_result_to_gradient
+from .geometry import GRADIENTS, Geometry, blocked_matmul, gemm_blocks, gemm_operands, gemm_result_to_gradient
 
 
 @dataclass(frozen=True)
@@ -129,26 +129,23 @@ def product_bound(
     return OrderFree(bound=bound, abs_sum=s, terms=n)
 
 
-def order_free_bounds(rt: RuntimeInputs, g: Geometry) -> dict[str, OrderFree]:
-    """Order-free bounds of the three gradients for the runtime values ``rt``."""
+def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, OrderFree]:
+    """Order-free bounds of ``gradients`` (default all three) for the runtime values ``rt``;
+    each is computed alone, so a subset equals the full computation's."""
     fmt = rt.format
-    ops = gemm_operands(rt.input, rt.weight, rt.grad_output, g)
-    ones = gemm_operands(np.ones(g.input_shape), np.ones(g.weight_shape), np.ones(g.grad_output_shape), g)
+    ops = gemm_operands(rt.input, rt.weight, rt.grad_output, g, gradients)
+    ones = gemm_operands(np.ones(g.input_shape), np.ones(g.weight_shape), np.ones(g.grad_output_shape), g,
+                         [name for name in gradients if name != "grad_bias"])
     out: dict[str, OrderFree] = {}
-
-    (a, b), (ma, mb) = ops["grad_weight"], ones["grad_weight"]  # a = δ, b = x̃
-    out["grad_weight"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_input)
-    (a, b), (ma, mb) = ops["grad_input"], ones["grad_input"]  # a = δ (transposed im2col), b = w
-    out["grad_input"] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight, gemm_blocks("grad_input", g))
-
-    d = ops["grad_bias"][0]  # (O, N·oh·ow)
-    s = abs_gemm_up(d, np.ones((d.shape[1], 1)))[:, 0]
-    n = np.count_nonzero(d, axis=1).astype(np.float64)
-    bias = mul_up(growth_up(fmt, np.maximum(n - 1, 0)), s)
-    if rt.eps_grad_output:
-        bias = add_up(bias, mul_up(np.float64(d.shape[1]), np.float64(rt.eps_grad_output)))
-    out["grad_bias"] = OrderFree(bound=bias, abs_sum=s, terms=n)
-
+    for name in gradients:
+        if name == "grad_weight":
+            (a, b), (ma, mb) = ops[name], ones[name]  # a = δ, b = x̃
+            out[name] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_input)
+        elif name == "grad_input":
+            (a, b), (ma, mb) = ops[name], ones[name]  # a = δ (transposed im2col), b = w
+            out[name] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight, gemm_blocks(name, g))
+        else:
+            out[name] = _bias_bound(fmt, ops[name][0], rt.eps_grad_output)
     return {
         name: OrderFree(
             bound=gemm_result_to_gradient(name, of.bound, g),
@@ -157,3 +154,13 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry) -> dict[str, OrderFree]:
         )
         for name, of in out.items()
     }
+
+
+def _bias_bound(fmt: Format, d: np.ndarray, eps: float) -> OrderFree:
+    """``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ`` per row of ``d`` (``(O, N·oh·ow)``)."""
+    s = abs_gemm_up(d, np.ones((d.shape[1], 1)))[:, 0]
+    n = np.count_nonzero(d, axis=1).astype(np.float64)
+    bias = mul_up(growth_up(fmt, np.maximum(n - 1, 0)), s)
+    if eps:
+        bias = add_up(bias, mul_up(np.float64(d.shape[1]), np.float64(eps)))
+    return OrderFree(bound=bias, abs_sum=s, terms=n)

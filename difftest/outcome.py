@@ -2,14 +2,16 @@
 
 * :class:`GradientResult` — one gradient's verdict and numbers (and, in memory only, its
   per-entry :class:`EntryArrays`);
-* :class:`BackendResult` — one backend on one case: a :class:`GradientResult` per gradient,
-  environment, timings, raw outputs (in memory only);
+* :class:`BackendResult` — one backend on one case: a :class:`GradientResult` per requested
+  gradient (``requested``: the case's requested gradients, all three unless a case asked for
+  fewer), environment, timings, raw outputs (in memory only);
 * :class:`ResultRecord` — one line of ``results.jsonl``: a backend result on a case, with the
   campaign context (case id, geometry, phase, seed, shard, files written).
 
 Each has ``to_dict``/``from_dict``; every ``results.jsonl`` line carries ``schema``
-(:data:`SCHEMA_VERSION`). Lines written before the schema existed read as schema 1. This module
-imports no mathematics: reports and merges read results through it alone.
+(:data:`SCHEMA_VERSION`). Lines written before the schema existed read as schema 1; lines
+without ``requested`` (written before gradients could be requested) read as all three. This
+module imports no mathematics: reports and merges read results through it alone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import DifftestError
-from .geometry import GRADIENTS
+from .geometry import GRADIENTS, gradient_subset
 from .verdicts import VERDICTS, worst_verdict
 
 #: Version of the ``results.jsonl`` line layout (1: lines without a ``schema`` key).
@@ -113,16 +115,29 @@ def verdict_only(verdict: str, message: str) -> GradientResult:
     return GradientResult(verdict=verdict, message=message)
 
 
-def _gradients_from(d: dict) -> dict[str, GradientResult]:
+def requested_of(gradients: dict, requested=None) -> tuple[str, ...]:
+    """The requested gradients of a result (``None``: those it holds), checked to be exactly the
+    gradients it holds, in ``GRADIENTS`` order."""
+    requested = gradient_subset(gradients if requested is None else requested)
+    if set(gradients) != set(requested):
+        raise DifftestError(f"gradients must hold exactly the requested {', '.join(requested)}, "
+                            f"got {', '.join(map(str, gradients)) or 'none'}")
+    return requested
+
+
+def _gradients_from(d: dict) -> tuple[dict[str, GradientResult], tuple[str, ...]]:
+    """A line's gradients and the requested set (a line without ``requested``: all three)."""
     grads = d.get("gradients")
-    if not isinstance(grads, dict) or any(g not in grads for g in GRADIENTS):
-        raise DifftestError(f"gradients must hold {', '.join(GRADIENTS)}")
-    return {g: GradientResult.from_dict(grads[g]) for g in GRADIENTS}
+    requested = gradient_subset(d.get("requested", GRADIENTS))
+    if not isinstance(grads, dict) or set(grads) != set(requested):
+        raise DifftestError(f"gradients must hold exactly {', '.join(requested)}")
+    return {g: GradientResult.from_dict(grads[g]) for g in requested}, requested
 
 
 @dataclass
 class BackendResult:
-    """One backend's outcome on one case (the ``results`` entries of ``check --json``)."""
+    """One backend's outcome on one case (the ``results`` entries of ``check --json``): a
+    result for each requested gradient, and nothing for the others."""
 
     backend: str
     format: str
@@ -132,10 +147,15 @@ class BackendResult:
     environment: dict = field(default_factory=dict)
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    #: The gradients requested of the backend (``GRADIENTS`` order); default: those it holds.
+    requested: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.requested = requested_of(self.gradients, self.requested)
 
     @property
     def verdict(self) -> str:
-        """The worst verdict over the three gradients."""
+        """The worst verdict over the requested gradients."""
         return worst_verdict(r.verdict for r in self.gradients.values())
 
     @property
@@ -155,12 +175,13 @@ class BackendResult:
         """The same result without raw outputs and per-entry arrays (for caches)."""
         grads = {g: GradientResult(**r.to_dict()) for g, r in self.gradients.items()}
         return BackendResult(self.backend, self.format, grads, self.seconds, self.error, self.environment,
-                             timings=self.timings)
+                             timings=self.timings, requested=self.requested)
 
     def to_dict(self) -> dict:
         d = {
             "backend": self.backend,
             "format": self.format,
+            "requested": list(self.requested),
             "gradients": {g: r.to_dict() for g, r in self.gradients.items()},
             "seconds": self.seconds,
             "environment": self.environment,
@@ -171,7 +192,8 @@ class BackendResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BackendResult":
-        return cls(backend=d["backend"], format=d["format"], gradients=_gradients_from(d),
+        gradients, requested = _gradients_from(d)
+        return cls(backend=d["backend"], format=d["format"], gradients=gradients, requested=requested,
                    seconds=as_float(d.get("seconds", 0.0)), error=d.get("error", ""),
                    environment=d.get("environment", {}))
 
@@ -195,6 +217,8 @@ class ResultRecord:
     backend: str
     format: str
     gradients: dict[str, GradientResult]
+    #: As :attr:`BackendResult.requested` (a line without it: all three).
+    requested: tuple[str, ...] | None = None
     geometry: dict = field(default_factory=dict)
     phase: str = "search"  # "search": a case the search drew; "shrunk": a finding's minimal reproducer
     batch_extension: bool = False
@@ -207,9 +231,16 @@ class ResultRecord:
     outputs_file: str | None = None
     traceback: str | None = None
     finding: FindingKey | None = None
+    #: On a finding's record: the largest searched case that showed it, where that is not the
+    #: reproducer (a GPU finding shrunk to a tiny shape may have left the kernel that failed):
+    #: ``{"case_id", "case_file", "geometry", "macs"}``.
+    largest_case: dict | None = None
     schema: int = SCHEMA_VERSION
 
     REQUIRED = ("case_id", "backend", "format", "gradients")
+
+    def __post_init__(self) -> None:
+        self.requested = requested_of(self.gradients, self.requested)
 
     @property
     def verdict(self) -> str:
@@ -218,17 +249,19 @@ class ResultRecord:
     @classmethod
     def of(cls, result: BackendResult, case_id: str, geometry: dict, **context) -> "ResultRecord":
         return cls(case_id=case_id, backend=result.backend, format=result.format, gradients=result.gradients,
-                   geometry=geometry, batch_extension=geometry.get("N", 1) > 1,
+                   requested=result.requested, geometry=geometry, batch_extension=geometry.get("N", 1) > 1,
                    traceback=result.error or None, **context)
 
     def to_dict(self) -> dict:
         d = {"schema": self.schema}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "schema" or (v is None and f.name in ("case_file", "outputs_file", "traceback", "finding", "round")):
+            if f.name == "schema" or (v is None and f.name in ("case_file", "outputs_file", "traceback", "finding", "round", "largest_case")):
                 continue
             if f.name == "gradients":
                 v = {g: r.to_dict() for g, r in v.items()}
+            elif f.name == "requested":
+                v = list(v)
             elif f.name == "finding":
                 v = v.to_dict()
             d[f.name] = v
@@ -244,7 +277,7 @@ class ResultRecord:
             raise DifftestError(f"the line lacks {', '.join(repr(k) for k in missing)}")
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        kw["gradients"] = _gradients_from(d)
+        kw["gradients"], kw["requested"] = _gradients_from(d)
         kw["schema"] = int(d.get("schema", 1))
         if d.get("finding"):
             kw["finding"] = FindingKey(**d["finding"])

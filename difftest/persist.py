@@ -37,8 +37,10 @@ class CampaignRecorder:
         self.shard = f"{shard[0]}/{shard[1]}"
         self._env_ids: dict[str, str] = {}
 
-    def record(self, case, results, phase: str, round_no: int, finding: FindingKey | None = None) -> None:
-        """One line per backend result on ``case``; files for the non-``pass`` ones."""
+    def record(self, case, results, phase: str, round_no: int, finding: FindingKey | None = None,
+               largest_case: dict | None = None) -> str | None:
+        """One line per backend result on ``case``; files for the non-``pass`` ones. Returns the
+        case file written (relative to the directory), or None when all passed."""
         case_file = None
         if any(r.verdict != "pass" for r in results):
             case_file = self.writer.save_case(case, case.case_id)
@@ -47,7 +49,7 @@ class CampaignRecorder:
                 self._env_ids[r.backend] = self.writer.environment(r.environment)
             rec = ResultRecord.of(
                 r, case.case_id, case.geometry.as_dict(), phase=phase, seed=self.seed, shard=self.shard,
-                round=round_no, environment_id=self._env_ids[r.backend], finding=finding,
+                round=round_no, environment_id=self._env_ids[r.backend], finding=finding, largest_case=largest_case,
                 timings={"backend_s": r.seconds,
                          "model_s": sum(r.timings.get(k, 0.0) for k in ("exact_s", "nf_and_torchlean_s", "order_free_s")),
                          **r.timings},
@@ -57,6 +59,7 @@ class CampaignRecorder:
                 if r.outputs is not None:
                     rec.outputs_file = self.writer.save_outputs(case.case_id, r)
             self.writer.write(rec)
+        return case_file
 
     def campaign(self, info: dict) -> None:
         self.writer.campaign(info)

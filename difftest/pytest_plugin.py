@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from .config import PROFILE_NAMES
 from .geometry import GRADIENTS
 
 #: xdist distribution modes that keep each backend's items (one group, one scope) on one worker.
@@ -37,7 +38,7 @@ def pytest_addoption(parser):
     g.addoption("--difftest", action="store_true", help="add the difftest campaign as test items (backend × gradient)")
     g.addoption("--difftest-backend", action="append", default=[], metavar="NAME",
                 help="backend to put on trial (repeatable; default every available CPU backend)")
-    g.addoption("--difftest-profile", default="quick", choices=["quick", "ci", "nightly"], help="campaign profile")
+    g.addoption("--difftest-profile", default="quick", choices=list(PROFILE_NAMES), help="campaign profile")
     g.addoption("--difftest-time-budget", type=float, default=None, metavar="SECONDS",
                 help="time budget per backend (default: the profile's budget shared among the backends; "
                      "none with --difftest-rounds)")
@@ -213,7 +214,8 @@ class CampaignItem(pytest.Item):
             for r in findings(records):
                 f = r.finding
                 if f.gradient == self.gradient and expectations.fails(r, f.gradient, fail_on):
-                    lines.append("shrunk " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, out))
+                    lines.append("shrunk " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, out,
+                                                          r.largest_case, r.requested))
             raise CampaignFailure("\n".join(lines))
 
     def repr_failure(self, excinfo):

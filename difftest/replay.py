@@ -25,7 +25,7 @@ from .case import RuntimeInputs
 from .errors import UnsupportedFormat
 from .formats import Format
 from .fparith import add_up, half_ulp_of, half_ulp_of_product, half_ulp_of_sum, mul_up, nf_add, nf_mul
-from .geometry import Geometry, grad_output_rows, im2col
+from .geometry import GRADIENTS, Geometry, grad_output_rows, im2col
 
 
 class Fold:
@@ -141,30 +141,46 @@ def compiled(fmt: Format) -> bool:
     return fmt.vectorised and not fmt.is_binary64 and fmt.emin >= -511
 
 
-def compiled_replay(rt: RuntimeInputs, g: Geometry) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The three folds with :mod:`difftest.kernels` (same results as the numpy folds)."""
+def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     from . import kernels
 
-    fmt = rt.format
-    p, emin = fmt.prec, fmt.emin
-    d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
-    out = {}
     last = (g.N, g.H, g.W, g.C)  # channels last: the compiled loop runs over c
     acc, e = np.empty(last), np.empty(last)
     oi, di, vh = _slots(g.H, g.out_h, g.kH, g.stride, g.padding)
     oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.stride, g.padding)
     kernels.input_fold(np.ascontiguousarray(rt.grad_output), np.ascontiguousarray(rt.weight.transpose(0, 2, 3, 1)),
-                       oi, di, vh, oj, dj, vw, p, emin, rt.eps_weight, rt.eps_grad_output, acc, e)
+                       oi, di, vh, oj, dj, vw, rt.format.prec, rt.format.emin, rt.eps_weight, rt.eps_grad_output,
+                       acc, e)
     e = kernels.inflate(e, g.O * oi.shape[0] * oj.shape[0] + 1)
-    out["grad_input"] = (np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), np.ascontiguousarray(e.transpose(0, 3, 1, 2)))
+    return np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), np.ascontiguousarray(e.transpose(0, 3, 1, 2))
+
+
+def _compiled_kernel(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    from . import kernels
+
+    d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
     cols = np.ascontiguousarray(im2col(rt.input, g))
     acc, e = np.empty((g.O, cols.shape[1])), np.empty((g.O, cols.shape[1]))
-    kernels.kernel_fold(cols, d, p, emin, rt.eps_input, rt.eps_grad_output, acc, e)
-    out["grad_weight"] = (acc.reshape(g.weight_shape), kernels.inflate(e, d.shape[1]).reshape(g.weight_shape))
+    kernels.kernel_fold(cols, d, rt.format.prec, rt.format.emin, rt.eps_input, rt.eps_grad_output, acc, e)
+    return acc.reshape(g.weight_shape), kernels.inflate(e, d.shape[1]).reshape(g.weight_shape)
+
+
+def _compiled_bias(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    from . import kernels
+
+    d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
     acc, e = np.empty(g.O), np.empty(g.O)
-    kernels.bias_fold(d, p, emin, rt.eps_grad_output, acc, e)
-    out["grad_bias"] = (acc, kernels.inflate(e, d.shape[1]))
-    return out
+    kernels.bias_fold(d, rt.format.prec, rt.format.emin, rt.eps_grad_output, acc, e)
+    return acc, kernels.inflate(e, d.shape[1])
+
+
+_COMPILED = {"grad_input": _compiled_input, "grad_weight": _compiled_kernel, "grad_bias": _compiled_bias}
+
+
+def compiled_replay(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The folds of ``gradients`` (default all three) with :mod:`difftest.kernels` (same results
+    as the numpy folds)."""
+    return {name: _COMPILED[name](rt, g) for name in gradients}
 
 
 _CACHE: "OrderedDict[bytes, dict]" = OrderedDict()
@@ -177,8 +193,10 @@ def _key(rt: RuntimeInputs, g: Geometry) -> bytes:
     return h.digest()
 
 
-def replay(rt: RuntimeInputs, g: Geometry) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """NF runtime gradients and torchlean bound tensors: ``{gradient: (nf_value, bound)}``.
+def replay(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """NF runtime gradients and torchlean bound tensors: ``{gradient: (nf_value, bound)}`` for
+    each of ``gradients`` (default all three; each fold is independent of the others, so a
+    subset is computed alone and equals the full replay's).
 
     ``conv2d*BoundTensor`` is the absolute value of the point bound; point bounds are sums
     of non-negative terms here, so it is the bound itself. Formats of precision <= 26 run the
@@ -188,23 +206,28 @@ def replay(rt: RuntimeInputs, g: Geometry) -> dict[str, tuple[np.ndarray, np.nda
     if not rt.format.vectorised:
         raise UnsupportedFormat(f"the vectorised replay cannot emulate {rt.format.name}; use difftest.lean")
     key = _key(rt, g)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    out = compiled_replay(rt, g) if compiled(rt.format) else numpy_replay(rt, g)
-    for value, bound in out.values():
-        value.setflags(write=False)
-        bound.setflags(write=False)
-    _CACHE[key] = out
+    done = _CACHE.setdefault(key, {})
+    _CACHE.move_to_end(key)
+    missing = [name for name in gradients if name not in done]
+    if missing:
+        engine = compiled_replay if compiled(rt.format) else numpy_replay
+        for name, (value, bound) in engine(rt, g, missing).items():
+            value.setflags(write=False)
+            bound.setflags(write=False)
+            done[name] = (value, bound)
     while len(_CACHE) > 4:
         _CACHE.popitem(last=False)
-    return out
+    return {name: done[name] for name in gradients}
 
 
-def numpy_replay(rt: RuntimeInputs, g: Geometry) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The three folds with numpy, vectorised across entries (any vectorised format)."""
+_NUMPY = {"grad_input": input_replay, "grad_weight": kernel_replay, "grad_bias": bias_replay}
+
+
+def numpy_replay(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The folds of ``gradients`` (default all three) with numpy, vectorised across entries
+    (any vectorised format)."""
     out = {}
-    for name, fn in (("grad_input", input_replay), ("grad_weight", kernel_replay), ("grad_bias", bias_replay)):
-        fold = fn(rt, g)
+    for name in gradients:
+        fold = _NUMPY[name](rt, g)
         out[name] = (fold.acc.reshape(g.shape_of(name)), fold.e.reshape(g.shape_of(name)))
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .expectations import Expected, Expectations
-from .explain import format_ratio, plural, ratios_text, reproduce_command, violations_text, worst_text
+from .explain import format_ratio, geometry_text, plural, ratios_text, reproduce_command, violations_text, worst_text
 from .geometry import GRADIENTS
 from .outcome import EntryArrays, ResultRecord, as_float
 from .results import findings, read_campaign, read_environments, read_results, summarize
@@ -69,7 +69,8 @@ def _fmt(x, digits: int = 4) -> str:
 # --- figures -------------------------------------------------------------------------------
 
 def ratio_histograms(records: list[dict], backends: list[str]) -> str:
-    """Per backend × gradient, the histogram of per-case ``max_ratio`` on a log scale."""
+    """Per backend × gradient, the histogram of per-case ``max_ratio`` on a log scale (over the
+    cases that requested the gradient; "not requested" where none did)."""
     plt = _plt()
     fig, axes = plt.subplots(len(backends), 3, figsize=(9, 1.6 * len(backends) + 0.6), squeeze=False, sharex=True)
     edges = np.logspace(-6, 3, 37)
@@ -77,9 +78,12 @@ def ratio_histograms(records: list[dict], backends: list[str]) -> str:
         rows = [r for r in records if r.backend == b]
         for j, g in enumerate(GRADIENTS):
             ax = axes[i][j]
-            ratios = np.array([r.gradients[g].max_ratio for r in rows])
+            ratios = np.array([r.gradients[g].max_ratio for r in rows if g in r.gradients])
             ratios = np.clip(ratios[np.isfinite(ratios)], edges[0], edges[-1])
             ax.hist(ratios, bins=edges, color="#546e7a")
+            if not any(g in r.gradients for r in rows):
+                ax.text(0.5, 0.5, "not requested", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                        color="#666")
             ax.axvline(1.0, color=COLORS["precision"], lw=1)
             ax.set_xscale("log")
             ax.tick_params(labelsize=7)
@@ -142,6 +146,7 @@ class Detail:
     expected: Expected | None = None  # the declaration that accepts this finding
     heatmap: str = ""
     note: str = ""
+    largest_command: str = ""  # the replay of the largest searched case that showed it, where shrunk from it
     worst: dict = field(default_factory=dict)
 
 
@@ -177,18 +182,21 @@ class Baseline:
     keys: set  # non-pass (backend, gradient, verdict)
     formats: dict  # backend -> format
     campaigns: list
+    judged: set = field(default_factory=set)  # (backend, gradient) requested in some case
 
     @classmethod
     def read(cls, path: Path) -> "Baseline":
         records = read_results(path)
         keys = {(r.backend, g, gr.verdict) for r in records for g, gr in r.gradients.items() if gr.verdict != "pass"}
         info = read_campaign(path)
-        return cls(path, keys, {r.backend: r.format for r in records}, info.get("merged_from", [info]) if info else [])
+        return cls(path, keys, {r.backend: r.format for r in records}, info.get("merged_from", [info]) if info else [],
+                   {(r.backend, g) for r in records for g in r.gradients})
 
     def status(self, backend: str, fmt: str, gradient: str, verdict: str) -> str:
         """"new" when the baseline ran this backend in this format without the finding; "not in
-        baseline" when it did not run it there (nothing to compare with)."""
-        if self.formats.get(backend) != fmt:
+        baseline" when it did not run it there, or never requested this gradient of it (nothing
+        to compare with)."""
+        if self.formats.get(backend) != fmt or (backend, gradient) not in self.judged:
             return "not in baseline"
         return "" if (backend, gradient, verdict) in self.keys else "new"
 
@@ -245,9 +253,11 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     # findings: one per distinct (backend, gradient, verdict), its (shrunk) reproducer; then the rest
     def detail(r: ResultRecord, g: str, shrunk: bool) -> Detail:
         d = origin[id(r)]
-        cmd = reproduce_command(d / r.case_file, r.backend) if r.case_file else "(no case file saved)"
+        cmd = reproduce_command(d / r.case_file, r.backend, r.requested) if r.case_file else "(no case file saved)"
         v = r.gradients[g].verdict
-        return Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=shrunk,
+        big = r.largest_case
+        big_cmd = reproduce_command(d / big["case_file"], r.backend) if big and big.get("case_file") else ""
+        return Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=shrunk, largest_command=big_cmd,
                       status=base.status(r.backend, r.format, g, v) if base else "", worst=r.gradients[g].worst or {},
                       expected=expectations.explain_record(r, g))
 
@@ -256,8 +266,8 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     shown = {(it.record.case_id, it.record.backend, it.gradient) for it in found}
     others = []
     for r in sorted(records, key=lambda r: -_worst_ratio(r)):
-        for g in GRADIENTS:
-            if r.gradients[g].verdict != "pass" and (r.case_id, r.backend, g) not in shown:
+        for g, gr in r.gradients.items():
+            if gr.verdict != "pass" and (r.case_id, r.backend, g) not in shown:
                 shown.add((r.case_id, r.backend, g))
                 others.append(detail(r, g, False))
     for it in found:
@@ -273,7 +283,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     for b in backends:
         if b.startswith("nf-"):
             for g in GRADIENTS:
-                rs = [r.gradients[g].max_ratio for r in records if r.backend == b]
+                rs = [r.gradients[g].max_ratio for r in records if r.backend == b and g in r.gradients]
                 if rs:
                     nf_use.append({"backend": b, "gradient": g, "cases": len(rs), "median": float(np.median(rs)),
                                    "p90": float(np.percentile(rs, 90)), "max": float(np.max(rs))})
@@ -308,13 +318,14 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "fmt": _fmt,
         "ratio": format_ratio,
         "ratios_text": ratios_text,
+        "geometry_text": geometry_text,
         "violations_text": violations_text,
         "worst_text": worst_text,
     }
 
 
-def _worst_ratio(r: dict) -> float:
-    return max(r.gradients[g].max_ratio for g in GRADIENTS)
+def _worst_ratio(r: ResultRecord) -> float:
+    return max(gr.max_ratio for gr in r.gradients.values())
 
 
 def render(dirs: list[Path], out: Path, baseline: Path | None = None, expectations: Expectations | None = None) -> Path:

@@ -4,11 +4,12 @@ A result directory is the only thing reports and merges read, so a report can be
 anywhere from the files alone:
 
 * ``results.jsonl`` — one :class:`~difftest.outcome.ResultRecord` per line, per case and
-  backend: ``schema``, ``case_id``, ``backend``, ``format``, ``gradients`` (as in ``check
-  --json``), ``geometry``, ``phase`` (``search`` for cases the search generated, ``shrunk`` for
-  the minimal reproducer of a finding), ``seed``, ``shard``, ``timings``, ``environment_id``
-  and, for non-``pass`` results, ``case_file`` and ``outputs_file``. Lines are flushed one by
-  one; a torn last line (a killed process) is skipped.
+  backend: ``schema``, ``case_id``, ``backend``, ``format``, ``requested`` and ``gradients``
+  (as in ``check --json``: a result per requested gradient), ``geometry``, ``phase``
+  (``search`` for cases the search generated, ``shrunk`` for the minimal reproducer of a
+  finding), ``seed``, ``shard``, ``timings``, ``environment_id`` and, for non-``pass``
+  results, ``case_file`` and ``outputs_file``. Lines are flushed one by one; a torn last line
+  (a killed process) is skipped.
 * ``cases/<case_id>.npz`` — reproducers, replayable with ``difftest check``;
   ``cases/<case_id>--<backend>.npz`` — the backend's raw gradients ``g`` and, per entry,
   ``g__error``, ``g__bound``, ``g__bound_order_free`` (what a report draws).
@@ -185,27 +186,31 @@ class Cell:
 
 
 def summarize(records: list[ResultRecord]) -> dict[str, dict[str, Cell]]:
-    """``{backend: {gradient: Cell}}`` over every distinct (case, backend) result, searched or shrunk."""
-    table: dict[str, dict[str, Cell]] = defaultdict(lambda: {g: Cell() for g in GRADIENTS})
+    """``{backend: {gradient: Cell}}`` over every distinct (case, backend) result, searched or shrunk.
+
+    A backend's row holds a cell for each gradient requested of it in some case (in
+    ``GRADIENTS`` order): a gradient never requested has no cell, so it can never read as
+    ``pass``."""
+    table: dict[str, dict[str, Cell]] = defaultdict(dict)
     seen = set()
     for r in records:
         key = (r.case_id, r.backend)
         if key in seen:
             continue
         seen.add(key)
-        for g in GRADIENTS:
-            gr = r.gradients[g]
-            c = table[r.backend][g]
+        for g, gr in r.gradients.items():
+            c = table[r.backend].setdefault(g, Cell())
             c.cases += 1
             c.counts[gr.verdict] += 1
             c.worst_ratio = max(c.worst_ratio, gr.max_ratio)
             c.worst_ratio_order_free = max(c.worst_ratio_order_free, gr.max_ratio_order_free)
-    return dict(table)
+    return {b: {g: row[g] for g in GRADIENTS if g in row} for b, row in table.items()}
 
 
 def findings(records: list[ResultRecord]) -> list[ResultRecord]:
-    """Shrunk reproducers, one per (backend, gradient, verdict), worst ratio first."""
-    out = [r for r in records if r.phase == "shrunk" and r.finding is not None]
+    """The findings' reproducers, one per (backend, gradient, verdict), worst ratio first: shrunk,
+    or (``phase`` ``unshrunk``) the first case that showed it where shrinking was cut short or off."""
+    out = [r for r in records if r.finding is not None]
     return sorted(out, key=lambda r: -r.gradients[r.finding.gradient].max_ratio)
 
 

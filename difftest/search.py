@@ -17,9 +17,10 @@ next to another, and that no later case raised, is shrunk on its own afterwards
 (:func:`shrink_known`): hypothesis replays the choices that drew it and shrinks them.
 
 Shrinking is part of the time budget: it stops at ``shrink_seconds`` per finding or at the
-campaign's end, whichever comes first, keeping the smallest failure reached. A campaign bounded
-by work (``rounds`` and no time budget) shrinks as far as hypothesis goes, so the same seed
-gives the same reproducers.
+campaign's end, whichever comes first, keeping the smallest failure reached; and it is part of
+the work: it stops after ``shrink_steps`` judged cases per finding (a real layer's case costs
+far more than a small one, and hypothesis may try tens of thousands). A campaign bounded by work
+(``rounds`` and no time budget) has no clock, so the same seed gives the same reproducers.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase, InMemoryExampleDa
 from hypothesis.errors import HypothesisException
 
 from .outcome import FindingKey
-from .strategies import cases
+from .strategies import campaign_cases
 
 class BudgetExhausted(BaseException):
     """Raised inside the hypothesis test to end a search on time (BaseException: hypothesis
@@ -81,6 +82,7 @@ class Round:
         self.first_failure_at: float | None = None
         self.last_failure: Finding | None = None
         self.searched = 0  # cases drawn by the search (not by shrinking)
+        self.shrink_steps = 0  # cases judged while shrinking
 
     def fail(self, key: FindingKey, case, results):
         exc = _finding_type(key)(key, case, results, tuple(current_build_context().data.choices))
@@ -106,14 +108,15 @@ class Round:
 
     def search_step(self, case) -> None:
         c = self.campaign
-        if time.monotonic() > self.deadline:
+        if time.monotonic() > self.deadline or c.stopped_on:
             raise BudgetExhausted
         self.searched += 1
         c.draws += 1
         results = c.judge(case, self.backends)
         if case.case_id not in c.recorded:  # whatever shrinking judged before: recording is the search's
             c.recorded.add(case.case_id)
-            c.recorder.record(case, results, "search", self.round_no)
+            case_file = c.recorder.record(case, results, "search", self.round_no)
+            c.note_largest(case, results, case_file)
             c.note_seen(case, results, tuple(current_build_context().data.choices), self.round_no)
             c.progress.cases += 1
             c.progress.update(f"[{self.fmt.name}, round {self.round_no}]")
@@ -127,6 +130,9 @@ class Round:
 
     def shrink_step(self, case) -> None:
         c = self.campaign
+        self.shrink_steps += 1
+        if self.shrink_steps > c.profile.shrink_steps:
+            raise BudgetExhausted  # shrink work is done: keep the smallest failure reached
         if c.end < math.inf:  # a campaign bounded by work shrinks as far as hypothesis goes
             started = self.first_failure_at or self.started
             if time.monotonic() > min(started + c.profile.shrink_seconds, c.end):
@@ -142,7 +148,7 @@ class Round:
         k, n = c.config.shard
         if self.target is None:
             database = DirectoryBasedExampleDatabase(str(c.config.database)) if c.config.database else None
-            phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
+            phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target] + ([Phase.shrink] if c.config.shrink else [])
             names = ",".join(b.name for b in self.backends)
             key = f"difftest|{c.profile.name}|{self.fmt.name}|{names}|{k}/{n}|{sorted(c.found)}"
         else:  # replay the choices that drew the target's case, then shrink them
@@ -157,7 +163,7 @@ class Round:
             verbosity=Verbosity.quiet,
             print_blob=False,
             phases=phases,
-        )(given(cases(self.fmt, limits=c.profile.limits))(self.probe))
+        )(given(campaign_cases(self.fmt, c.profile.limits, c.profile.realistic, c.profile.max_macs))(self.probe))
         # A stable database key: tomorrow's run of the same campaign replays today's failures first.
         test._hypothesis_internal_database_key = hashlib.sha256(key.encode()).digest()
         if self.target is not None:

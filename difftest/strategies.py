@@ -20,6 +20,7 @@ raises :class:`hypothesis.errors.InvalidArgument` naming the argument and what i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -33,14 +34,14 @@ from hypothesis.extra import numpy as hnp
 from .case import MAX_MAGNITUDE, Case
 from .errors import UnknownFormat
 from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, PRESETS, TF32, Format, get_format
-from .geometry import Geometry
+from .geometry import GRADIENTS, Geometry
 
 __all__ = [
     "BINARY64", "BINARY32", "TF32", "BINARY16", "BFLOAT16", "Limits",
     "geometries", "format_values", "normal", "uniform", "log_uniform", "integers", "powers_of_two",
     "subnormals", "near_ties", "values", "arrays", "seeded", "seeded_array", "cancellation", "constant_blocks",
     "tensors", "structured",
-    "cases",
+    "cases", "realistic_geometries", "realistic_cases", "requested_gradients", "campaign_cases",
 ]
 
 
@@ -411,3 +412,110 @@ def _cases(draw, fmt: Format, geometry: st.SearchStrategy[Geometry], tensor, lim
         draw(make(g.input_shape)), draw(make(g.weight_shape)), draw(make(g.grad_output_shape)),
         stride=g.stride, padding=g.padding, format=fmt,
     )
+
+
+# --- real layers with probes -------------------------------------------------------------------
+
+def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None) -> st.SearchStrategy[Geometry]:
+    """Geometries of real layers (:mod:`difftest.catalogue`): a layer's channels, kernel, stride and
+    padding, a batch up to ``max_batch`` and an input size up to the largest (its own at most) at
+    which one gradient costs at most ``max_macs`` multiply-adds; shrinking makes the input smaller.
+    Layers too costly even at their smallest size are left out. ``layers``: names (default: all).
+
+    The draw is stratified by what libraries switch kernels on: each class of kernel size, stride
+    and channel count (fewer than 32, 32 to 127, 128 or more in the smaller of C and O) is as
+    likely as any other, then a layer within it (the many 3×3 stride-1 layers do not crowd out
+    7×7, 11×11, strided or wide ones)."""
+    from .catalogue import LAYERS, largest_size
+
+    max_macs, max_batch = _integer(max_macs, "max_macs", 1), _integer(max_batch, "max_batch", 1)
+    names = list(LAYERS) if layers is None else list(layers)
+    for name in names:
+        _require(name in LAYERS, "layers", "names of catalogue layers (difftest.catalogue.LAYERS)", name)
+    usable = [LAYERS[n] for n in names if largest_size(LAYERS[n], 1, max_macs) is not None]
+    _require(bool(usable), "max_macs", "large enough for one catalogue layer at its smallest size", max_macs)
+    classes: dict[tuple[int, int], list] = {}
+    for layer in usable:
+        width = min(layer.C, layer.O)
+        classes.setdefault((layer.k, layer.stride, (width >= 32) + (width >= 128)), []).append(layer)
+    return _realistic_geometries(list(classes.values()), max_macs, max_batch)
+
+
+@st.composite
+def _realistic_geometries(draw, classes: list, max_macs: int, max_batch: int) -> Geometry:
+    from .catalogue import largest_size, smallest_size
+
+    layer = draw(st.sampled_from(draw(st.sampled_from(classes))))
+    N = draw(st.integers(1, max_batch))
+    top = largest_size(layer, N, max_macs)
+    if top is None:
+        N, top = 1, largest_size(layer, 1, max_macs)
+    # Half the draws take the largest affordable size (where vendors' fast paths run), half any
+    # size; shrinking goes to the smallest.
+    low = smallest_size(layer)
+    size = top if draw(st.booleans()) else low + draw(st.integers(0, top - low))
+    return layer.geometry(N, size)
+
+
+def realistic_cases(fmt: Format | str = BINARY32, max_macs: int = 2_000_000, max_batch: int = 2,
+                    layers=None) -> st.SearchStrategy[Case]:
+    """Cases of a real layer's geometry (:func:`realistic_geometries`): ordinary values with
+    adversarial probes (:mod:`difftest.probes`) in the folds of one to three gradients, each probe
+    kind in a channel slice of its own, so one case tries several kinds on every probed gradient.
+    Large tensors cost a seed, not an element each: hypothesis draws the layer, size, background,
+    the kinds, the probed gradients and, per gradient, the first channel, batch entry and position;
+    numpy fills the arrays. One case in ten has ordinary values only."""
+    return _realistic_cases(_format(fmt), realistic_geometries(max_macs, max_batch, layers))
+
+
+@st.composite
+def _realistic_cases(draw, fmt: Format, geometry: st.SearchStrategy[Geometry]) -> Case:
+    from .probes import BACKGROUNDS, PROBES, background, plant
+
+    g = draw(geometry)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x, w, d = background(fmt, g, rng, draw(st.sampled_from(BACKGROUNDS)))
+    if draw(st.integers(0, 9)) < 9:
+        # any non-empty sets of kinds and of probed folds (shrinking keeps the fewest it can)
+        kinds = [k for k in PROBES[1:] if draw(st.booleans())] or [PROBES[1]]
+        targets = [t for t in GRADIENTS if draw(st.booleans())] or [GRADIENTS[-1]]
+        # grad_input's probe makes δ[n] constant and grad_bias's writes into δ: planted in GRADIENTS
+        # order, a later probe disturbs an earlier one in one channel at most
+        for target in targets:
+            first, batch, pos = draw(st.integers(0, 2**16)), draw(st.integers(0, g.N - 1)), draw(st.integers(0, 7))
+            for i, kind in enumerate(kinds):
+                x, w, d = plant(x, w, d, g, kind, target, first + i, batch, fmt, rng, pos, out_channel=first)
+    return Case(x, w, d, stride=g.stride, padding=g.padding, format=fmt)
+
+
+#: The proper non-empty subsets of the gradients, for :func:`requested_gradients`.
+SUBSETS = tuple(tuple(g for i, g in enumerate(GRADIENTS) if mask >> i & 1) for mask in range(1, 2 ** len(GRADIENTS) - 1))
+
+
+def requested_gradients() -> st.SearchStrategy[tuple[str, ...]]:
+    """Which gradients a case requests: all three in three draws of four (what most training
+    does, and where shrinking goes), else one of the six proper subsets — frameworks run other
+    kernels for them (MXNet's bias gradient was wrong unless the weight gradient was requested)."""
+    return st.integers(0, 3).flatmap(lambda r: st.just(GRADIENTS) if r < 3 else st.sampled_from(SUBSETS))
+
+
+def campaign_cases(fmt: Format | str, limits: Limits = Limits(), realistic: float = 0.0,
+                   max_macs: int = 2_000_000, subsets: bool = True) -> st.SearchStrategy[Case]:
+    """What a campaign draws: small fuzzed :func:`cases` within ``limits``, and a share
+    ``realistic`` (0 to 1) of :func:`realistic_cases` up to ``max_macs``; with ``subsets``, each
+    requesting the gradients of :func:`requested_gradients`. Shrinking moves a failure towards
+    the small cases where it still fails, and towards all three gradients."""
+    fmt, limits = _format(fmt), _limits(limits)
+    _require(_is_finite(realistic) and 0 <= realistic <= 1, "realistic", "a number in [0, 1]", realistic)
+    small = cases(fmt, limits=limits)
+    if realistic == 0:
+        drawn = small
+    elif realistic == 1:
+        drawn = realistic_cases(fmt, max_macs)
+    else:
+        cut, real = round(100 * (1 - realistic)), realistic_cases(fmt, max_macs)
+        drawn = st.integers(0, 99).flatmap(lambda r: small if r < cut else real)
+    if not subsets:
+        return drawn
+    return st.tuples(drawn, requested_gradients()).map(
+        lambda cg: cg[0] if cg[1] == GRADIENTS else dataclasses.replace(cg[0], gradients=cg[1]))

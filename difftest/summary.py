@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .expectations import Expectations
-from .explain import RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, plural, reproduce_command
+from .explain import (RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, largest_case_text, plural,
+                      reproduce_command)
+from .geometry import GRADIENTS
 from .outcome import ResultRecord, jsonable
 from .results import findings, summarize
 from .verdicts import SEVERITY, VERDICTS, worst_verdict
@@ -41,22 +43,28 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
               properties: dict | None = None, expectations: Expectations | None = None) -> str:
     """JUnit XML: one ``<testcase classname="difftest.<backend>" name="<gradient>">`` per backend ×
     gradient, with a ``<failure>`` (the verdicts, the worst ratios, each finding and the command
-    that replays it) where a verdict fails under ``fail_on`` that no expectation declares."""
+    that replays it) where a verdict fails under ``fail_on`` that no expectation declares, and
+    ``<skipped>`` where the gradient was never requested of the backend."""
     import xml.etree.ElementTree as ET
 
     e = expectations or Expectations()
     table = summarize(records)
     failing = {(r.backend, g) for r in records for g in r.gradients if e.fails(r, g, fail_on)}
-    suite = ET.Element("testsuite", name="difftest", tests=str(3 * len(table)), failures=str(len(failing)),
-                       errors="0", skipped="0", time=f"{duration_s:.3f}")
+    skipped = [(b, g) for b, row in table.items() for g in GRADIENTS if g not in row]
+    suite = ET.Element("testsuite", name="difftest", tests=str(len(GRADIENTS) * len(table)),
+                       failures=str(len(failing)), errors="0", skipped=str(len(skipped)), time=f"{duration_s:.3f}")
     if properties:
         props = ET.SubElement(suite, "properties")
         for k, v in properties.items():
             ET.SubElement(props, "property", name=str(k), value=str(v))
     shrunk = findings(records)
     for backend, row in table.items():
-        for g, c in row.items():
+        for g in GRADIENTS:
             tc = ET.SubElement(suite, "testcase", classname=f"difftest.{backend}", name=g)
+            if g not in row:
+                ET.SubElement(tc, "skipped", message=f"{g} was not requested of {backend} in any case")
+                continue
+            c = row[g]
             summary = (f"{backend} {g}: {plural(c.cases, 'case')}, verdicts {counts_text(c.counts)}; worst ratio "
                        f"{format_ratio(c.worst_ratio)} (TorchLean), {format_ratio(c.worst_ratio_order_free)} (order-free)")
             if (backend, g) not in failing:
@@ -67,14 +75,17 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
                     and e.fails(r, g, fail_on)]
             for r in mine:
                 lines += ["shrunk " + gradient_text(backend, g, r.gradients[g]),
-                          "    " + finding_text(backend, g, r.gradients[g], r.case_file, replay_dir).split("\n")[-1].strip()]
+                          "    " + finding_text(backend, g, r.gradients[g], r.case_file, replay_dir,
+                                                requested=r.requested).split("\n")[-1].strip()]
+                if r.largest_case:
+                    lines.append("    " + largest_case_text(r.largest_case, backend, replay_dir))
             if not mine:  # no shrunk reproducer (e.g. interrupted): the worst searched case
                 bad = [r for r in records if r.backend == backend and e.fails(r, g, fail_on)]
                 worst = max(bad, key=lambda r: (SEVERITY[r.gradients[g].verdict], r.gradients[g].max_ratio))
                 lines.append(gradient_text(backend, g, worst.gradients[g]))
                 if worst.case_file:
                     path = Path(replay_dir) / worst.case_file if replay_dir else worst.case_file
-                    lines.append("    reproduce: " + reproduce_command(path, backend))
+                    lines.append("    reproduce: " + reproduce_command(path, backend, worst.requested))
             verdict = worst_verdict(r.gradients[g].verdict for r in records
                                     if r.backend == backend and e.fails(r, g, fail_on))
             failure = ET.SubElement(tc, "failure", type=verdict, message=summary)
@@ -93,7 +104,11 @@ def format_summary(records: list[ResultRecord], replay_dir=None, expectations: E
     )
     lines += [header, "-" * len(header)]
     for backend, row in summarize(records).items():
-        for g, c in row.items():
+        for g in GRADIENTS:
+            if g not in row:
+                lines.append(f"{backend:<24} {g:<12} {0:>6}  not requested")
+                continue
+            c = row[g]
             counts = " ".join(f"{c.counts[v]:>9}" for v in VERDICTS)
             lines.append(f"{backend:<24} {g:<12} {c.cases:>6} {format_ratio(c.worst_ratio):>11} {format_ratio(c.worst_ratio_order_free):>9}  {counts}")
     found = findings(records)
@@ -106,7 +121,8 @@ def format_summary(records: list[ResultRecord], replay_dir=None, expectations: E
         lines += ["", f"{plural(len(found), 'finding')}, {how}" + (f"; {n_expected} expected" if n_expected else "") + ":"]
         for r, x in zip(found, expected):
             f = r.finding
-            lines.append("  " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, replay_dir))
+            lines.append("  " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, replay_dir,
+                                             r.largest_case, r.requested))
             if x is not None:
                 lines.append(f"    expected: {x.reason}")
         lines.append(f"  ({RATIO_LEGEND})")

@@ -14,7 +14,7 @@ import numpy as np
 from mpmath import mp, mpf
 
 from difftest.exact import ExactTensor
-from difftest.geometry import Geometry
+from difftest.geometry import GRADIENTS, Geometry
 
 #: Working precision in bits: above the span 961 + 2148 + log2(terms) of any exact sum here.
 PREC = 4400
@@ -38,7 +38,9 @@ class MpmathOracle:
 
     name = "mpmath"
 
-    def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict[str, ExactTensor]:
+    def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry,
+                       gradients=GRADIENTS) -> dict[str, ExactTensor]:
+        """The exact ``gradients`` (default all three), entry by entry."""
         s, p = g.stride, g.padding
         with mp.workprec(PREC):
             X = np.vectorize(mpf, otypes=[object])(x)
@@ -49,39 +51,43 @@ class MpmathOracle:
                 r, q = r - p, q - p
                 return X[n, c, r, q] if 0 <= r < g.H and 0 <= q < g.W else mpf(0)
 
-            bias = [
-                mp.fsum(D[n, o, i, j] for n in range(g.N) for i in range(g.out_h) for j in range(g.out_w))
-                for o in range(g.O)
-            ]
-            kernel = [
-                mp.fsum(
-                    x_pad(n, c, i * s + di, j * s + dj) * D[n, o, i, j]
-                    for n in range(g.N)
-                    for i in range(g.out_h)
-                    for j in range(g.out_w)
-                )
-                for o in range(g.O)
-                for c in range(g.C)
-                for di in range(g.kH)
-                for dj in range(g.kW)
-            ]
-            inp = [
-                mp.fsum(
-                    D[n, o, oi, oj] * Wt[o, c, di, dj]
+            def bias():
+                return [
+                    mp.fsum(D[n, o, i, j] for n in range(g.N) for i in range(g.out_h) for j in range(g.out_w))
                     for o in range(g.O)
-                    for oi in range(g.out_h)
-                    for oj in range(g.out_w)
+                ]
+
+            def kernel():
+                return [
+                    mp.fsum(
+                        x_pad(n, c, i * s + di, j * s + dj) * D[n, o, i, j]
+                        for n in range(g.N)
+                        for i in range(g.out_h)
+                        for j in range(g.out_w)
+                    )
+                    for o in range(g.O)
+                    for c in range(g.C)
                     for di in range(g.kH)
                     for dj in range(g.kW)
-                    if oi * s + di == i + p and oj * s + dj == j + p
-                )
-                for n in range(g.N)
-                for c in range(g.C)
-                for i in range(g.H)
-                for j in range(g.W)
-            ]
-        return {
-            "grad_input": _pack(inp, g.input_shape),
-            "grad_weight": _pack(kernel, g.weight_shape),
-            "grad_bias": _pack(bias, g.bias_shape),
-        }
+                ]
+
+            def inp():
+                return [
+                    mp.fsum(
+                        D[n, o, oi, oj] * Wt[o, c, di, dj]
+                        for o in range(g.O)
+                        for oi in range(g.out_h)
+                        for oj in range(g.out_w)
+                        for di in range(g.kH)
+                        for dj in range(g.kW)
+                        if oi * s + di == i + p and oj * s + dj == j + p
+                    )
+                    for n in range(g.N)
+                    for c in range(g.C)
+                    for i in range(g.H)
+                    for j in range(g.W)
+                ]
+
+            sums = {"grad_input": inp, "grad_weight": kernel, "grad_bias": bias}
+            values = {name: sums[name]() for name in gradients}
+        return {name: _pack(values[name], g.shape_of(name)) for name in gradients}

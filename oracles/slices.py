@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import Geometry, gemm_blocks, gemm_layouts, gemm_result_to_gradient, gemm_shape
+from difftest.geometry import GRADIENTS, Geometry, gemm_blocks, gemm_layouts, gemm_result_to_gradient, gemm_shape
 
 
 def slice_width(k: int) -> int:
@@ -92,13 +92,18 @@ class SlicedExactOracle:
 
     name = "exact"
 
-    def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict[str, ExactTensor]:
-        """The digits are cut from the compact tensors and then laid out (im2col repeats each
+    def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry,
+                       gradients=GRADIENTS) -> dict[str, ExactTensor]:
+        """The exact ``gradients`` (default all three), each computed alone.
+
+        The digits are cut from the compact tensors and then laid out (im2col repeats each
         entry up to kH·kW times): the same digits as cutting the GEMM operands, less work. Each
         operand holds only its source's entries and zeros, so the source's base exponent and
         digit count serve it exactly (an entry no window reads only adds an unused digit level)."""
         out = {}
-        for name, ((a, fa), (b, fb)) in gemm_layouts(x, w, d, g).items():
+        layouts = gemm_layouts(x, w, d, g)
+        for name in gradients:
+            (a, fa), (b, fb) = layouts[name]
             rows, inner, cols = gemm_shape(name, g)
             width = slice_width(inner)
             da, qa = split_digits(a, width)

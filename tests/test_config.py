@@ -68,7 +68,7 @@ def test_variables_are_parsed_and_an_empty_one_is_unset():
 
 
 @pytest.mark.parametrize("var, value, message", [
-    ("DIFFTEST_PROFILE", "fast", "DIFFTEST_PROFILE=fast: profile must be one of quick, ci, nightly"),
+    ("DIFFTEST_PROFILE", "fast", "DIFFTEST_PROFILE=fast: profile must be one of quick, ci, nightly, hardware"),
     ("DIFFTEST_FAIL_ON", "all", "DIFFTEST_FAIL_ON=all: fail_on must be one of order, precision, never"),
     ("DIFFTEST_TIME_BUDGET", "soon", "DIFFTEST_TIME_BUDGET=soon: time_budget must be a number of seconds > 0"),
     ("DIFFTEST_TIME_BUDGET", "-1", "DIFFTEST_TIME_BUDGET=-1: time_budget must be a number of seconds > 0"),
@@ -84,7 +84,7 @@ def test_a_bad_variable_is_one_line_naming_it(monkeypatch, capsys, var, value, m
 
 
 @pytest.mark.parametrize("body, message", [
-    ('profile = "fast"', '[tool.difftest] profile = "fast": profile must be one of quick, ci, nightly'),
+    ('profile = "fast"', '[tool.difftest] profile = "fast": profile must be one of quick, ci, nightly, hardware'),
     ("seed = true", "[tool.difftest] seed = true: seed must be an integer"),
     ('backends = "numpy-float32"', "backends must be a non-empty list of backend names"),
     ("time-budget = 0", "[tool.difftest] time-budget = 0: time_budget must be a number of seconds > 0"),
@@ -170,7 +170,7 @@ def test_the_readme_configuration_example_is_valid(tmp_path, capsys):
     assert set(settings) == set(config.KEYS)
     for name in settings["backends"].value:
         get_backend(name)
-    assert "DIFFTEST_PROFILE=fast: profile must be one of quick, ci, nightly" in section.replace("\n", " ")
+    assert "DIFFTEST_PROFILE=fast: profile must be one of quick, ci, nightly, hardware" in section.replace("\n", " ")
     # the example, bounded by work instead of its 30 s
     assert main(["run", "--examples", "3", "--rounds", "1", "--no-database", "--quiet", "--no-report"]) == 0
     info = read_campaign(tmp_path / "reports" / "ci")

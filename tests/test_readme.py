@@ -26,7 +26,7 @@ NOT_RUN = {
     "difftest run # 30 s of numpy-float32 and nf-binary32, seed 1, into reports/ci":
         "campaigns of 30 s and 10 s that read a project's [tool.difftest] table and write into its reports/; "
         "tests/test_config.py checks where each setting comes from",
-    "pytest --difftest [--difftest-backend NAME …] [--difftest-profile quick|ci|nightly] [--difftest-time-budget S] \\":
+    "pytest --difftest [--difftest-backend NAME …] [--difftest-profile quick|ci|nightly|hardware] [--difftest-time-budget S] \\":
         "a synopsis (optional arguments in brackets), not a command; tests/test_plugin.py runs the plugin's options",
 }
 
