@@ -3,6 +3,7 @@ and campaigns that find them (the hardware issue: vendors choose kernels by shap
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from fractions import Fraction
@@ -165,9 +166,15 @@ def test_on_real_layers_binary32_done_right_is_never_beyond_the_order_free_bound
 
 # --- campaigns find them --------------------------------------------------------------------------
 
-def _quick(tmp_path: Path, name: str, examples: int = 60, shrink: bool = False, seed: int = 0) -> Campaign:
-    cfg = CampaignConfig([get_backend(name)], PROFILES["quick"], examples=examples, rounds=1, seed=seed,
-                         out=tmp_path / "out", database=None, progress=False, shrink=shrink)
+def _quick(tmp_path: Path, name: str, examples: int = 60, shrink: bool = False, seed: int = 0,
+           stop_on=frozenset({"precision"}), shrink_steps: int | None = None) -> Campaign:
+    """The quick profile's search, bounded by work: ``examples`` draws at most, stopping at the
+    first ``precision`` finding (what these tests ask for)."""
+    profile = PROFILES["quick"]
+    if shrink_steps is not None:
+        profile = dataclasses.replace(profile, shrink_steps=shrink_steps)
+    cfg = CampaignConfig([get_backend(name)], profile, examples=examples, rounds=1, seed=seed,
+                         out=tmp_path / "out", database=None, progress=False, shrink=shrink, stop_on=stop_on)
     campaign = Campaign(cfg)
     campaign.run()
     return campaign
@@ -188,7 +195,7 @@ def _precision(campaign: Campaign) -> list:
 def test_the_quick_profile_flags_each_emulation_with_precision(tmp_path, name):
     campaign = _quick(tmp_path, name)
     assert _precision(campaign), f"{name}: no precision finding in {campaign.draws} draws"
-    assert campaign.draws == 60
+    assert campaign.stopped_on.verdict == "precision" and campaign.draws <= 60
 
 
 _GATES = st.one_of(
@@ -211,7 +218,8 @@ def test_the_quick_profile_reaches_shape_gates_it_was_not_tuned_for(tmp_path_fac
 
 
 def test_a_shrunk_finding_keeps_the_largest_case_that_showed_it(tmp_path):
-    campaign = _quick(tmp_path, "emu-tf32@min-channels=32", examples=30, shrink=True)
+    campaign = _quick(tmp_path, "emu-tf32@min-channels=32", examples=30, shrink=True, stop_on=frozenset(),
+                      shrink_steps=60)
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     found = [r for r in records if r.get("finding") and r["finding"]["verdict"] == "precision"]
     assert found and all(r["phase"] == "shrunk" for r in found)
@@ -229,7 +237,7 @@ def test_a_shrunk_finding_keeps_the_largest_case_that_showed_it(tmp_path):
 
 
 def test_without_shrinking_findings_stand_as_their_first_case(tmp_path):
-    campaign = _quick(tmp_path, "emu-tf32", examples=10)
+    campaign = _quick(tmp_path, "emu-tf32", examples=10, stop_on=frozenset())
     info = json.loads((tmp_path / "out" / "campaign.json").read_text())
     assert info["shrink"] is False and info["realistic"] == PROFILES["quick"].realistic
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
