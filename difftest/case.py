@@ -230,6 +230,10 @@ class Case:
         return (f"Case(input {g.input_shape}, weight {g.weight_shape}, stride={self.stride}, padding={self.padding}, "
                 f"format={self.format.name}{subset}, case_id={self.case_id})")
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """The same for hypothesis's and IPython's pretty printers (they print a dataclass's fields)."""
+        printer.text(repr(self))
+
     def describe(self) -> dict:
         """Plain-JSON description (geometry, format, eps, requested gradients); arrays are left out."""
         return {

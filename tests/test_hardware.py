@@ -262,3 +262,15 @@ def test_emulations_compute_only_the_requested_gradients_the_same_as_in_full():
             part = b.conv2d_backward(x, w, d, g.stride, g.padding, gradients=subset)
             assert set(part) == set(subset), (name, subset)
             assert all(np.array_equal(part[k], full[k]) for k in subset)
+
+
+def test_a_real_layer_case_prints_in_one_line():
+    """hypothesis prints a failing case's arguments (its own pretty printer lists a dataclass's
+    fields): a real layer's millions of values must not reach the terminal."""
+    from hypothesis.vendor.pretty import pretty
+
+    from difftest.probes import probe_case
+
+    case = probe_case("resnet18.layer1.0.conv1", 16, "single_term", "grad_input")
+    for text in (repr(case), pretty(case)):
+        assert len(text) < 200 and "(1, 64, 16, 16)" in text and case.case_id in text
