@@ -19,7 +19,10 @@ missing library, and ``difftest run`` leaves them out unless named.
 Two more are binary32 done right, for contrast (they never break the order-free bound, and a
 campaign that says otherwise is wrong):
 
-* ``emu-binary32`` — binary32 products and round-to-nearest sums in the spec's sequential order;
+* ``emu-binary32`` — binary32 products and round-to-nearest sums, folded sequentially along each
+  GEMM's inner dimension: the spec's order for the weight and bias gradients; the input
+  gradient's folds run tap by tap, ``(di, dj, o)``, where the spec's run ``(o, di, dj)``, so
+  that gradient can get ``order``;
 * ``emu-blocked-L`` (any block length ``L >= 2``; ``emu-blocked-8`` is listed) — each block of
   ``L`` consecutive products summed in binary32, the block sums added in turn: a K-split GEMM.
   Its rounding differs from the sequential order's (``order`` verdicts), never beyond
@@ -166,7 +169,7 @@ def emulated_backends() -> list[Backend]:
     mul32 = _mul32
     exact_mul = lambda a, b: a * b  # noqa: E731  (11-bit TF32 significands: exact in float64)
     return [
-        EmulatedBackend("emu-binary32", "binary32 products and sums in the spec's sequential order",
+        EmulatedBackend("emu-binary32", "binary32 products and sums, sequential folds (input gradient tap by tap)",
                         mul32, _add_nearest(BINARY32)),
         blocked_backend(8),
         EmulatedBackend("emu-tf32", "inputs rounded to TF32, exact products, binary32 accumulation",

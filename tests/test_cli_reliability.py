@@ -366,11 +366,16 @@ def test_run_json_is_the_documented_summary(tmp_path, capsys):
     code = main(["run", *SMALL_RUN, "--out", str(out), "--json", "--no-report"])
     doc = json.loads(capsys.readouterr().out)
     assert {"status", "cases", "duration_s", "out", "findings", "cells", "exit_code"} <= set(doc)
-    assert doc["exit_code"] == code == 0 and doc["status"] == "complete" and doc["cases"] == 5
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    judged = {r["case_id"] for r in lines}
+    assert 1 <= len(judged) <= 5  # 5 draws; a draw that repeats a judged case is not judged again
+    assert doc["exit_code"] == code == 0 and doc["status"] == "complete" and doc["cases"] == len(judged)
     assert doc["out"] == str(out) and doc["findings"] == []
     cell = doc["cells"]["nf-binary16"]["grad_bias"]
     assert set(doc["cells"]["nf-binary16"]) == set(GRADIENTS)
-    assert {"cases", "worst_ratio", "worst_ratio_order_free", "counts"} <= set(cell) and cell["counts"]["pass"] == 5
+    assert {"cases", "worst_ratio", "worst_ratio_order_free", "counts"} <= set(cell)
+    asked = {r["case_id"] for r in lines if "grad_bias" in r["requested"]}  # some cases request a subset
+    assert cell["counts"]["pass"] == cell["cases"] == len(asked)
 
 
 def test_run_junit_has_one_testcase_per_backend_and_gradient(tmp_path, capsys):

@@ -218,12 +218,12 @@ def test_the_quick_profile_reaches_shape_gates_it_was_not_tuned_for(tmp_path_fac
 
 
 def test_a_shrunk_finding_keeps_the_largest_case_that_showed_it(tmp_path):
-    campaign = _quick(tmp_path, "emu-tf32@min-channels=32", examples=30, shrink=True, stop_on=frozenset(),
-                      shrink_steps=60)
+    _quick(tmp_path, "emu-tf32@min-channels=32", examples=30, shrink=True, shrink_steps=40)
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     found = [r for r in records if r.get("finding") and r["finding"]["verdict"] == "precision"]
-    assert found and all(r["phase"] == "shrunk" for r in found)
-    kept = [r for r in found if r.get("largest_case")]
+    shrunk = [r for r in found if r["phase"] == "shrunk"]  # the one that stopped it; others stand unshrunk
+    assert len(shrunk) == 1
+    kept = [r for r in shrunk if r.get("largest_case")]
     assert kept, "every reproducer is as large as the largest case: nothing shrank"
     for r in kept:
         big = r["largest_case"]
