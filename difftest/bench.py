@@ -208,6 +208,41 @@ def time_to_precision(names=EMULATIONS, seed: int = 0, profile: str = "quick") -
     return out
 
 
+#: What ``difftest bench --layer fingerprint`` times.
+FINGERPRINT_BACKENDS = ("numpy-float32", "torch-cpu-float32", "onnxruntime-cpu-float32")
+
+
+def fingerprint_times(backends=FINGERPRINT_BACKENDS, layer: str = "resnet50.layer1.0.conv2", size: int = 56) -> list[dict]:
+    """Seconds ``difftest fingerprint`` takes per backend at catalogue ``layer`` (``size×size``,
+    batch 1): the probing and the evidence files written (into a temporary directory), after one
+    warm-up call that loads the library. Backends that cannot run here are left out."""
+    import tempfile
+
+    from . import fingerprint as fp
+    from .backends import get_backend
+    from .backends.base import backward
+    from .catalogue import get_layer
+
+    g = get_layer(layer).geometry(1, size)
+    out = []
+    for name in backends:
+        b = get_backend(name)
+        if not b.availability()[0]:
+            continue
+        warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
+        backward(b, warm.input, warm.weight, warm.grad_output, 1, 1)  # loads the library
+        t0 = time.perf_counter()
+        result = fp.fingerprint(b, g)
+        t1 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            fp.write([result], d)
+            t2 = time.perf_counter()
+        out.append({"backend": name, "layer": layer, "size": size, "seconds": t2 - t0, "probe_s": t1 - t0,
+                    "write_s": t2 - t1, "evidence_files": sum(len(gp.evidence) for gp in result.gradients.values()),
+                    "fingerprint": result.to_dict()["gradients"]})
+    return out
+
+
 def scaling(channels=(8, 16, 32, 64, 128), repeat: int = 1) -> list[dict]:
     """Total time against multiply-adds, 56 × 56, 3 × 3, C -> C channels."""
     out = []

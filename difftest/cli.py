@@ -387,6 +387,8 @@ def cmd_bench(args) -> int:
         doc["jobs"] = bench.jobs_speedup()
     elif args.layer == "emulations":
         doc["emulations"] = bench.time_to_precision(seed=args.seed)
+    elif args.layer == "fingerprint":
+        doc["fingerprint"] = bench.fingerprint_times()
     if args.json:
         print(json.dumps(jsonable(doc), indent=2))
         return EXIT_OK
@@ -405,9 +407,41 @@ def cmd_bench(args) -> int:
         when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
                 if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
         print(f"{row['backend']:<38} {when}")
+    for row in doc.get("fingerprint", []):
+        print(f"{row['backend']:<26} fingerprint {row['seconds']:6.2f} s ({row['probe_s']:.2f} s probing, "
+              f"{row['write_s']:.2f} s writing {row['evidence_files']} evidence files) at {row['layer']}, "
+              f"{row['size']}x{row['size']}")
     for row in doc.get("scaling", []):
         print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
               f"{row['ns_per_mac']:.2f} ns/MAC")
+    return EXIT_OK
+
+
+def cmd_fingerprint(args) -> int:
+    from . import fingerprint as fp
+
+    if args.geometry is not None and args.layer is not None:
+        raise DifftestError("give --geometry or --layer, not both")
+    if args.geometry is not None:
+        geometry = fp.parse_geometry(args.geometry)
+    elif args.layer is not None:
+        geometry = fp.layer_geometry(args.layer)
+    else:
+        geometry = fp.default_geometry()
+    backends = _available_backends(args.backend)
+    out = _prepare_dir(args.out, "--out")
+    prints = []
+    for b in backends:
+        print(f"difftest: fingerprinting {b.name} at input {geometry.input_shape}, weight {geometry.weight_shape}, "
+              f"stride {geometry.stride}, padding {geometry.padding}", file=sys.stderr, flush=True)
+        prints.append(fp.fingerprint(b, geometry))
+    path = fp.write(prints, out)
+    args.exit_code = EXIT_OK
+    if args.json:
+        print(json.dumps(fp.to_json(prints), indent=2))
+    else:
+        print(fp.table(prints))
+        print(f"\nevidence cases (replay with difftest check) and {path.name} in {out}")
     return EXIT_OK
 
 
@@ -561,11 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "speed-up of a campaign in parallel processes, 'emulations' the time the quick "
                                     "profile takes to find precision for each emu-* backend and shape-gated variants.")
     bn.add_argument("--layer", default="resnet50-conv2",
-                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "emulations"],
+                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "emulations", "fingerprint"],
                     help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
                          "small: 8->8, 16x16; scaling: C->C for C = 8..128; jobs: a campaign in one process "
                          "and with --jobs = the cores; emulations: time to the first precision finding of each "
-                         "emu-* backend in the quick profile (no shrinking, stops there)")
+                         "emu-* backend in the quick profile (no shrinking, stops there); fingerprint: the time "
+                         "difftest fingerprint takes per CPU backend at resnet50.layer1.0.conv2, 56x56")
     bn.add_argument("--seed", type=int, default=0, help="campaign seed (--layer emulations)")
     bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
@@ -573,6 +608,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the campaign-rate run checks N cases (bounded by work) instead of --campaign-seconds")
     bn.add_argument("--json", action="store_true", help="print JSON")
     bn.set_defaults(func=cmd_bench)
+
+    f = command("fingerprint", help="infer what arithmetic a backend really does, per gradient, with evidence cases",
+                description="Run crafted probe cases through each backend's conv2d backward and infer, per gradient, "
+                            "the bits its inputs keep, the bits of its running sum, its rounding, FMA, subnormal "
+                            "handling, summation order, determinism and error scaling (null: undecidable). Writes "
+                            "OUT/<backend>/<gradient>-<property>.npz (the evidence of each claim, replayable with "
+                            "difftest check) and OUT/fingerprints.json.")
+    f.add_argument("--backend", action="append", required=True, metavar="NAME", help="backend to fingerprint (repeatable)")
+    f.add_argument("--geometry", metavar="N,C,H,W,O,k,stride,padding",
+                   help="probe at this geometry (default: resnet18.layer1.0.conv1 at 16x16: 64->64, 3x3, stride 1, "
+                        "padding 1, where vendors' fast paths run)")
+    f.add_argument("--layer", metavar="NAME",
+                   help="probe at a catalogue layer (difftest.catalogue), at the largest input size within 20 M "
+                        "multiply-adds per gradient")
+    f.add_argument("--json", action="store_true", help="print the fingerprints as JSON instead of a table")
+    f.add_argument("--out", default="reports/fingerprint", metavar="DIR",
+                   help="where the evidence cases and fingerprints.json go (default reports/fingerprint)")
+    f.set_defaults(func=cmd_fingerprint)
 
     k = command("backends", help="list known backends and whether they can run here")
     k.add_argument("--json", action="store_true", help="print JSON")

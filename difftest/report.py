@@ -315,6 +315,8 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "passed": [o for o in overview if o["worst"] == "pass"],
         "exceeded": exceeded,
         "batch_extension": any(r.batch_extension for r in records),
+        "fingerprints": fingerprint_rows(dirs),
+        "fingerprint_columns": [label for _, label in FINGERPRINT_COLUMNS],
         "fmt": _fmt,
         "ratio": format_ratio,
         "ratios_text": ratios_text,
@@ -322,6 +324,50 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "violations_text": violations_text,
         "worst_text": worst_text,
     }
+
+
+#: The columns of "What each backend computes", from ``fingerprints.json`` (``difftest fingerprint``).
+FINGERPRINT_COLUMNS = (("product_bits", "input bits"), ("accumulator_bits", "sum bits"), ("rounding", "rounding"),
+                       ("fma", "FMA"), ("subnormal_inputs", "subnormal inputs"),
+                       ("subnormal_outputs", "subnormal results"), ("order", "order"),
+                       ("deterministic", "deterministic"), ("error_scaling", "error scaling"))
+
+
+def _fingerprint_cell(claims: dict, key: str) -> str:
+    v = claims.get(key)
+    if key == "order" and v == "blocked" and claims.get("block"):
+        return f"blocked-{claims['block']}"
+    if v is None:
+        return "?"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def fingerprint_rows(dirs: list[Path]) -> list[dict]:
+    """One row per backend × gradient of each directory's ``fingerprints.json`` (written by
+    ``difftest fingerprint --out DIR``): the cells of :data:`FINGERPRINT_COLUMNS` (``?``: the
+    probes cannot decide) and the evidence files. A file that cannot be read is a row saying so."""
+    rows = []
+    for d in dirs:
+        path = Path(d) / "fingerprints.json"
+        if not path.is_file():
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for b in doc["backends"]:
+                g = b.get("geometry", {})
+                shape = (f"input ({g.get('N')}, {g.get('C')}, {g.get('H')}, {g.get('W')}), "
+                         f"{g.get('kH')}×{g.get('kW')}, stride {g.get('stride')}, padding {g.get('padding')}") if g else ""
+                for grad, claims in b["gradients"].items():
+                    rows.append({"backend": b["backend"], "format": b.get("format", ""), "gradient": grad,
+                                 "geometry": shape,
+                                 "cells": [_fingerprint_cell(claims, k) for k, _ in FINGERPRINT_COLUMNS],
+                                 "evidence": sorted((claims.get("evidence") or {}).values())})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            rows.append({"backend": str(path), "format": "", "gradient": "", "geometry": "", "evidence": [],
+                         "cells": [f"unreadable: {type(exc).__name__}"] + [""] * (len(FINGERPRINT_COLUMNS) - 1)})
+    return rows
 
 
 def _worst_ratio(r: ResultRecord) -> float:
