@@ -324,6 +324,15 @@ def cmd_run(args) -> int:
         campaign.run()
     except KeyboardInterrupt:
         interrupted = True
+    if args.fingerprint and not interrupted:
+        from . import fingerprint as fp
+
+        prints = []
+        for b in backends:
+            if not args.quiet:
+                print(f"difftest: fingerprinting {b.name}", file=sys.stderr, flush=True)
+            prints.append(fp.fingerprint(b))
+        fp.write(prints, config.out)  # the report's "what each backend computes"
     records = read_results(config.out)
     info = read_campaign(config.out)
     code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on, expectations)
@@ -539,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "hardware (30 min, nine cases in ten real layers with probes: for GPUs)")
     r.add_argument("--examples", type=int, metavar="N", help="hypothesis examples per search round (default: the profile's)")
     r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
+    r.add_argument("--fingerprint", action="store_true",
+                   help="after the campaign, fingerprint each backend (difftest fingerprint, a few seconds each) into "
+                        "OUT, so the report says what each one computes")
     r.add_argument("--no-shrink", action="store_true",
                    help="keep each finding as the first case that showed it (a GPU finding shrunk to a tiny shape "
                         "may leave the kernel that failed; with shrinking on, the largest such case is kept too)")

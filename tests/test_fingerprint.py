@@ -368,3 +368,13 @@ def test_bench_times_the_fingerprint_per_backend():
     assert row["backend"] == "numpy-float32" and row["seconds"] >= row["probe_s"] > 0
     assert row["evidence_files"] >= 21 and row["fingerprint"]["grad_bias"]["product_bits"] == 24
     assert math.isclose(row["seconds"], row["probe_s"] + row["write_s"])
+
+
+def test_run_fingerprint_puts_what_each_backend_computes_in_the_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--backend", "numpy-float32", "--examples", "3", "--rounds", "1", "--no-database",
+                 "--no-shrink", "--fail-on", "never", "--out", str(out), "--fingerprint", "--quiet"]) == 0
+    doc = json.loads((out / "fingerprints.json").read_text())
+    assert [b["backend"] for b in doc["backends"]] == ["numpy-float32"]
+    assert doc["backends"][0]["gradients"]["grad_input"]["product_bits"] == 24
+    assert "What each backend computes" in (out / "report.html").read_text()
