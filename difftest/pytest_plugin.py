@@ -214,8 +214,9 @@ class CampaignItem(pytest.Item):
             for r in findings(records):
                 f = r.finding
                 if f.gradient == self.gradient and expectations.fails(r, f.gradient, fail_on):
-                    lines.append("shrunk " + finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, out,
-                                                          r.largest_case, r.requested))
+                    text = finding_text(f.backend, f.gradient, r.gradients[f.gradient], r.case_file, out,
+                                        r.largest_case, r.requested)
+                    lines.append(f"{r.phase} {text}")  # shrunk, or unshrunk: the first case that showed it
             raise CampaignFailure("\n".join(lines))
 
     def repr_failure(self, excinfo):

@@ -74,7 +74,7 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
             mine = [r for r in shrunk if r.finding.backend == backend and r.finding.gradient == g
                     and e.fails(r, g, fail_on)]
             for r in mine:
-                lines += ["shrunk " + gradient_text(backend, g, r.gradients[g]),
+                lines += [f"{r.phase} " + gradient_text(backend, g, r.gradients[g]),
                           "    " + finding_text(backend, g, r.gradients[g], r.case_file, replay_dir,
                                                 requested=r.requested).split("\n")[-1].strip()]
                 if r.largest_case:
