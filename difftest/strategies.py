@@ -435,7 +435,7 @@ def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None) -> st.S
         _require(name in LAYERS, "layers", "names of catalogue layers (difftest.catalogue.LAYERS)", name)
     usable = [LAYERS[n] for n in names if largest_size(LAYERS[n], 1, max_macs) is not None]
     _require(bool(usable), "max_macs", "large enough for one catalogue layer at its smallest size", max_macs)
-    classes: dict[tuple[int, int], list] = {}
+    classes: dict[tuple[int, int, int], list] = {}  # (kernel, stride, width class) -> layers
     for layer in usable:
         width = min(layer.C, layer.O)
         classes.setdefault((layer.k, layer.stride, (width >= 32) + (width >= 128)), []).append(layer)
@@ -496,8 +496,9 @@ def _realistic_cases(draw, fmt: Format, geometry: st.SearchStrategy[Geometry]) -
         # any non-empty set of probed folds (shrinking keeps the fewest it can)
         kinds = draw(st.permutations(PROBES[1:]))
         targets = [t for t in GRADIENTS if draw(st.booleans())] or [GRADIENTS[-1]]
-        # grad_input's probe makes δ[n] constant and grad_bias's writes into δ: planted in GRADIENTS
-        # order, a later probe disturbs an earlier one in one channel at most
+        # grad_input's probe makes δ[n] constant, grad_weight's δ[:, first], and grad_bias's writes
+        # patterns into δ: planted in GRADIENTS order, the bias patterns disturb the others' constant
+        # δ in the (at most six) channels they take, and nothing else
         for target in targets:
             first, batch, pos = draw(st.integers(0, 2**16)), draw(st.integers(0, g.N - 1)), draw(st.integers(0, 7))
             width = g.O if target == "grad_bias" else g.C
