@@ -20,6 +20,7 @@ import numpy as np
 
 from .case import Case
 from .estimate import estimate
+from .geometry import Geometry
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,12 @@ class Layer:
     padding: int
 
     @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.N, self.C, self.H, self.H, self.O, self.k, self.k, self.stride, self.padding)
+
+    @property
     def macs(self) -> int:
-        oh = (self.H + 2 * self.padding - self.k) // self.stride + 1
-        return self.N * self.O * self.C * self.k * self.k * oh * oh
+        return self.geometry.macs
 
 
 LAYERS = {
@@ -50,9 +54,8 @@ def make_case(layer: Layer, seed: int = 0) -> Case:
     """Normal float32 values (the spec values are binary32)."""
     rng = np.random.default_rng(seed)
     r = lambda *s: rng.standard_normal(s).astype(np.float32).astype(np.float64)  # noqa: E731
-    oh = (layer.H + 2 * layer.padding - layer.k) // layer.stride + 1
-    return Case(r(layer.N, layer.C, layer.H, layer.H), r(layer.O, layer.C, layer.k, layer.k), r(layer.N, layer.O, oh, oh),
-                stride=layer.stride, padding=layer.padding)
+    g = layer.geometry
+    return Case(r(*g.input_shape), r(*g.weight_shape), r(*g.grad_output_shape), stride=g.stride, padding=g.padding)
 
 
 #: The pipeline's stages, as its results time them (``<stage>_s``). The NF backend's own run

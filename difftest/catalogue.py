@@ -56,9 +56,8 @@ class CatalogueLayer:
 def smallest_size(layer: CatalogueLayer) -> int:
     """The smallest input size at which the kernel still slides (two outputs per axis at least
     when the layer's own size allows it)."""
-    fit = max(1, layer.k - 2 * layer.padding)
-    two_outputs = max(1, layer.k - 2 * layer.padding + layer.stride)
-    return min(layer.H, max(fit, two_outputs))
+    two_outputs = max(1, layer.k - 2 * layer.padding + layer.stride)  # the kernel fits too
+    return min(layer.H, two_outputs)
 
 
 def largest_size(layer: CatalogueLayer, N: int, max_macs: int) -> int | None:

@@ -84,6 +84,11 @@ def legend(verdicts) -> list[str]:
     return [f"{v:<10} {MEANING[v]}" for v in seen]
 
 
+def replay_path(case_file, replay_dir=None) -> str:
+    """A result directory's case file as a path to replay: under ``replay_dir`` when given."""
+    return f"{replay_dir}/{case_file}" if replay_dir else str(case_file)
+
+
 def geometry_text(g: dict) -> str:
     """A geometry (``Geometry.as_dict()``) in one line."""
     return (f"input {g['N']}×{g['C']}×{g['H']}×{g['W']}, weight {g['O']}×{g['C']}×{g['kH']}×{g['kW']}, "
@@ -92,7 +97,7 @@ def geometry_text(g: dict) -> str:
 
 def largest_case_text(largest: dict, backend: str, replay_dir=None) -> str:
     """Where a finding's reproducer was shrunk: the largest searched case that showed it, and its replay."""
-    path = f"{replay_dir}/{largest['case_file']}" if replay_dir else largest["case_file"]
+    path = replay_path(largest["case_file"], replay_dir)
     return (f"largest case that showed it ({geometry_text(largest['geometry'])}): "
             f"{reproduce_command(path, backend)}")
 
@@ -101,7 +106,7 @@ def finding_text(backend: str, gradient: str, gr: GradientResult, case_file, rep
                  largest_case: dict | None = None, requested=GRADIENTS) -> str:
     """A finding in a list: key, ratios, the command that replays it (with the ``requested``
     gradients) and, where the reproducer was shrunk from a larger case, the largest case's replay."""
-    path = f"{replay_dir}/{case_file}" if replay_dir else case_file
+    path = replay_path(case_file, replay_dir)
     text = (f"{backend} {gradient}: {gr.verdict}, {ratios_text(gr)}\n"
             f"    reproduce: {reproduce_command(path, backend, requested)}")
     if largest_case:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .expectations import Expectations
 from .explain import (RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, largest_case_text, plural,
-                      reproduce_command)
+                      replay_path, reproduce_command)
 from .geometry import GRADIENTS
 from .outcome import ResultRecord, jsonable
 from .results import findings, summarize
@@ -57,7 +57,7 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
         props = ET.SubElement(suite, "properties")
         for k, v in properties.items():
             ET.SubElement(props, "property", name=str(k), value=str(v))
-    shrunk = findings(records)
+    found = findings(records)
     for backend, row in table.items():
         for g in GRADIENTS:
             tc = ET.SubElement(suite, "testcase", classname=f"difftest.{backend}", name=g)
@@ -71,7 +71,7 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
                 ET.SubElement(tc, "system-out").text = summary
                 continue
             lines = [summary]
-            mine = [r for r in shrunk if r.finding.backend == backend and r.finding.gradient == g
+            mine = [r for r in found if r.finding.backend == backend and r.finding.gradient == g
                     and e.fails(r, g, fail_on)]
             for r in mine:
                 lines += [f"{r.phase} " + gradient_text(backend, g, r.gradients[g]),
@@ -79,13 +79,13 @@ def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, durati
                                                 requested=r.requested).split("\n")[-1].strip()]
                 if r.largest_case:
                     lines.append("    " + largest_case_text(r.largest_case, backend, replay_dir))
-            if not mine:  # no shrunk reproducer (e.g. interrupted): the worst searched case
+            if not mine:  # no finding's reproducer (e.g. interrupted): the worst searched case
                 bad = [r for r in records if r.backend == backend and e.fails(r, g, fail_on)]
                 worst = max(bad, key=lambda r: (SEVERITY[r.gradients[g].verdict], r.gradients[g].max_ratio))
                 lines.append(gradient_text(backend, g, worst.gradients[g]))
                 if worst.case_file:
-                    path = Path(replay_dir) / worst.case_file if replay_dir else worst.case_file
-                    lines.append("    reproduce: " + reproduce_command(path, backend, worst.requested))
+                    lines.append("    reproduce: " + reproduce_command(replay_path(worst.case_file, replay_dir), backend,
+                                                                     worst.requested))
             verdict = worst_verdict(r.gradients[g].verdict for r in records
                                     if r.backend == backend and e.fails(r, g, fail_on))
             failure = ET.SubElement(tc, "failure", type=verdict, message=summary)
