@@ -41,12 +41,13 @@ class Backend(ABC):
 
     @abstractmethod
     def conv2d_backward(
-        self, x: np.ndarray, w: np.ndarray, d: np.ndarray, stride: int, padding: int,
-        gradients: tuple[str, ...] = GRADIENTS,
+        self, x: np.ndarray, w: np.ndarray, d: np.ndarray, stride, padding,
+        gradients: tuple[str, ...] = GRADIENTS, dilation=1, groups: int = 1,
     ) -> dict[str, np.ndarray]:
         """Return the requested ``gradients`` (of ``grad_input``, ``grad_weight``,
         ``grad_bias``) as float64 arrays, computing only those, the way the framework's users
-        would when they ask for only those."""
+        would when they ask for only those. ``stride``, ``padding`` and ``dilation`` are an
+        integer or a pair ``(h, w)``; the weight is ``(O, C/groups, kH, kW)``."""
 
     @property
     def max_finite(self) -> float:
@@ -73,41 +74,79 @@ class Backend(ABC):
         }
 
 
-def accepts_gradients(fn) -> bool:
-    """Whether ``fn`` (a conv2d_backward or a user function) takes a ``gradients`` keyword."""
+def accepts_keyword(fn, name: str) -> bool:
+    """Whether ``fn`` (a conv2d_backward or a user function) takes the keyword ``name``."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a builtin): the old, 5-argument way
         return False
-    return any(p.kind is p.VAR_KEYWORD or (p.name == "gradients" and p.kind is not p.POSITIONAL_ONLY)
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY)
                for p in params)
 
 
+def accepts_gradients(fn) -> bool:
+    """Whether ``fn`` takes a ``gradients`` keyword."""
+    return accepts_keyword(fn, "gradients")
+
+
 @functools.lru_cache(maxsize=None)
-def _class_accepts_gradients(cls: type) -> bool:
-    return accepts_gradients(cls.conv2d_backward)
+def _class_accepts(cls: type, name: str) -> bool:
+    return accepts_keyword(cls.conv2d_backward, name)
 
 
-def backward(backend, x: np.ndarray, w: np.ndarray, d: np.ndarray, stride: int, padding: int,
-             gradients: tuple[str, ...] = GRADIENTS) -> dict:
+def _accepts(backend, name: str) -> bool:
+    """Whether ``backend.conv2d_backward`` takes the keyword ``name`` (a backend wrapping another
+    callable says so itself, with a ``takes(name)`` method)."""
+    takes = getattr(backend, "takes", None)
+    if callable(takes):
+        return bool(takes(name))
+    cls = type(backend)
+    if hasattr(cls, "conv2d_backward"):
+        return _class_accepts(cls, name)
+    return accepts_keyword(backend.conv2d_backward, name)  # a method set on the object itself
+
+
+def backward(backend, x: np.ndarray, w: np.ndarray, d: np.ndarray, stride, padding,
+             gradients: tuple[str, ...] = GRADIENTS, dilation=1, groups: int = 1) -> dict:
     """``backend.conv2d_backward`` for the requested ``gradients``, whatever its signature.
 
     A backend that takes ``gradients`` gets them; one written against the 5-argument signature
     (a plugin, the emulated references) computes all three. Either way the answer holds the
     requested gradients it returned and nothing else (a missing one is the caller's to judge).
-    The signature is read once per class.
+    ``dilation`` and ``groups`` go to a backend that takes them. One that does not gets a
+    grouped convolution one group at a time (groups are independent convolutions, so this is
+    what it would compute), the results joined; a dilated one it cannot compute raises
+    :class:`TypeError`. Signatures are read once per class.
     """
-    cls = type(backend)
-    takes = (_class_accepts_gradients(cls) if hasattr(cls, "conv2d_backward")
-             else accepts_gradients(backend.conv2d_backward))  # a method set on the object itself
-    if takes:
-        out = backend.conv2d_backward(x, w, d, stride, padding, gradients=gradients)
-    else:
-        out = backend.conv2d_backward(x, w, d, stride, padding)
+    if groups != 1 and not _accepts(backend, "groups"):
+        return _group_by_group(backend, x, w, d, stride, padding, gradients, dilation, groups)
+    kwargs = {}
+    if groups != 1:
+        kwargs["groups"] = groups
+    if dilation != 1:
+        if not _accepts(backend, "dilation"):
+            raise TypeError(f"{getattr(backend, 'name', backend)!r} takes no dilation (its conv2d_backward has no "
+                            "dilation keyword), so it cannot compute a dilated convolution")
+        kwargs["dilation"] = dilation
+    if _accepts(backend, "gradients"):
+        kwargs["gradients"] = gradients
+    out = backend.conv2d_backward(x, w, d, stride, padding, **kwargs)
     if not isinstance(out, Mapping):
         raise TypeError(f"{getattr(backend, 'name', backend)!r} returned {type(out).__name__}, "
                         "not a dict of gradients")
     return {g: out[g] for g in gradients if g in out}
+
+
+def _group_by_group(backend, x, w, d, stride, padding, gradients, dilation, groups: int) -> dict:
+    """A grouped convolution as ``groups`` ungrouped ones (each group's channels), joined."""
+    from difftest.geometry import Geometry
+
+    g = Geometry.of(x.shape, w.shape, stride, padding, dilation, groups)
+    parts = [backward(backend, xg, wg, dg, stride, padding, gradients, dilation)
+             for xg, wg, dg in g.split_groups(x, w, d)]
+    axis = {"grad_input": 1, "grad_weight": 0, "grad_bias": 0}
+    return {name: np.concatenate([p[name] for p in parts], axis=axis[name])
+            for name in gradients if all(name in p for p in parts)}
 
 
 def _cpuinfo_field(key: str) -> str:

@@ -84,13 +84,13 @@ def _fold(a: np.ndarray, b: np.ndarray, mul, add, block: int | None = None) -> n
     """``a @ b`` folded sequentially along the inner dimension: ``acc = add(acc, mul(a_k, b_k))``;
     with ``block``, each run of ``block`` products is folded on its own (starting from its first
     product) and added to ``acc`` as one term."""
-    K = a.shape[1]
+    K = a.shape[-1]
     step = K if block is None else block
-    acc = np.zeros((a.shape[0], b.shape[1]))
+    acc = np.zeros(a.shape[:-1] + b.shape[-1:])
     for start in range(0, K, step):
-        part = mul(a[:, start : start + 1], b[start : start + 1, :])
+        part = mul(a[..., start : start + 1], b[..., start : start + 1, :])
         for k in range(start + 1, min(start + step, K)):
-            part = add(part, mul(a[:, k : k + 1], b[k : k + 1, :]))
+            part = add(part, mul(a[..., k : k + 1], b[..., k : k + 1, :]))
         acc = part if start == 0 else add(acc, part)
     return acc
 
@@ -107,10 +107,10 @@ class EmulatedBackend(Backend):
         self.accumulation = description
         self._mul, self._add, self._inputs, self._outputs, self.block = mul, add, inputs, outputs, block
 
-    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
-        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS, dilation=1, groups=1):
+        g = Geometry.of(x.shape, w.shape, stride, padding, dilation, groups)
         x, w, d = (self._inputs(np.asarray(t, dtype=np.float64)) for t in (x, w, d))
-        ops = gemm_operands(x, w, d, g)
+        ops = gemm_operands(x, w, d, g, gradients)
         with np.errstate(over="ignore", invalid="ignore"):
             return {name: self._outputs(gemm_result_to_gradient(
                 name, _fold(*ops[name], self._mul, self._add, self.block), g)) for name in gradients}
@@ -131,21 +131,23 @@ class FFTBackend(Backend):
     accumulation = "FFT convolution in binary32 (numpy's float32 FFT); bias: numpy's float32 sum"
     description = "Conv2D backward through binary32 FFTs: errors scale with the tensor's norm"
 
-    def conv2d_backward(self, x, w, d, stride, padding):
-        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
-        s, p = g.stride, g.padding
-        hp, wp = g.H + 2 * p, g.W + 2 * p
+    def conv2d_backward(self, x, w, d, stride, padding, dilation=1):
+        """One group (grouped cases come group by group, :func:`~difftest.backends.base.backward`)."""
+        g = Geometry.of(x.shape, w.shape, stride, padding, dilation)
+        (sh, sw), (ph, pw), (dh, dw) = (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw)
+        hp, wp = g.H + 2 * ph, g.W + 2 * pw
         xp = np.zeros((g.N, g.C, hp, wp), dtype=np.float32)
-        xp[:, :, p : p + g.H, p : p + g.W] = x
+        xp[:, :, ph : ph + g.H, pw : pw + g.W] = x
         du = np.zeros((g.N, g.O, hp, wp), dtype=np.float32)  # δ spread over the stride grid
-        du[:, :, : (g.out_h - 1) * s + 1 : s, : (g.out_w - 1) * s + 1 : s] = d
-        wk = np.zeros((g.O, g.C, hp, wp), dtype=np.float32)
-        wk[:, :, : g.kH, : g.kW] = w
+        du[:, :, : (g.out_h - 1) * sh + 1 : sh, : (g.out_w - 1) * sw + 1 : sw] = d
+        wk = np.zeros((g.O, g.C, hp, wp), dtype=np.float32)  # the kernel spread over the dilation grid
+        taps_h, taps_w = slice(0, (g.kH - 1) * dh + 1, dh), slice(0, (g.kW - 1) * dw + 1, dw)
+        wk[:, :, taps_h, taps_w] = w
         fx, fd, fw = (np.fft.rfft2(t) for t in (xp, du, wk))
-        # grad_weight[o, c] = Σ_n corr(δ_up[n, o], x_pad[n, c]) at lags below the kernel size
-        gw = np.fft.irfft2(np.einsum("nohw,nchw->ochw", np.conj(fd), fx), s=(hp, wp))[:, :, : g.kH, : g.kW]
+        # grad_weight[o, c] = Σ_n corr(δ_up[n, o], x_pad[n, c]) at the kernel's (dilated) lags
+        gw = np.fft.irfft2(np.einsum("nohw,nchw->ochw", np.conj(fd), fx), s=(hp, wp))[:, :, taps_h, taps_w]
         # grad_input_pad[n, c] = Σ_o δ_up[n, o] * w[o, c] (full convolution), cropped to the input
-        gi = np.fft.irfft2(np.einsum("nohw,ochw->nchw", fd, fw), s=(hp, wp))[:, :, p : p + g.H, p : p + g.W]
+        gi = np.fft.irfft2(np.einsum("nohw,ochw->nchw", fd, fw), s=(hp, wp))[:, :, ph : ph + g.H, pw : pw + g.W]
         gb = np.asarray(d, dtype=np.float32).sum(axis=(0, 2, 3))
         return {"grad_input": gi.astype(np.float32).astype(np.float64),
                 "grad_weight": gw.astype(np.float32).astype(np.float64),
@@ -196,9 +198,9 @@ GATES = {
     "out-channels": lambda g, grad: g.O,
     "kernel": lambda g, grad: max(g.kH, g.kW),
     "image": lambda g, grad: min(g.H, g.W),
-    "stride": lambda g, grad: g.stride,
+    "stride": lambda g, grad: max(g.sh, g.sw),
     "batch": lambda g, grad: g.N,
-    "reduction": lambda g, grad: gemm_shape(grad, g)[1],
+    "reduction": lambda g, grad: gemm_shape(grad, g)[2],
 }
 
 _CONDITION = re.compile(r"(min|max)-([a-z-]+)=(\d+)")
@@ -237,14 +239,14 @@ class GatedBackend(Backend):
         return all((GATES[x](g, gradient) >= v) if side == "min" else (GATES[x](g, gradient) <= v)
                    for side, x, v in self.gates)
 
-    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS, dilation=1, groups=1):
         from .base import backward
 
-        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
+        g = Geometry.of(x.shape, w.shape, stride, padding, dilation, groups)
         inner = tuple(grad for grad in gradients if self.opens(g, grad))
         outer = tuple(grad for grad in gradients if grad not in inner)
-        fast = backward(self.inner, x, w, d, stride, padding, inner) if inner else {}
-        slow = backward(self.fallback, x, w, d, stride, padding, outer) if outer else {}
+        fast = backward(self.inner, x, w, d, stride, padding, inner, dilation, groups) if inner else {}
+        slow = backward(self.fallback, x, w, d, stride, padding, outer, dilation, groups) if outer else {}
         return {**fast, **slow}
 
     def availability(self):

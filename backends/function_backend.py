@@ -7,7 +7,7 @@ import numpy as np
 from difftest.formats import Format, get_format
 from difftest.geometry import GRADIENTS
 
-from .base import Backend, accepts_gradients
+from .base import Backend, accepts_keyword
 
 
 class FunctionBackend(Backend):
@@ -17,8 +17,10 @@ class FunctionBackend(Backend):
     any real dtype (or anything ``numpy.asarray`` takes), as a tuple or as a dict with the
     gradient names. A function that takes a ``gradients`` keyword is told which gradients are
     requested (a tuple in ``GRADIENTS`` order) and may leave the others out (``None`` in the
-    tuple); one that does not is called with five arguments. Only the requested gradients are
-    returned. ``name`` defaults to the function's name.
+    tuple); one that does not is called with five arguments. A function taking ``dilation`` and
+    ``groups`` keywords is given them; a grouped case reaches one that does not group by group,
+    and a dilated one gives ``error``. Only the requested gradients are returned. ``name``
+    defaults to the function's name.
     """
 
     def __init__(self, fn, format: Format | str, name: str | None = None):
@@ -29,13 +31,16 @@ class FunctionBackend(Backend):
         self.name = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         self.accumulation = "unknown (a user function)"
         self.description = f"the function {self.name}, claiming {self.format.name}"
-        self._takes_gradients = accepts_gradients(fn)
 
-    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
-        if self._takes_gradients:
-            out = self.fn(x, w, d, stride, padding, gradients=gradients)
-        else:
-            out = self.fn(x, w, d, stride, padding)
+    def takes(self, name: str) -> bool:
+        """Whether the function takes the keyword ``name`` (``gradients``, ``dilation``, ``groups``)."""
+        return accepts_keyword(self.fn, name)
+
+    def conv2d_backward(self, x, w, d, stride, padding, **keywords):
+        """The function, given the keywords it takes (:func:`difftest.backends.base.backward`
+        passes only those)."""
+        gradients = keywords.get("gradients", GRADIENTS)
+        out = self.fn(x, w, d, stride, padding, **keywords)
         if not isinstance(out, dict):
             try:
                 out = dict(zip(GRADIENTS, out, strict=True))

@@ -26,9 +26,9 @@ class NFBackend(Backend):
         """The NF model has no overflow: it holds every value of its format."""
         return math.inf
 
-    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS, dilation=1, groups=1):
         """Only the requested folds run (each is independent of the others)."""
-        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
+        g = Geometry.of(x.shape, w.shape, stride, padding, dilation, groups)
         rt = RuntimeInputs(self.format, x, w, d, 0.0, 0.0, 0.0, rounded=False)
         return {name: value for name, (value, _) in replay(rt, g, gradients).items()}
 

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import CaseFileError, InvalidCase, NotRepresentable, UnsupportedFormat
 from .formats import BINARY32, Format, get_format
 from .fparith import add_up
-from .geometry import GRADIENTS, Geometry, gradient_subset
+from .geometry import GRADIENTS, Geometry, axis_pair, compact, gradient_subset
 
 #: Largest magnitude a case value may have. The model has no overflow; the vectorised engine
 #: emulates it in float64, whose range must hold every product and partial sum.
@@ -54,14 +54,16 @@ class Case:
     input: np.ndarray
     weight: np.ndarray
     grad_output: np.ndarray
-    stride: int = 1
-    padding: int = 0
+    stride: "int | tuple[int, int]" = 1
+    padding: "int | tuple[int, int]" = 0
     format: Format = BINARY32
     eps_input: float = 0.0
     eps_weight: float = 0.0
     eps_grad_output: float = 0.0
     round_inputs: bool = False
     gradients: tuple[str, ...] = GRADIENTS
+    dilation: "int | tuple[int, int]" = 1
+    groups: int = 1
     geometry: Geometry = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,12 +82,13 @@ class Case:
             if not (math.isfinite(v) and v >= 0):
                 raise InvalidCase(f"{name} must be finite and >= 0, got {v}")
             object.__setattr__(self, name, v)
-        for name in ("stride", "padding"):
-            v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or int(v) != v:
-                raise InvalidCase(f"{name} must be an integer, got {v!r}")
-            object.__setattr__(self, name, int(v))
-        object.__setattr__(self, "geometry", _geometry_of(arrays, self.stride, self.padding))
+        for name, minimum in (("stride", 1), ("padding", 0), ("dilation", 1)):
+            object.__setattr__(self, name, compact(axis_pair(name, getattr(self, name), minimum)))
+        v = self.groups
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < 1:
+            raise InvalidCase(f"groups must be an integer >= 1, got {v!r}")
+        object.__setattr__(self, "groups", int(v))
+        object.__setattr__(self, "geometry", _geometry_of(arrays, self.stride, self.padding, self.dilation, self.groups))
         # The case's own format must hold its values (or round them, with --round-inputs).
         self.runtime(self.format)
 
@@ -144,19 +147,24 @@ class Case:
         return self.gradients == GRADIENTS
 
     def save(self, path: str | Path) -> Path:
-        """Write the reproducer ``.npz`` (arrays, stride, padding, format, eps, and ``gradients``
-        — a string array — only when not all three are requested)."""
+        """Write the reproducer ``.npz`` (arrays, stride, padding, format, eps; ``gradients`` — a
+        string array — only when not all three are requested; ``dilation`` and ``groups`` only
+        when not 1). A per-axis stride, padding or dilation is an array ``[h, w]``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         subset = {} if self.all_gradients else {"gradients": np.array(self.gradients)}
+        if self.dilation != 1:
+            subset["dilation"] = np.array(self.dilation, dtype=np.int64)
+        if self.groups != 1:
+            subset["groups"] = np.int64(self.groups)
         with open(path, "wb") as f:
             np.savez(
                 f,
                 input=self.input,
                 weight=self.weight,
                 grad_output=self.grad_output,
-                stride=np.int64(self.stride),
-                padding=np.int64(self.padding),
+                stride=np.array(self.stride, dtype=np.int64),
+                padding=np.array(self.padding, dtype=np.int64),
                 format=np.str_(self.format.name),
                 eps_input=np.float64(self.eps_input),
                 eps_weight=np.float64(self.eps_weight),
@@ -191,12 +199,15 @@ class Case:
         if missing:
             raise CaseFileError(
                 f"{path} lacks {', '.join(missing)}; a case file holds arrays input, weight, "
-                "grad_output and scalars stride, padding (optional: format, eps_input, "
-                "eps_weight, eps_grad_output, gradients)"
+                "grad_output and stride, padding (an integer or a pair [h, w]; optional: dilation, "
+                "groups, format, eps_input, eps_weight, eps_grad_output, gradients)"
             )
         kwargs = {name: data[name] for name in TENSORS}
-        for name in ("stride", "padding"):
-            kwargs[name] = _scalar(path, name, data[name], int)
+        for name in ("stride", "padding", "dilation"):
+            if name in data:
+                kwargs[name] = _axis_value(path, name, data[name])
+        if "groups" in data:
+            kwargs["groups"] = _scalar(path, "groups", data["groups"], int)
         for name in EPS_NAMES.values():
             if name in data:
                 kwargs[name] = _scalar(path, name, data[name], float)
@@ -217,6 +228,8 @@ class Case:
                  f"{self.eps_grad_output!r}|{self.round_inputs}".encode())
         if not self.all_gradients:
             h.update(f"|gradients={','.join(self.gradients)}".encode())
+        if not self.geometry.plain:
+            h.update(f"|dilation={self.dilation}|groups={self.groups}".encode())
         for name in TENSORS:
             a = getattr(self, name)
             h.update(repr(a.shape).encode())
@@ -227,7 +240,8 @@ class Case:
         """Shapes and settings, not the arrays (a real layer's case has millions of values)."""
         g = self.geometry
         subset = "" if self.all_gradients else f", gradients={self.gradients}"
-        return (f"Case(input {g.input_shape}, weight {g.weight_shape}, stride={self.stride}, padding={self.padding}, "
+        general = "" if g.plain else f", dilation={self.dilation}, groups={self.groups}"
+        return (f"Case(input {g.input_shape}, weight {g.weight_shape}, stride={self.stride}, padding={self.padding}{general}, "
                 f"format={self.format.name}{subset}, case_id={self.case_id})")
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -245,6 +259,7 @@ class Case:
             "round_inputs": self.round_inputs,
             "gradients": list(self.gradients),
             "batch_extension": self.geometry.N > 1,
+            "extensions": list(self.geometry.extensions),
         }
 
 
@@ -278,20 +293,22 @@ def _as_float64(name: str, value) -> np.ndarray:
 _LAYOUT = {"input": "N, C, H, W", "weight": "O, C, kH, kW", "grad_output": "N, O, out_h, out_w"}
 
 
-def _geometry_of(arrays: dict[str, np.ndarray], stride: int, padding: int) -> Geometry:
+def _geometry_of(arrays: dict[str, np.ndarray], stride, padding, dilation, groups: int) -> Geometry:
     N, C, H, W = arrays["input"].shape
     O, C2, kH, kW = arrays["weight"].shape
-    if C2 != C:
+    if C % groups or O % groups:
+        raise InvalidCase(f"groups={groups} must divide both the input channels C={C} and the output channels O={O}")
+    if C2 * groups != C:
+        per_group = f" (C/groups with groups={groups})" if groups != 1 else ""
         raise InvalidCase(
             f"weight has {C2} input channels (shape {arrays['weight'].shape}) but input has {C} "
-            f"(shape {arrays['input'].shape})"
+            f"(shape {arrays['input'].shape}); the weight's second axis must be {C // groups}{per_group}"
         )
-    g = Geometry(N=N, C=C, H=H, W=W, O=O, kH=kH, kW=kW, stride=stride, padding=padding)
+    g = Geometry(N=N, C=C, H=H, W=W, O=O, kH=kH, kW=kW, stride=stride, padding=padding, dilation=dilation, groups=groups)
     if arrays["grad_output"].shape != g.grad_output_shape:
         raise InvalidCase(
             f"grad_output has shape {arrays['grad_output'].shape}; expected {g.grad_output_shape} "
-            f"(N, O, out_h, out_w) for input {g.input_shape}, weight {g.weight_shape}, "
-            f"stride {stride}, padding {padding}"
+            f"(N, O, out_h, out_w) for input {g.input_shape}, weight {g.weight_shape}, {g.text()}"
         )
     return g
 
@@ -305,6 +322,16 @@ def _gradients(path: Path, value: np.ndarray) -> tuple[str, ...]:
         return gradient_subset(",".join(str(v) for v in np.atleast_1d(value)))
     except InvalidCase as exc:
         raise CaseFileError(f"{path}: {exc}") from None
+
+
+def _axis_value(path: Path, name: str, value: np.ndarray):
+    """A case file's stride, padding or dilation: an integer scalar or an integer pair ``[h, w]``."""
+    if value.ndim == 0:
+        return _scalar(path, name, value, int)
+    if value.shape != (2,) or value.dtype.kind not in "iuf":
+        raise CaseFileError(f"{path}: {name} must be an integer or a pair [h, w] of integers, "
+                            f"got {value.dtype} of shape {value.shape}")
+    return tuple(_scalar(path, name, v, int) for v in value)
 
 
 def _scalar(path: Path, name: str, value: np.ndarray, kind: type):

@@ -126,7 +126,8 @@ def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactT
         return _whole_case(backend, case, "domain", reason, env)
     t0 = time.perf_counter()
     try:
-        out = backward(backend, rt.input, rt.weight, rt.grad_output, case.stride, case.padding, case.gradients)
+        out = backward(backend, rt.input, rt.weight, rt.grad_output, case.stride, case.padding, case.gradients,
+                       case.dilation, case.groups)
         outputs = {}
         for g in case.gradients:
             if g not in out:

@@ -176,14 +176,13 @@ def cmd_check(args) -> int:
 def _print_table(case: Case, results, expected: dict) -> None:
     g = case.geometry
     print(
-        f"case: input {g.input_shape}, weight {g.weight_shape}, stride {g.stride}, padding {g.padding}, "
+        f"case: input {g.input_shape}, weight {g.weight_shape}, {g.text()}, "
         f"format {case.format.name}"
         + (f", eps x/w/δ = {case.eps_input:g}/{case.eps_weight:g}/{case.eps_grad_output:g}" if case.round_inputs or case.eps_input or case.eps_weight or case.eps_grad_output else "")
         + ("" if case.all_gradients else f", requesting only {', '.join(case.gradients)}")
     )
-    if g.N > 1:
-        print("note: batch N > 1: grad_weight/grad_bias bounds fold over (n, i, j), n outermost — "
-              "a documented extension, not a Lean theorem")
+    if g.extensions:
+        print(f"note: {g.extension_note()}")
     if case.round_inputs:
         for fmt in dict.fromkeys(r.format for r in results):
             try:
@@ -219,13 +218,14 @@ def cmd_bounds(args) -> int:
     out = _prepare_file(args.out, "--out")
     arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args))
     with open(out, "wb") as f:
-        np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1))
+        np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1),
+                 extensions=np.array(case.geometry.extensions, dtype=str))
     print(f"wrote {out}: " + ", ".join(f"{g}_{{exact,nf,bound,bound_order_free}}" for g in case.gradients))
     for g in case.gradients:
         print(f"  {g:<12} linf torchlean bound {arrays[g + '_bound'].max():.6g}, "
               f"order-free {arrays[g + '_bound_order_free'].max():.6g}")
-    if case.geometry.N > 1:
-        print("note: batch N > 1: grad_weight/grad_bias bounds are the (n, i, j) fold extension, not a Lean theorem")
+    if case.geometry.extensions:
+        print(f"note: {case.geometry.extension_note()}")
     return EXIT_OK
 
 
@@ -442,7 +442,7 @@ def cmd_fingerprint(args) -> int:
     prints = []
     for b in backends:
         print(f"difftest: fingerprinting {b.name} at input {geometry.input_shape}, weight {geometry.weight_shape}, "
-              f"stride {geometry.stride}, padding {geometry.padding}", file=sys.stderr, flush=True)
+              f"{geometry.text()}", file=sys.stderr, flush=True)
         prints.append(fp.fingerprint(b, geometry))
     path = fp.write(prints, out)
     args.exit_code = EXIT_OK
@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     def case_args(sp):
-        sp.add_argument("case", help="case file (.npz with input, weight, grad_output, stride, padding[, format, eps_*])")
+        sp.add_argument("case", help="case file (.npz with input, weight, grad_output, stride, padding[, dilation, "
+                        "groups, format, eps_*]; stride, padding, dilation: an integer or [h, w])")
         sp.add_argument("--round-inputs", action="store_true",
                         help="round values not representable in a format into it, and add the exact maximal "
                              "rounding error of each tensor to its eps (otherwise such values are an error)")

@@ -51,8 +51,8 @@ class Estimate:
 def estimate(g: Geometry, formats: int = 1) -> Estimate:
     """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats."""
     macs = g.macs
-    cols_x = g.N * g.out_h * g.out_w * g.C * g.kH * g.kW
-    cols_d = g.N * g.H * g.W * g.O * g.kH * g.kW
+    cols_x = g.N * g.out_h * g.out_w * g.C * g.kH * g.kW  # im2col of all groups
+    cols_d = g.N * g.H * g.W * g.O * g.kH * g.kW  # transposed im2col of all groups
     seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_TRANSPOSED_ENTRY * cols_d) * 1e-9
     return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_OPERAND_ENTRY * max(cols_x, cols_d))
 

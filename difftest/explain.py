@@ -90,9 +90,12 @@ def replay_path(case_file, replay_dir=None) -> str:
 
 
 def geometry_text(g: dict) -> str:
-    """A geometry (``Geometry.as_dict()``) in one line."""
-    return (f"input {g['N']}×{g['C']}×{g['H']}×{g['W']}, weight {g['O']}×{g['C']}×{g['kH']}×{g['kW']}, "
-            f"stride {g['stride']}, padding {g['padding']}")
+    """A geometry (``Geometry.as_dict()``, or an older record's without dilation and groups) in one line."""
+    from .geometry import Geometry
+
+    geometry = Geometry.from_dict(g)
+    return (f"input {g['N']}×{g['C']}×{g['H']}×{g['W']}, weight {'×'.join(map(str, geometry.weight_shape))}, "
+            f"{geometry.text()}")
 
 
 def largest_case_text(largest: dict, backend: str, replay_dir=None) -> str:

@@ -114,16 +114,20 @@ def _mul_eps(x, y, prod, ex, ey, p, emin):
 
 @njit(parallel=True, cache=True)
 def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
-    """grad_weight (and, with cols = ones, grad_bias): entries (o, j), steps k over (n, i, j)."""
-    K, M = cols.shape
-    O = drows.shape[0]
+    """grad_weight: entries (o, j), steps k over (n, i, j). ``cols`` is the whole im2col
+    ``(K, C·kH·kW)``; with groups, ``acc_out`` is ``(O, C/G·kH·kW)`` and output channel ``o``
+    reads the columns of its group (``G = cols.shape[1] // acc_out.shape[1]``)."""
+    K = cols.shape[0]
+    O, M = acc_out.shape
+    Og = O // (cols.shape[1] // M)
     for o in prange(O):
+        base = (o // Og) * M
         acc = np.zeros(M)
         e = np.zeros(M)
         for k in range(K):
             d = drows[o, k]
             for j in range(M):
-                x = cols[k, j]
+                x = cols[k, base + j]
                 prod = x * d
                 t = _round(prod, p, emin)
                 a, b = _step(acc[j], e[j], t, _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
@@ -148,54 +152,61 @@ def bias_fold(drows, p, emin, ed, acc_out, e_out):
 
 @njit(parallel=True, cache=True)
 def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
-    """grad_input: entries (n, h, w, c) (``acc_out``/``e_out`` are channels-last, ``wt`` is the
-    weight as ``(O, kH, kW, C)``); the Lean fold over all (o, oi, oj, di, dj), visiting only the
-    contributing steps (slots from :func:`difftest.replay._slots`) and adding each run of ``z``
-    zero steps as ``z·ulp(acc)/2``. The steps of an entry depend on (h, w) only, so the inner
-    loop runs over the channels, contiguous."""
+    """grad_input: entries (n, h, w, c) (``acc_out``/``e_out`` are channels-last ``(N, H, W, C)``,
+    ``wt`` is the weight as ``(O, kH, kW, C/G)``); for each group the Lean fold over all (o, oi,
+    oj, di, dj) of its ``O/G`` output channels, visiting only the contributing steps (slots from
+    :func:`difftest.replay._slots`) and adding each run of ``z`` zero steps as ``z·ulp(acc)/2``.
+    The steps of an entry depend on (h, w) only, so the inner loop runs over the group's
+    channels, contiguous."""
     N, O, oh, ow = d.shape
-    kH, kW, C = wt.shape[1], wt.shape[2], wt.shape[3]
-    H, W = acc_out.shape[1], acc_out.shape[2]
+    kH, kW, Cg = wt.shape[1], wt.shape[2], wt.shape[3]
+    H, W, C = acc_out.shape[1], acc_out.shape[2], acc_out.shape[3]
+    G = C // Cg
+    Og = O // G
     A, B = oi_t.shape[0], oj_t.shape[0]
-    total = O * oh * ow * kH * kW
+    total = Og * oh * ow * kH * kW
     for nh in prange(N * H):
         n = nh // H
         h = nh % H
         for x in range(W):
-            acc = acc_out[n, h, x]
-            e = e_out[n, h, x]
-            acc[:] = 0.0
-            e[:] = 0.0
-            last = -1
-            for o in range(O):
-                for a in range(A):
-                    if not vh[a, h]:
-                        continue
-                    oi = oi_t[a, h]
-                    di = di_t[a, h]
-                    for b in range(B):
-                        if not vw[b, x]:
+            acc_all = acc_out[n, h, x]
+            e_all = e_out[n, h, x]
+            acc_all[:] = 0.0
+            e_all[:] = 0.0
+            for gi in range(G):
+                acc = acc_all[gi * Cg:(gi + 1) * Cg]
+                e = e_all[gi * Cg:(gi + 1) * Cg]
+                last = -1
+                for ol in range(Og):
+                    o = gi * Og + ol
+                    for a in range(A):
+                        if not vh[a, h]:
                             continue
-                        oj = oj_t[b, x]
-                        dj = dj_t[b, x]
-                        idx = (((o * oh + oi) * ow + oj) * kH + di) * kW + dj
-                        z = idx - last - 1
-                        dv = d[n, o, oi, oj]
-                        for c in range(C):
-                            ac = acc[c]
-                            ez = e[c]
-                            if z > 0:
-                                ez += z * _half_ulp_of(ac, p, emin)
-                            wv = wt[o, di, dj, c]
-                            prod = dv * wv
-                            a2, e2 = _step(ac, ez, _round(prod, p, emin), _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
-                            acc[c] = a2
-                            e[c] = e2
-                        last = idx
-            z = total - 1 - last
-            if z > 0:
-                for c in range(C):
-                    e[c] += z * _half_ulp_of(acc[c], p, emin)
+                        oi = oi_t[a, h]
+                        di = di_t[a, h]
+                        for b in range(B):
+                            if not vw[b, x]:
+                                continue
+                            oj = oj_t[b, x]
+                            dj = dj_t[b, x]
+                            idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
+                            z = idx - last - 1
+                            dv = d[n, o, oi, oj]
+                            for c in range(Cg):
+                                ac = acc[c]
+                                ez = e[c]
+                                if z > 0:
+                                    ez += z * _half_ulp_of(ac, p, emin)
+                                wv = wt[o, di, dj, c]
+                                prod = dv * wv
+                                a2, e2 = _step(ac, ez, _round(prod, p, emin), _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
+                                acc[c] = a2
+                                e[c] = e2
+                            last = idx
+                z = total - 1 - last
+                if z > 0:
+                    for c in range(Cg):
+                        e[c] += z * _half_ulp_of(acc[c], p, emin)
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:

@@ -57,8 +57,8 @@ def _q(a: np.ndarray) -> np.ndarray:
 
 
 def padded_read(x: np.ndarray, g: Geometry, n: int, c: int, r: int, q: int) -> Q:
-    """Mirrors ``getAtOrZero`` on ``padMultiChannel``: ``x[n, c, r - p, q - p]`` or exact 0."""
-    r, q = r - g.padding, q - g.padding
+    """Mirrors ``getAtOrZero`` on ``padMultiChannel``: ``x[n, c, r - ph, q - pw]`` or exact 0."""
+    r, q = r - g.ph, q - g.pw
     return Q(x[n, c, r, q]) if 0 <= r < g.H and 0 <= q < g.W else Q(0)
 
 
@@ -81,15 +81,17 @@ def kernel_point(
 ) -> tuple[Q, Q]:
     """Mirrors ``conv2dKernelPointBound``: term ``x̃ ⊗ δ``, step error ``mulEps(x̃, δ, epsX, epsδ)``.
 
-    Padded reads are exact zeros and still steps.
+    Padded reads are exact zeros and still steps. ``c`` is the weight's channel, within the
+    group of ``o``; reads are at ``(i·sh + di·dh, j·sw + dj·dw)`` (extension: dilation,
+    per-axis stride and padding).
     """
-    s = g.stride
+    cin = (o // g.Og) * g.Cg + c
 
     def steps():
         for n in range(g.N):
             for i in range(g.out_h):
                 for j in range(g.out_w):
-                    xv = padded_read(xR, g, n, c, i * s + di, j * s + dj)
+                    xv = padded_read(xR, g, n, cin, i * g.sh + di * g.dh, j * g.sw + dj * g.dw)
                     dv = Q(dR[n, o, i, j])
                     yield nf_mul(fmt, xv, dv), mul_eps(fmt, xv, dv, eps_x, eps_d)
 
@@ -101,19 +103,21 @@ def input_point(
 ) -> tuple[Q, Q]:
     """Mirrors ``conv2dInputPointBound``: folds over **all** ``(o, oi, oj, di, dj)``.
 
-    Matching tuples (``oi·s + di = i + p``, ``oj·s + dj = j + p``) add ``δ ⊗ w`` with
-    ``mulEps(δ, w, epsδ, epsK)``; every other tuple is a zero step with error 0.
+    Matching tuples (``oi·sh + di·dh = i + ph``, ``oj·sw + dj·dw = j + pw``) add ``δ ⊗ w`` with
+    ``mulEps(δ, w, epsδ, epsK)``; every other tuple is a zero step with error 0. ``o`` runs over
+    the output channels of ``c``'s group (each group is the spec).
     """
-    s, p = g.stride, g.padding
+    grp = c // g.Cg
 
     def steps():
-        for o in range(g.O):
+        for ol in range(g.Og):
+            o = grp * g.Og + ol
             for oi in range(g.out_h):
                 for oj in range(g.out_w):
                     for di in range(g.kH):
                         for dj in range(g.kW):
-                            if oi * s + di == i + p and oj * s + dj == j + p:
-                                dv, wv = Q(dR[n, o, oi, oj]), Q(wR[o, c, di, dj])
+                            if oi * g.sh + di * g.dh == i + g.ph and oj * g.sw + dj * g.dw == j + g.pw:
+                                dv, wv = Q(dR[n, o, oi, oj]), Q(wR[o, c - grp * g.Cg, di, dj])
                                 yield nf_mul(fmt, dv, wv), mul_eps(fmt, dv, wv, eps_d, eps_k)
                             else:
                                 yield Q(0), Q(0)
@@ -157,24 +161,25 @@ def gradients_and_bounds(
 def spec_gradients(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict[str, np.ndarray]:
     """The real-valued spec gradients (``conv2d*DerivSpec``) as exact Fractions."""
     X, Wt, D = _q(x), _q(w), _q(d)
-    s, p = g.stride, g.padding
     bias = np.empty(g.bias_shape, dtype=object)
     for (o,) in np.ndindex(*g.bias_shape):
         bias[o] = sum((D[n, o, i, j] for n in range(g.N) for i in range(g.out_h) for j in range(g.out_w)), start=Q(0))
     kernel = np.empty(g.weight_shape, dtype=object)
     for o, c, di, dj in np.ndindex(*g.weight_shape):
+        cin = (o // g.Og) * g.Cg + c
         kernel[o, c, di, dj] = sum(
-            (padded_read(X, g, n, c, i * s + di, j * s + dj) * D[n, o, i, j]
+            (padded_read(X, g, n, cin, i * g.sh + di * g.dh, j * g.sw + dj * g.dw) * D[n, o, i, j]
              for n in range(g.N) for i in range(g.out_h) for j in range(g.out_w)),
             start=Q(0),
         )
     inp = np.empty(g.input_shape, dtype=object)
     for n, c, i, j in np.ndindex(*g.input_shape):
+        grp = c // g.Cg
         inp[n, c, i, j] = sum(
-            (D[n, o, oi, oj] * Wt[o, c, di, dj]
-             for o in range(g.O) for oi in range(g.out_h) for oj in range(g.out_w)
+            (D[n, o, oi, oj] * Wt[o, c - grp * g.Cg, di, dj]
+             for o in range(grp * g.Og, (grp + 1) * g.Og) for oi in range(g.out_h) for oj in range(g.out_w)
              for di in range(g.kH) for dj in range(g.kW)
-             if oi * s + di == i + p and oj * s + dj == j + p),
+             if oi * g.sh + di * g.dh == i + g.ph and oj * g.sw + dj * g.dw == j + g.pw),
             start=Q(0),
         )
     return {"grad_input": inp, "grad_weight": kernel, "grad_bias": bias}

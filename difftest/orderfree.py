@@ -72,7 +72,7 @@ class OrderFree:
 
 def abs_gemm_up(a: np.ndarray, b: np.ndarray, blocks=None) -> np.ndarray:
     """A sure upper bound of ``|a| @ |b|`` from one float64 GEMM (see module docstring)."""
-    k = a.shape[1]
+    k = a.shape[-1]
     if k * 2.0**-53 > 0.25:
         raise ValueError(f"inner dimension {k} too large for the float64 inflation")
     c = blocked_matmul(np.abs(a), np.abs(b), blocks)
@@ -145,7 +145,7 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> di
             (a, b), (ma, mb) = ops[name], ones[name]  # a = δ (transposed im2col), b = w
             out[name] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight, gemm_blocks(name, g))
         else:
-            out[name] = _bias_bound(fmt, ops[name][0], rt.eps_grad_output)
+            out[name] = _bias_bound(fmt, ops[name][0][0], rt.eps_grad_output)
     return {
         name: OrderFree(
             bound=gemm_result_to_gradient(name, of.bound, g),

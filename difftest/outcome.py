@@ -222,6 +222,8 @@ class ResultRecord:
     geometry: dict = field(default_factory=dict)
     phase: str = "search"  # "search": a case the search drew; "shrunk": a finding's minimal reproducer
     batch_extension: bool = False
+    #: :attr:`difftest.geometry.Geometry.extensions` of the case (batch, dilation, per-axis ...).
+    extensions: list = field(default_factory=list)
     seed: int | None = None
     shard: str = "1/1"
     round: int | None = None
@@ -250,6 +252,7 @@ class ResultRecord:
     def of(cls, result: BackendResult, case_id: str, geometry: dict, **context) -> "ResultRecord":
         return cls(case_id=case_id, backend=result.backend, format=result.format, gradients=result.gradients,
                    requested=result.requested, geometry=geometry, batch_extension=geometry.get("N", 1) > 1,
+                   extensions=_extensions(geometry),
                    traceback=result.error or None, **context)
 
     def to_dict(self) -> dict:
@@ -282,3 +285,13 @@ class ResultRecord:
         if d.get("finding"):
             kw["finding"] = FindingKey(**d["finding"])
         return cls(**kw)
+
+
+def _extensions(geometry: dict) -> list:
+    """The extensions of a record's geometry (``Geometry.as_dict()``; ``[]`` where it is partial)."""
+    from .geometry import Geometry
+
+    try:
+        return list(Geometry.from_dict(geometry).extensions)
+    except (KeyError, TypeError, DifftestError):
+        return []

@@ -66,7 +66,8 @@ def mul_eps(fmt: Format, x: np.ndarray, y: np.ndarray, e_x: float, e_y: float) -
 
 
 def bias_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
-    """``conv2dBiasPointBound`` for every output channel; steps over ``(n, i, j)``."""
+    """``conv2dBiasPointBound`` for every output channel; steps over ``(n, i, j)`` (groups
+    change nothing here)."""
     d = grad_output_rows(rt.grad_output, g)
     fold = Fold(rt.format, (g.O,))
     for k in range(d.shape[1]):
@@ -75,49 +76,58 @@ def bias_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
 
 
 def kernel_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
-    """``conv2dKernelPointBound`` for every ``(o, c, di, dj)``; steps over ``(n, i, j)``."""
+    """``conv2dKernelPointBound`` for every ``(o, c, di, dj)``; steps over ``(n, i, j)``. Output
+    channel ``o`` of group ``G_o`` meets the input channels of that group only."""
     fmt = rt.format
-    d = grad_output_rows(rt.grad_output, g)  # (O, K)
+    d = grad_output_rows(rt.grad_output, g).reshape(g.groups, g.Og, -1)  # (G, Og, K)
     cols = im2col(rt.input, g)  # (K, C·kH·kW), padded reads are exact zeros
-    fold = Fold(fmt, (g.O, cols.shape[1]))
-    for k in range(d.shape[1]):
-        x = cols[k][None, :]
-        dv = d[:, k][:, None]
+    cols = cols.reshape(cols.shape[0], g.groups, -1)  # (K, G, Cg·kH·kW)
+    fold = Fold(fmt, (g.groups, g.Og, cols.shape[2]))
+    for k in range(d.shape[2]):
+        x = cols[k][:, None, :]
+        dv = d[:, :, k][:, :, None]
         fold.step(nf_mul(fmt, x, dv), mul_eps(fmt, x, dv, rt.eps_input, rt.eps_grad_output))
     return fold
 
 
-def _slots(n_in: int, n_out: int, k: int, s: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each input row ``h``, the output rows ``oi`` (ascending) with ``oi·s + di = h + p``.
+def _slots(n_in: int, n_out: int, k: int, s: int, p: int, dil: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each input row ``h``, the output rows ``oi`` (ascending) with ``oi·s + di·dil = h + p``
+    for a tap ``0 <= di < k`` (at most one tap per ``oi``).
 
     Returns ``(oi, di, valid)`` shaped ``(slots, n_in)``.
     """
     h = np.arange(n_in)
-    lo = np.maximum(0, -((k - 1 - h - p) // s))  # ceil((h + p - k + 1) / s), at least 0
+    reach = (k - 1) * dil
+    lo = np.maximum(0, -((reach - h - p) // s))  # ceil((h + p - reach) / s), at least 0
     hi = np.minimum(n_out - 1, (h + p) // s)
     count = int(max(0, np.max(hi - lo + 1)))
     oi = lo[None, :] + np.arange(count)[:, None]
-    valid = oi <= hi[None, :]
+    off = h[None, :] + p - oi * s  # di·dil where valid
+    valid = (oi <= hi[None, :]) & (off % dil == 0)
     oi = np.where(valid, oi, 0)
-    di = np.where(valid, h[None, :] + p - oi * s, 0)
+    di = np.where(valid, off // dil, 0)
     return oi, di, valid
 
 
 def input_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
     """``conv2dInputPointBound`` for every ``(n, c, h, w)``.
 
-    The Lean fold runs over all ``(o, oi, oj, di, dj)``. For a fixed entry the contributing
-    tuples, in that lexicographic order, are ``o`` ascending, then ``oi`` ascending, then
-    ``oj`` ascending (``di``, ``dj`` follow); the others are zero steps, added in runs.
+    The Lean fold runs over all ``(o, oi, oj, di, dj)`` of the entry's group (``O/G`` output
+    channels). For a fixed entry the contributing tuples, in that lexicographic order, are ``o``
+    ascending, then ``oi`` ascending, then ``oj`` ascending (``di``, ``dj`` follow: with
+    dilation at most one tap reaches a given input row from a given output row); the others are
+    zero steps, added in runs. All groups fold at once (state ``(N, G, C/G, H, W)``).
     """
-    fmt, s, p = rt.format, g.stride, g.padding
-    d, w = rt.grad_output, rt.weight
-    oi, di, vh = _slots(g.H, g.out_h, g.kH, s, p)
-    oj, dj, vw = _slots(g.W, g.out_w, g.kW, s, p)
-    total = g.O * g.out_h * g.out_w * g.kH * g.kW
-    fold = Fold(fmt, g.input_shape)
+    fmt = rt.format
+    G, Og, Cg = g.groups, g.Og, g.Cg
+    d = rt.grad_output.reshape(g.N, G, Og, g.out_h, g.out_w)
+    w = rt.weight.reshape(G, Og, Cg, g.kH, g.kW)
+    oi, di, vh = _slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
+    total = Og * g.out_h * g.out_w * g.kH * g.kW
+    fold = Fold(fmt, (g.N, G, Cg, g.H, g.W))
     last = np.full((g.H, g.W), -1, dtype=np.int64)  # index of the last step taken, per (h, w)
-    for o in range(g.O):
+    for o in range(Og):
         for a in range(oi.shape[0]):
             for b in range(oj.shape[0]):
                 valid = vh[a][:, None] & vw[b][None, :]  # (H, W)
@@ -127,8 +137,8 @@ def input_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
                 kr, kq = di[a][:, None], dj[b][None, :]
                 idx = (((o * g.out_h + r) * g.out_w + q) * g.kH + kr) * g.kW + kq
                 fold.zero_steps(np.where(valid, idx - last - 1, 0))
-                dv = d[:, o][:, r, q][:, None, :, :]  # (N, 1, H, W)
-                wv = w[o][:, kr, kq][None, :, :, :]  # (1, C, H, W)
+                dv = d[:, :, o][:, :, r, q][:, :, None, :, :]  # (N, G, 1, H, W)
+                wv = w[:, o][:, :, kr, kq][None]  # (1, G, Cg, H, W)
                 fold.step(nf_mul(fmt, dv, wv), mul_eps(fmt, dv, wv, rt.eps_grad_output, rt.eps_weight), where=valid)
                 last = np.where(valid, idx, last)
     fold.zero_steps(total - 1 - last)
@@ -146,12 +156,12 @@ def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndar
 
     last = (g.N, g.H, g.W, g.C)  # channels last: the compiled loop runs over c
     acc, e = np.empty(last), np.empty(last)
-    oi, di, vh = _slots(g.H, g.out_h, g.kH, g.stride, g.padding)
-    oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.stride, g.padding)
+    oi, di, vh = _slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
     kernels.input_fold(np.ascontiguousarray(rt.grad_output), np.ascontiguousarray(rt.weight.transpose(0, 2, 3, 1)),
                        oi, di, vh, oj, dj, vw, rt.format.prec, rt.format.emin, rt.eps_weight, rt.eps_grad_output,
                        acc, e)
-    e = kernels.inflate(e, g.O * oi.shape[0] * oj.shape[0] + 1)
+    e = kernels.inflate(e, g.Og * oi.shape[0] * oj.shape[0] + 1)
     return np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), np.ascontiguousarray(e.transpose(0, 3, 1, 2))
 
 
@@ -160,7 +170,7 @@ def _compiled_kernel(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.nda
 
     d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
     cols = np.ascontiguousarray(im2col(rt.input, g))
-    acc, e = np.empty((g.O, cols.shape[1])), np.empty((g.O, cols.shape[1]))
+    acc, e = np.empty((g.O, g.Cg * g.kH * g.kW)), np.empty((g.O, g.Cg * g.kH * g.kW))
     kernels.kernel_fold(cols, d, rt.format.prec, rt.format.emin, rt.eps_input, rt.eps_grad_output, acc, e)
     return acc.reshape(g.weight_shape), kernels.inflate(e, d.shape[1]).reshape(g.weight_shape)
 

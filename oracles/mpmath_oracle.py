@@ -41,14 +41,14 @@ class MpmathOracle:
     def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry,
                        gradients=GRADIENTS) -> dict[str, ExactTensor]:
         """The exact ``gradients`` (default all three), entry by entry."""
-        s, p = g.stride, g.padding
+        (sh, sw), (ph, pw), (dh, dw), Cg, Og = (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), g.Cg, g.Og
         with mp.workprec(PREC):
             X = np.vectorize(mpf, otypes=[object])(x)
             Wt = np.vectorize(mpf, otypes=[object])(w)
             D = np.vectorize(mpf, otypes=[object])(d)
 
             def x_pad(n, c, r, q):  # getAtOrZero on the padded image
-                r, q = r - p, q - p
+                r, q = r - ph, q - pw
                 return X[n, c, r, q] if 0 <= r < g.H and 0 <= q < g.W else mpf(0)
 
             def bias():
@@ -60,13 +60,13 @@ class MpmathOracle:
             def kernel():
                 return [
                     mp.fsum(
-                        x_pad(n, c, i * s + di, j * s + dj) * D[n, o, i, j]
+                        x_pad(n, (o // Og) * Cg + c, i * sh + di * dh, j * sw + dj * dw) * D[n, o, i, j]
                         for n in range(g.N)
                         for i in range(g.out_h)
                         for j in range(g.out_w)
                     )
                     for o in range(g.O)
-                    for c in range(g.C)
+                    for c in range(Cg)
                     for di in range(g.kH)
                     for dj in range(g.kW)
                 ]
@@ -74,13 +74,13 @@ class MpmathOracle:
             def inp():
                 return [
                     mp.fsum(
-                        D[n, o, oi, oj] * Wt[o, c, di, dj]
-                        for o in range(g.O)
+                        D[n, o, oi, oj] * Wt[o, c % Cg, di, dj]
+                        for o in range((c // Cg) * Og, (c // Cg + 1) * Og)
                         for oi in range(g.out_h)
                         for oj in range(g.out_w)
                         for di in range(g.kH)
                         for dj in range(g.kW)
-                        if oi * s + di == i + p and oj * s + dj == j + p
+                        if oi * sh + di * dh == i + ph and oj * sw + dj * dw == j + pw
                     )
                     for n in range(g.N)
                     for c in range(g.C)

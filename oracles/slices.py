@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import GRADIENTS, Geometry, gemm_blocks, gemm_layouts, gemm_result_to_gradient, gemm_shape
+from difftest.geometry import GRADIENTS, Geometry, block_of, gemm_blocks, gemm_layouts, gemm_result_to_gradient, gemm_shape
 
 
 def slice_width(k: int) -> int:
@@ -52,12 +52,13 @@ def split_digits(a: np.ndarray, b: int) -> tuple[list[np.ndarray], int]:
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray, blocks=None) -> ExactTensor:
-    """The exact product ``a @ b`` of two float64 matrices (``blocks``: see
-    :func:`difftest.geometry.gemm_blocks`; ``a`` must be zero outside them)."""
-    width = slice_width(a.shape[1])
+    """The exact product ``a @ b`` of two float64 matrices, or of two stacks of them (``(G, M,
+    K) @ (G, K, N)``; ``blocks``: see :func:`difftest.geometry.gemm_blocks`, stacks only; ``a``
+    must be zero outside them)."""
+    width = slice_width(a.shape[-1])
     da, qa = split_digits(a, width)
     db, qb = split_digits(b, width)
-    return digit_product(da, qa, db, qb, width, (a.shape[0], b.shape[1]), blocks)
+    return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], blocks)
 
 
 def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, blocks=None) -> ExactTensor:
@@ -68,7 +69,7 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
     if blocks is None:
         parts = [(None, da, db)]
     else:
-        parts = [(rows, [x[np.ix_(rows, cols)] for x in da], [y[cols] for y in db]) for rows, cols in blocks if cols.size]
+        parts = [(rows, [block_of(x, rows, cols) for x in da], [y[:, cols] for y in db]) for rows, cols in blocks if cols.size]
     levels: dict[int, np.ndarray] = {}
     for s in range(len(da)):
         for t in range(len(db)):
@@ -79,7 +80,7 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
                     if rows is None:
                         p = prod
                     else:
-                        p[rows] = prod
+                        p[:, rows] = prod
             if s + t in levels:
                 levels[s + t] += p  # at most ~140 terms below 2^53 each: no int64 overflow
             else:
@@ -88,7 +89,8 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
 
 
 class SlicedExactOracle:
-    """Fast exact spec gradients: three exact GEMMs (see :mod:`difftest.geometry`)."""
+    """Fast exact spec gradients: three exact batched GEMMs, one batch per group (see
+    :mod:`difftest.geometry`)."""
 
     name = "exact"
 
@@ -104,12 +106,12 @@ class SlicedExactOracle:
         layouts = gemm_layouts(x, w, d, g)
         for name in gradients:
             (a, fa), (b, fb) = layouts[name]
-            rows, inner, cols = gemm_shape(name, g)
+            groups, rows, inner, cols = gemm_shape(name, g)
             width = slice_width(inner)
             da, qa = split_digits(a, width)
             db, qb = split_digits(b, width)
             da = [np.ascontiguousarray(fa(t)) for t in da]
             db = [np.ascontiguousarray(fb(t)) for t in db]
-            r = digit_product(da, qa, db, qb, width, (rows, cols), gemm_blocks(name, g))
+            r = digit_product(da, qa, db, qb, width, (groups, rows, cols), gemm_blocks(name, g))
             out[name] = r.map(lambda v, name=name: gemm_result_to_gradient(name, v, g))
         return out

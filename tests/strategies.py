@@ -38,14 +38,23 @@ def spread_values(fmt: Format) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def geometries(draw, max_size: int = 5, max_channels: int = 2, max_batch: int = 2) -> Geometry:
+def geometries(draw, max_size: int = 5, max_channels: int = 2, max_batch: int = 2, general: bool = True) -> Geometry:
+    """Small geometries; with ``general`` half of them draw groups (1-3), dilation (1-2) and a
+    stride and padding per axis (shrinking to TorchLean's plain geometry)."""
     kH, kW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    s, p = draw(st.integers(1, 3)), draw(st.integers(0, 2))
-    H = draw(st.integers(max(1, kH - 2 * p), max(max_size, kH)))
-    W = draw(st.integers(max(1, kW - 2 * p), max(max_size, kW)))
+    wide = general and draw(st.booleans())
+    if wide:
+        sh, sw, ph, pw = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        dh, dw, groups = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    else:
+        (sh, ph), dh, groups = (draw(st.integers(1, 3)), draw(st.integers(0, 2))), 1, 1
+        sw, pw, dw = sh, ph, dh
+    H = draw(st.integers(max(1, dh * (kH - 1) + 1 - 2 * ph), max(max_size, dh * (kH - 1) + 1)))
+    W = draw(st.integers(max(1, dw * (kW - 1) + 1 - 2 * pw), max(max_size, dw * (kW - 1) + 1)))
     return Geometry(
-        N=draw(st.integers(1, max_batch)), C=draw(st.integers(1, max_channels)), H=H, W=W,
-        O=draw(st.integers(1, max_channels)), kH=kH, kW=kW, stride=s, padding=p,
+        N=draw(st.integers(1, max_batch)), C=groups * draw(st.integers(1, max_channels)), H=H, W=W,
+        O=groups * draw(st.integers(1, max_channels)), kH=kH, kW=kW, stride=(sh, sw), padding=(ph, pw),
+        dilation=(dh, dw), groups=groups,
     )
 
 
@@ -62,4 +71,4 @@ def cases(draw, fmt: Format, values=None, eps: bool = False, **geo) -> Case:
         e = st.one_of(st.just(0.0), st.floats(0, 1e-3), st.sampled_from([2.0**-30, 1.0]))
         kw = {"eps_input": draw(e), "eps_weight": draw(e), "eps_grad_output": draw(e)}
     return Case(arr(g.input_shape), arr(g.weight_shape), arr(g.grad_output_shape),
-                stride=g.stride, padding=g.padding, format=fmt, **kw)
+                format=fmt, **g.conv_kwargs(), **kw)

@@ -112,8 +112,8 @@ def test_corrupt_incomplete_and_malformed_files_get_clear_errors(tmp_path):
     x, w, d = arrays()
     with pytest.raises(CaseFileError, match="lacks grad_output, padding"):
         Case.load(_write(tmp_path / "inc.npz", input=x, weight=w, stride=1))
-    with pytest.raises(CaseFileError, match="stride must be a scalar"):
-        Case.load(_write(tmp_path / "s.npz", input=x, weight=w, grad_output=d, stride=[1, 1], padding=0))
+    with pytest.raises(CaseFileError, match=r"stride must be an integer or a pair \[h, w\]"):
+        Case.load(_write(tmp_path / "s.npz", input=x, weight=w, grad_output=d, stride=[1, 1, 1], padding=0))
     with pytest.raises(CaseFileError, match="not a readable case file"):
         Case.load(_write(tmp_path / "o.npz", input=np.array([object()]), weight=w, grad_output=d, stride=1, padding=0))
     truncated = tmp_path / "trunc.npz"

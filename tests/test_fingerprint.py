@@ -104,9 +104,9 @@ class ReversedFold(Backend):
     format = BINARY32
 
     def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
-        g = Geometry(*x.shape, w.shape[0], w.shape[2], w.shape[3], stride, padding)
-        ops = gemm_operands(x, w, d, g, gradients)
-        return {n: gemm_result_to_gradient(n, _fold(a[:, ::-1], b[::-1, :], _mul32, _add_nearest(BINARY32)), g)
+        g = Geometry.of(x.shape, w.shape, stride, padding)
+        ops = gemm_operands(x, w, d, g, gradients)  # batched: (groups, rows, inner) @ (groups, inner, cols)
+        return {n: gemm_result_to_gradient(n, _fold(a[..., ::-1], b[..., ::-1, :], _mul32, _add_nearest(BINARY32)), g)
                 for n, (a, b) in ops.items()}
 
 

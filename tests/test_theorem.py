@@ -44,7 +44,7 @@ def unrounded_cases(draw, fmt):
     el = st.floats(-4, 4, allow_nan=False) | st.floats(-1e-6, 1e-6)
     arr = lambda shape: draw(hnp.arrays(np.float64, shape, elements=el))  # noqa: E731
     return Case(arr(g.input_shape), arr(g.weight_shape), arr(g.grad_output_shape),
-                stride=g.stride, padding=g.padding, format=fmt, round_inputs=True)
+                format=fmt, round_inputs=True, **g.conv_kwargs())
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f is not BINARY64], ids=lambda f: f.name)
