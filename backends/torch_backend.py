@@ -71,6 +71,14 @@ def tf32_flags() -> dict:
     return {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
+def _arg(v):
+    """An integer or a pair ``(h, w)`` (a list from a case file, numpy integers) as the plain
+    ``int`` or ``tuple`` of ints that ``conv2d``'s signature names."""
+    if isinstance(v, (tuple, list, np.ndarray)):
+        return tuple(int(a) for a in v)
+    return int(v)
+
+
 class TorchBackend(Backend):
     """Conv2D forward with autograd, then ``backward(grad_output)``; the gradients of input,
     weight and bias are what a training step would use."""
@@ -105,9 +113,11 @@ class TorchBackend(Backend):
     def version(self) -> str:
         return _torch().__version__
 
-    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS, dilation=1, groups=1):
         """Input, weight and the (zero) bias require grad exactly where their gradient is
-        requested, so autograd runs the kernels a training step asking for those runs."""
+        requested, so autograd runs the kernels a training step asking for those runs.
+        ``stride``, ``padding`` and ``dilation`` (an integer or a pair ``(h, w)``: torch takes
+        per-axis pairs) and ``groups`` go to ``conv2d``; the weight is ``(O, C/groups, kH, kW)``."""
         torch = _torch()
         dtype = getattr(torch, self.dtype_name)
         tensors = []
@@ -123,7 +133,8 @@ class TorchBackend(Backend):
         for name in gradients:
             leaves[name].requires_grad_(True)
         with cudnn_tf32(self.tf32):
-            y = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=padding)
+            y = torch.nn.functional.conv2d(xt, wt, bt, stride=_arg(stride), padding=_arg(padding),
+                                           dilation=_arg(dilation), groups=int(groups))
             y.backward(dt)
             if self.device == "cuda":
                 torch.cuda.synchronize()
