@@ -58,24 +58,17 @@ def _mag(v):
 
 
 @njit(inline="always")
-def _half_ulp(mag, is_zero, p, emin):
-    q = max(mag - p, emin)
-    if is_zero:
-        q = emin
-    return _pow2(q - 1)
-
-
-@njit(inline="always")
 def _half_ulp_of(v, p, emin):
-    """ulp(v)/2 of a float64 value (exact real) of the format's range."""
-    return _half_ulp(_mag(v) if v != 0.0 else 0, v == 0.0, p, emin)
+    """ulp(v)/2 of a float64 value (exact real) of the format's range. Branch-free (the loops
+    over entries vectorise): zero's exponent field gives ``mag = -1022``, below any ``emin``
+    here, so ``q = emin`` as the zero case wants."""
+    return _pow2(max(_mag(v) - p, emin) - 1)
 
 
 @njit(inline="always")
 def _round(x, p, emin):
-    """Round a float64 (an exact real) to the format, ties to even."""
-    if x == 0.0:
-        return 0.0
+    """Round a float64 (an exact real) to the format, ties to even. Branch-free: zero has
+    ``q = emin`` (see :func:`_half_ulp_of`) and rounds to zero."""
     q = max(_mag(x) - p, emin)
     y = x * _pow2(-q)
     r = (y + _C) - _C
@@ -88,18 +81,18 @@ def _step(acc, e, t, e_t, p, emin):
     s = acc + t
     bb = s - acc
     err = (acc - (s - bb)) + (t - bb)
-    if s == 0.0:
-        return 0.0, e + e_t + _pow2(emin - 1)
+    # branch-free (selects): an exact zero sum has m = -1022, so q = emin, y = r = 0 and the
+    # bound gains ulp(0)/2 = 2^(emin-1), as addEps wants
     bits = _f2i(s)
     m = ((bits >> 52) & 0x7FF) - 1022
-    carried = 1 if ((bits & _MANT) == 0 and err != 0.0 and ((err < 0.0) != (s < 0.0))) else 0
+    carried = ((bits & _MANT) == 0) & (err != 0.0) & ((err < 0.0) != (s < 0.0))
     e = e + e_t + _pow2(max(m - carried - p, emin) - 1)
     q = max(m - p, emin)
     y = s * _pow2(-q)
     r = (y + _C) - _C
     fl = r if r <= y else r - 1.0
-    if err != 0.0 and y - fl == 0.5:
-        r = fl + 1.0 if err > 0.0 else fl
+    tie = (err != 0.0) & (y - fl == 0.5)
+    r = (fl + 1.0 if err > 0.0 else fl) if tie else r
     return r * _pow2(q), e
 
 

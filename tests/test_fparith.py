@@ -122,3 +122,17 @@ def test_compiled_step_rounds_the_exact_sum_once_and_adds_its_half_ulp(fmt, data
         assert Fraction(acc) == fmt.round(exact), (x, y)
         assert Fraction(e) == fmt.ulp(exact) / 2
         assert Fraction(_round(x * y, fmt.prec, fmt.emin)) == fmt.round(Fraction(x) * Fraction(y))
+
+
+@pytest.mark.parametrize("fmt", COMPILED, ids=lambda f: f.name)
+def test_the_branch_free_step_handles_exact_zeros(fmt):
+    """The compiled step has no branch for zero: an exact zero sum (cancellation, or 0 + 0) must
+    still round to 0 and add ulp(0)/2 = 2^(emin-1), and zero rounds to zero."""
+    from difftest.kernels import _half_ulp_of, _round, _step
+
+    tiny = float(fmt.ulp(Fraction(0)))
+    for x in (0.0, 1.0, -3.5, tiny, -tiny):
+        acc, e = _step(x, tiny, -x, tiny / 2, fmt.prec, fmt.emin)  # e values of ulp(0)'s scale: exact sums
+        assert acc == 0.0 and Fraction(e) == 2 * fmt.ulp(Fraction(0))
+    assert _round(0.0, fmt.prec, fmt.emin) == 0.0 and _round(-0.0, fmt.prec, fmt.emin) == 0.0
+    assert Fraction(_half_ulp_of(0.0, fmt.prec, fmt.emin)) == fmt.ulp(Fraction(0)) / 2
