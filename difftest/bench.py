@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -278,3 +279,98 @@ def print_layer(r: dict, out=None) -> None:
     e = r["estimate"]
     print(f"  estimated before judging (difftest.estimate): {e['seconds']:.2f} s, {e['peak_mib']:.0f} MiB peak "
           "(the process's RSS above includes the imported libraries)", file=out)
+
+
+#: The stages of a whole-model check, and how each is counted from its results' ``timings``:
+#: the exact spec once per layer, the NF model and bounds once per layer and format, the backend
+#: and the comparison once per layer and backend.
+MODEL_STAGES = (("exact_spec", "exact_s", "layer"), ("nf_and_torchlean", "nf_and_torchlean_s", "format"),
+                ("order_free", "order_free_s", "format"), ("backend", "backend_s", "backend"),
+                ("comparison", "comparison_s", "backend"))
+
+
+def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 224, 224), seed: int = 0,
+                layers: str | None = None, progress=None, max_memory="auto") -> dict:
+    """The cost of ``difftest model``: one whole-model check (every ``nn.Conv2d``, three
+    gradients) judged by ``backends``, its stages summed over the layers, its peak memory and
+    its ratio to torch's own float64 forward and backward of the whole model in this process.
+
+    Peak memory is the process's peak resident set size (``getrusage`` ``ru_maxrss``): the
+    model, the captured arrays, the libraries and the judgement together, over the process's
+    life (run it in a fresh process, as ``difftest bench --model`` does)."""
+    import tempfile
+
+    from .backends import get_backend
+    from .model import check_model, load_model, torch_seconds
+
+    bs = [get_backend(b) if isinstance(b, str) else b for b in backends]
+    warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
+    from .check import check_case
+
+    check_case(warm, bs)  # loads (or compiles) the folds and the libraries
+    with tempfile.TemporaryDirectory() as d:
+        result = check_model(spec, bs, input_shape, layers=layers, seed=seed, out=Path(d) / "model", progress=progress,
+                             max_memory=max_memory)
+    stages = {name: 0.0 for name, _, _ in MODEL_STAGES}
+    rows = []
+    for layer in result.layers:
+        if layer.skipped:
+            rows.append({"name": layer.name, "skipped": layer.skipped})
+            continue
+        formats_seen = set()
+        for r in layer.results:
+            for name, key, per in MODEL_STAGES:
+                if per == "backend" or (per == "format" and r.format not in formats_seen) or \
+                        (per == "layer" and r is layer.results[0]):
+                    stages[name] += r.timings.get(key, 0.0)
+            formats_seen.add(r.format)
+        g = layer.geometry
+        rows.append({"name": layer.name, "geometry": g.as_dict(), "groups": g.groups, "macs": g.macs,
+                     "seconds": layer.seconds, "ns_per_mac": 1e9 * layer.seconds / g.macs,
+                     "estimate_s": layer.estimate.seconds if layer.estimate else None})
+    judged = [r for r in rows if "skipped" not in r]
+    stages["capture"] = result.capture_s
+    stages["other"] = max(0.0, result.seconds - result.capture_s - sum(r["seconds"] for r in judged))
+    model = load_model(spec, seed)
+    t_torch = torch_seconds(model, input_shape, seed)
+    return {
+        "model": spec,
+        "input_shape": list(input_shape),
+        "backends": [b.name for b in bs],
+        "convolutions": result.convolutions,
+        "layers_judged": len(judged),
+        "macs_per_gradient": sum(r["macs"] for r in judged),
+        "seconds": {**stages, "total": result.seconds},
+        "estimate_s": sum(r["estimate_s"] or 0.0 for r in judged),
+        "torch_float64_forward_backward_s": t_torch,
+        "ratio_to_torch": result.seconds / t_torch if t_torch else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_memory_source": "getrusage(RUSAGE_SELF).ru_maxrss: the process's peak resident set size",
+        "verdicts": {v: sum(gr.verdict == v for x in result.layers for r in x.results for gr in r.gradients.values())
+                     for v in ("pass", "order", "precision", "domain", "error")},
+        "layers": rows,
+    }
+
+
+def print_model(r: dict, out=None) -> None:
+    out = out or sys.stdout
+    s = r["seconds"]
+    print(f"{r['model']} at {'×'.join(map(str, r['input_shape']))}: {r['layers_judged']} of {r['convolutions']} "
+          f"convolutions judged by {', '.join(r['backends'])}, {r['macs_per_gradient'] / 1e9:.2f} G multiply-adds per "
+          "gradient, three gradients", file=out)
+    width = max([len(x["name"]) for x in r["layers"]] + [5])
+    print(f"  {'layer':<{width}} {'groups':>6} {'M MACs':>9} {'seconds':>8} {'ns/MAC':>8} {'estimate':>9}", file=out)
+    for x in r["layers"]:
+        if "skipped" in x:
+            print(f"  {x['name']:<{width}} skipped: {x['skipped']}", file=out)
+            continue
+        print(f"  {x['name']:<{width}} {x['groups']:>6} {x['macs'] / 1e6:>9.2f} {x['seconds']:>8.3f} "
+              f"{x['ns_per_mac']:>8.1f} {x['estimate_s']:>8.2f}s", file=out)
+    print("  stages (summed over the layers):", file=out)
+    for k in (*(name for name, _, _ in MODEL_STAGES), "capture", "other", "total"):
+        print(f"    {k:<18} {s[k]:8.2f} s", file=out)
+    if r["torch_float64_forward_backward_s"]:
+        print(f"  torch float64 forward+backward of the whole model {r['torch_float64_forward_backward_s'] * 1e3:.1f} ms "
+              f"-> ratio {r['ratio_to_torch']:.0f}x", file=out)
+    print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB (getrusage ru_maxrss: the whole process); estimated before judging "
+          f"{r['estimate_s']:.1f} s; verdicts {', '.join(f'{k} {v}' for k, v in r['verdicts'].items() if v)}", file=out)

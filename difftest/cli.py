@@ -386,7 +386,14 @@ def cmd_bench(args) -> int:
     if args.repeat < 1:
         raise DifftestError("--repeat must be >= 1")
     doc: dict = {"machine": bench.machine()}
-    if args.layer in bench.LAYERS:
+    if args.model is not None:
+        from . import model as mdl
+
+        shape = mdl.parse_input_shape(args.input_shape) if args.input_shape is not None else mdl.DEFAULT_INPUT_SHAPE
+        backends = _available_backends(args.backend or ["torch-cpu-float32"])
+        doc["model"] = bench.bench_model(args.model, backends, shape, seed=args.seed, layers=args.layers,
+                                         max_memory=_max_memory(args), progress=lambda text: print(f"difftest: {text}", file=sys.stderr, flush=True))
+    elif args.layer in bench.LAYERS:
         doc["layer"] = bench.bench_layer(bench.LAYERS[args.layer], args.repeat)
         if args.layer == "small":
             doc["campaign"] = bench.campaign_rate(args.campaign_seconds, examples=args.campaign_examples)
@@ -401,6 +408,8 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(jsonable(doc), indent=2))
         return EXIT_OK
+    if "model" in doc:
+        bench.print_model(doc["model"])
     if "layer" in doc:
         bench.print_layer(doc["layer"])
     if "campaign" in doc:
@@ -424,6 +433,49 @@ def cmd_bench(args) -> int:
         print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
               f"{row['ns_per_mac']:.2f} ns/MAC")
     return EXIT_OK
+
+
+def cmd_model(args) -> int:
+    import re
+
+    from . import model as mdl
+    from .campaign import default_backends
+
+    cfg = _config()
+    fail_on, expectations = _fail_on(args, cfg), _expectations(args, cfg)
+    shape = mdl.parse_input_shape(args.input_shape) if args.input_shape is not None else mdl.DEFAULT_INPUT_SHAPE
+    if args.layers is not None:
+        try:
+            re.compile(args.layers)
+        except re.error as exc:
+            raise DifftestError(f"--layers {args.layers!r} is not a valid regular expression: {exc}") from None
+    backends = _available_backends(args.backend) if args.backend else default_backends()
+    out = _prepare_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
+    result = mdl.check_model(args.model, backends, shape, layers=args.layers, seed=args.seed, out=out,
+                             max_memory=_max_memory(args),
+                             progress=lambda text: print(f"difftest: {text}", file=sys.stderr, flush=True))
+    expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
+                for layer in result.layers for r in layer.results for g, gr in r.gradients.items() if gr.verdict != "pass"}
+    code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((layer.name, r.backend, g)) is None
+                               for layer in result.layers for r in layer.results
+                               for g, gr in r.gradients.items()) else EXIT_OK
+    args.exit_code = code
+    if expectations.entries:
+        from .expectations import EXPECTED
+
+        (out / EXPECTED).write_text(json.dumps(expectations.to_dict(), indent=2) + "\n", encoding="utf-8")
+    report = None
+    if not args.no_report:
+        from .report import render
+
+        report = render([out], out / "report.html", expectations=expectations if expectations.entries else None)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return code
+    print(mdl.table(result, expected))
+    if report is not None:
+        print(f"report: {report}")
+    return code
 
 
 def cmd_fingerprint(args) -> int:
@@ -614,7 +666,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "and with --jobs = the cores; emulations: time to the first precision finding of each "
                          "emu-* backend in the quick profile (no shrinking, stops there); fingerprint: the time "
                          "difftest fingerprint takes per CPU backend at resnet50.layer1.0.conv2, 56x56")
-    bn.add_argument("--seed", type=int, default=0, help="campaign seed (--layer emulations)")
+    bn.add_argument("--model", metavar="MODEL", default=None,
+                    help="time a whole-model check instead (difftest model MODEL): per stage, per layer (seconds per "
+                         "multiply-add), peak memory, and the ratio to torch's float64 forward+backward of the model")
+    bn.add_argument("--input-shape", metavar="N,C,H,W", default=None, help="--model's input shape (default 1,3,224,224)")
+    bn.add_argument("--backend", action="append", metavar="NAME",
+                    help="--model: backend to judge with (repeatable; default torch-cpu-float32)")
+    bn.add_argument("--layers", metavar="REGEX", default=None, help="--model: only the convolutions matching REGEX")
+    bn.add_argument("--max-memory", metavar="SIZE", default=None,
+                    help="--model: refuse a layer estimated above SIZE (default auto: 60%% of this machine's memory)")
+    bn.add_argument("--seed", type=int, default=0, help="campaign seed (--layer emulations); --model: the model's seed")
     bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
     bn.add_argument("--campaign-examples", type=int, metavar="N",
@@ -639,6 +700,35 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="reports/fingerprint", metavar="DIR",
                    help="where the evidence cases and fingerprints.json go (default reports/fingerprint)")
     f.set_defaults(func=cmd_fingerprint)
+
+    md = command("model", help="judge every Conv2d of a whole model (torchvision name or package.module:callable)",
+                 description="Build MODEL (a torchvision model name, random weights, or package.module:callable "
+                             "returning a torch.nn.Module), run one float64 forward and backward pass in eval() mode "
+                             "on seeded inputs (loss: a seeded random linear functional of the output), capture each "
+                             "nn.Conv2d's input, weight and output gradient, and judge each layer as difftest check "
+                             "--round-inputs does. Writes OUT/cases/<layer>.npz, results.jsonl, model.json and "
+                             "report.html.",
+                 epilog="Exit codes: 0 nothing at or above --fail-on, 1 a finding at or above it, 2 usage, input or "
+                        "environment error. Replay a layer: difftest check OUT/cases/<layer>.npz --backend NAME "
+                        "--round-inputs.")
+    md.add_argument("model", metavar="MODEL", help="torchvision model name (resnet50, mobilenet_v2, ...) or package.module:callable")
+    md.add_argument("--input-shape", metavar="N,C,H,W", default=None, help="input shape (default 1,3,224,224)")
+    md.add_argument("--backend", action="append", metavar="NAME",
+                    help="backend to put on trial (repeatable; default: every available CPU backend but the emu-* "
+                         "references, as difftest run)")
+    md.add_argument("--layers", metavar="REGEX", default=None,
+                    help="judge only the convolutions whose qualified name matches (re.search), e.g. 'layer1|conv1'")
+    md.add_argument("--seed", type=int, default=0, help="seed of the weights, the input and the loss (default 0)")
+    md.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    md.add_argument("--out", default=None, metavar="DIR", help="result directory (default reports/model/<model>)")
+    md.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
+                    help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
+    md.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML), as for check")
+    md.add_argument("--max-memory", metavar="SIZE",
+                    help="refuse a layer whose estimated peak memory is above SIZE (default auto: 60%% of this "
+                         "machine's memory)")
+    md.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
+    md.set_defaults(func=cmd_model)
 
     k = command("backends", help="list known backends and whether they can run here")
     k.add_argument("--json", action="store_true", help="print JSON")

@@ -159,7 +159,10 @@ class Geometry:
         general = [e for e in self.extensions if e != "batch"]
         if general:
             parts.append(f"{', '.join(general)}: the bounds fold in the spec's order over the generalised index map")
-        return "; ".join(parts) + (" — documented extensions, not a Lean theorem" if parts else "")
+        if not parts:
+            return ""
+        return "; ".join(parts) + (" — a documented extension" if len(parts) == 1 else " — documented extensions") + \
+            ", not a Lean theorem"
 
     @property
     def plain(self) -> bool:

@@ -148,6 +148,7 @@ class Detail:
     note: str = ""
     largest_command: str = ""  # the replay of the largest searched case that showed it, where shrunk from it
     worst: dict = field(default_factory=dict)
+    layer: str = ""  # in a model's result directory (difftest model): the layer the case was captured at
 
 
 #: The bound a verdict's heatmap is drawn against: the one whose violation decided it.
@@ -221,14 +222,68 @@ class Baseline:
         return out
 
 
+#: The file of a model's result directory (``difftest model``) that names its layers.
+MODEL_FILE = "model.json"
+
+
+def read_model(d: Path) -> dict:
+    """``model.json`` of a result directory written by ``difftest model`` ({} for any other; a
+    damaged one reads as {} too: a report must render)."""
+    p = Path(d) / MODEL_FILE
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        return doc if isinstance(doc, dict) and isinstance(doc.get("layers"), list) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _axis(v) -> str:
+    return "×".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def layer_geometry_text(g: dict) -> str:
+    """``1×64×56×56 → 64, 3×3, stride 1, padding 1`` (dilation and groups where not 1)."""
+    text = (f"{g['N']}×{g['C']}×{g['H']}×{g['W']} → {g['O']}, {g['kH']}×{g['kW']}, stride {_axis(g['stride'])}, "
+            f"padding {_axis(g['padding'])}")
+    if g.get("dilation", 1) != 1:
+        text += f", dilation {_axis(g['dilation'])}"
+    if g.get("groups", 1) != 1:
+        text += f", groups {g['groups']}"
+    return text
+
+
+def model_layers(dirs: list[Path], records: list[ResultRecord], origin: dict, backends: list[str]) -> list[dict]:
+    """The layer axis of model result directories: per layer (in the model's call order) its
+    geometry, multiply-adds, extensions, and per backend its result (None: not judged there)."""
+    by_layer: dict = {}
+    for r in records:
+        by_layer.setdefault((origin[id(r)], r.case_file), {})[r.backend] = r
+    out = []
+    for d in dirs:
+        info = read_model(d)
+        for layer in info.get("layers", []):
+            if not isinstance(layer, dict):
+                continue
+            key = (Path(d), layer.get("case_file"))
+            g = layer.get("geometry") or None
+            results = by_layer.get(key, {}) if key[1] else {}
+            out.append({"model": info.get("model", ""), "name": layer.get("name", "?"), "skipped": layer.get("skipped", ""),
+                        "geometry": layer_geometry_text(g) if g else "", "macs": layer.get("macs"),
+                        "extensions": layer.get("extensions") or [],
+                        "cells": {b: results.get(b) for b in backends},
+                        "worst": worst_verdict(gr.verdict for r in results.values() for gr in r.gradients.values())
+                        if results else ""})
+    return out
+
+
 def build_context(dirs: list[Path], baseline: Path | None = None, expectations: Expectations | None = None) -> dict:
     """Everything the template shows. ``expectations`` default to those the first directory kept."""
     records: list[dict] = []
     envs: dict = {}
     campaigns: list[dict] = []
     origin: dict[int, Path] = {}
+    dirs = [Path(d) for d in dirs]
     for d in dirs:
-        d = Path(d)
         rs = read_results(d)
         for r in rs:
             origin[id(r)] = d
@@ -251,15 +306,21 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
                          "environments": [envs.get(e, {}) for e in env_ids]})
 
     # findings: one per distinct (backend, gradient, verdict), its (shrunk) reproducer; then the rest
+    models = {Path(d): read_model(d) for d in dirs}
+    layer_of = {(Path(d), layer.get("case_file")): layer.get("name", "")
+                for d, info in models.items() for layer in info.get("layers", []) if isinstance(layer, dict)}
+
     def detail(r: ResultRecord, g: str, shrunk: bool) -> Detail:
         d = origin[id(r)]
         cmd = reproduce_command(d / r.case_file, r.backend, r.requested) if r.case_file else "(no case file saved)"
+        if r.case_file and models.get(Path(d), {}).get("round_inputs"):
+            cmd += " --round-inputs"  # a model's layer: captured float64 values, rounded into each format
         v = r.gradients[g].verdict
         big = r.largest_case
         big_cmd = reproduce_command(d / big["case_file"], r.backend) if big and big.get("case_file") else ""
         return Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=shrunk, largest_command=big_cmd,
                       status=base.status(r.backend, r.format, g, v) if base else "", worst=r.gradients[g].worst or {},
-                      expected=expectations.explain_record(r, g))
+                      expected=expectations.explain_record(r, g), layer=layer_of.get((Path(d), r.case_file), ""))
 
     found = [detail(r, r.finding.gradient, r.phase == "shrunk") for r in findings(records)]
     found.sort(key=lambda it: (-SEVERITY[it.verdict], -it.record.gradients[it.gradient].max_ratio))
@@ -316,6 +377,9 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "exceeded": exceeded,
         "batch_extension": any(r.batch_extension for r in records),
         "fingerprints": fingerprint_rows(dirs),
+        "layers": model_layers(dirs, records, origin, backends),
+        "models": [{"model": m.get("model", ""), "input_shape": m.get("input_shape", []), "seed": m.get("seed"),
+                    "convolutions": m.get("convolutions")} for m in models.values() if m],
         "fingerprint_columns": [label for _, label in FINGERPRINT_COLUMNS],
         "fmt": _fmt,
         "ratio": format_ratio,
