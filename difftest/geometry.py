@@ -365,14 +365,8 @@ def im2col_transposed(d: np.ndarray, g: Geometry) -> np.ndarray:
     O = d.shape[1]
     out = np.zeros((g.N, g.H, g.W, g.kH, g.kW, O), dtype=d.dtype)
     dt = d.transpose(0, 2, 3, 1)  # (N, out_h, out_w, O)
-    for di in range(g.kH):
-        rows = _span(di, g.H, g.out_h, g.sh, g.ph, g.dh)
-        if rows is None:
-            continue
-        for dj in range(g.kW):
-            cols = _span(dj, g.W, g.out_w, g.sw, g.pw, g.dw)
-            if cols is not None:
-                out[:, rows[1], cols[1], di, dj, :] = dt[:, rows[0], cols[0], :]
+    for di, dj, (oi, hs), (oj, ws) in input_taps(g):
+        out[:, hs, ws, di, dj, :] = dt[:, oi, oj, :]
     return out.reshape(g.N * g.H * g.W, g.kH * g.kW * O)
 
 
@@ -412,20 +406,6 @@ def _batched_rows(d: np.ndarray, g: Geometry) -> np.ndarray:
     return grad_output_rows(d, g).reshape(g.groups, -1, g.N * g.out_h * g.out_w)
 
 
-def gemm_layouts(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry) -> dict:
-    """The three gradients as batched GEMMs ``A @ B`` (``numpy.matmul`` over the leading group
-    axis), each operand as ``(source, layout)``: the operand is ``layout(source)``, a gather of
-    the source's entries and exact zeros (see :func:`gemm_operands`). An entrywise map of the
-    source — exact digit slices, absolute values — commutes with the layout, so it can be
-    applied to the compact source."""
-    n_out = g.N * g.out_h * g.out_w
-    return {
-        "grad_input": ((d, lambda t: _batched_transposed(t, g)), (w, lambda t: _batched_weight_rows(t, g))),
-        "grad_weight": ((d, lambda t: _batched_rows(t, g)), (x, lambda t: _batched_im2col(t, g))),
-        "grad_bias": ((d, lambda t: grad_output_rows(t, g)[None]), (np.ones((1, n_out, 1), dtype=d.dtype), lambda t: t)),
-    }
-
-
 def gemm_shape(name: str, g: Geometry) -> tuple[int, int, int, int]:
     """``(groups, rows of A, inner dimension, columns of B)`` of a gradient's batched GEMM."""
     n_out = g.N * g.out_h * g.out_w
@@ -445,52 +425,60 @@ def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, name
     product is exactly the spec's sum (structural zeros, padded reads and non-matching input
     steps, included as zeros).
     """
-    layouts = gemm_layouts(x, w, d, g)
-    return {name: (fa(a), fb(b)) for name, ((a, fa), (b, fb)) in layouts.items() if name in names}
+    n_out = g.N * g.out_h * g.out_w
+    layouts = {
+        "grad_input": (lambda: _batched_transposed(d, g), lambda: _batched_weight_rows(w, g)),
+        "grad_weight": (lambda: _batched_rows(d, g), lambda: _batched_im2col(x, g)),
+        "grad_bias": (lambda: grad_output_rows(d, g)[None], lambda: np.ones((1, n_out, 1), dtype=d.dtype)),
+    }
+    return {name: (fa(), fb()) for name, (fa, fb) in layouts.items() if name in names}
 
 
-Blocks = "list[tuple[np.ndarray, np.ndarray]] | None"
+def input_taps(g: Geometry) -> list:
+    """The kernel taps ``(di, dj)`` that reach the input, each with the output rows and columns
+    that reach it and the input rows and columns they reach: ``(di, dj, (oi, h), (oj, w))``, four
+    slices with ``oi·sh + di·dh - ph = h`` (columns likewise)."""
+    out = []
+    for di in range(g.kH):
+        rows = _span(di, g.H, g.out_h, g.sh, g.ph, g.dh)
+        if rows is None:
+            continue
+        for dj in range(g.kW):
+            cols = _span(dj, g.W, g.out_w, g.sw, g.pw, g.dw)
+            if cols is not None:
+                out.append((di, dj, rows, cols))
+    return out
 
 
-def gemm_blocks(name: str, g: Geometry) -> Blocks:
-    """Row and column classes of a gradient's GEMM outside of which ``A`` is structurally zero
-    (the same in every group).
+def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry) -> np.ndarray:
+    """The gradient ``name``'s sums of products ``Σ a·b`` over the spec's index map, computed
+    with float64 GEMMs from the compact tensors, in the gradient's shape (float64).
 
-    With stride ``sh × sw`` above one, input row ``h`` is reached only by taps ``di`` with
-    ``di·dh ≡ h + ph (mod sh)`` (columns likewise): the rows of class ``(h mod sh, w mod sw)``
-    need only the columns ``(di, dj, o)`` of that class (the sub-pixel decomposition of the
-    transposed convolution), ``sh·sw`` times less work. ``None``: one dense block.
+    ``a`` is δ-shaped; ``b`` is weight-shaped for ``grad_input``, input-shaped for
+    ``grad_weight`` and ignored for ``grad_bias`` (its sums are of ``a`` alone). Every entry is
+    the sum of exactly the spec's non-zero steps, the same terms as :func:`gemm_operands`' GEMM
+    — in another order: the input gradient is summed tap by tap (one GEMM per kernel tap over
+    the output positions that reach the input, ``Σ_o δ[n, o, oi, oj]·w[o, c, di, dj]``, added
+    into the input positions it reaches), which never builds the transposed im2col (``k²·O``
+    columns per input position: gigabytes for a 7×7 stem at 224×224) and does each
+    multiply-add once. Exact where the operands are integers whose sums stay below 2^53 (the
+    exact oracle's digit slices); otherwise a float64 evaluation of the sums in some order (the
+    order-free bound inflates it into a sure upper bound, as for any order).
     """
-    if name != "grad_input" or (g.sh == 1 and g.sw == 1):
-        return None
-    rows_of = np.arange(g.N * g.H * g.W).reshape(g.N, g.H, g.W)
-    taps = (np.arange(g.kH)[:, None, None] * g.kW + np.arange(g.kW)[None, :, None]) * g.Og + np.arange(g.Og)[None, None, :]
-    blocks = []
-    for r in range(g.sh):
-        for q in range(g.sw):
-            rows = rows_of[:, r::g.sh, q::g.sw].ravel()
-            if rows.size == 0:
-                continue
-            di = np.array([k for k in range(g.kH) if (r + g.ph - k * g.dh) % g.sh == 0], dtype=np.int64)
-            dj = np.array([k for k in range(g.kW) if (q + g.pw - k * g.dw) % g.sw == 0], dtype=np.int64)
-            blocks.append((rows, taps[np.ix_(di, dj)].ravel()))
-    return blocks
-
-
-def block_of(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``a[..., rows, :][..., cols]`` of a batched operand: the rows and inner columns of one block."""
-    return a[:, rows[:, None], cols[None, :]]
-
-
-def blocked_matmul(a: np.ndarray, b: np.ndarray, blocks: Blocks, dtype=None) -> np.ndarray:
-    """Batched ``a @ b`` computing only the blocks of :func:`gemm_blocks` (the rest of ``a`` is
-    zero there)."""
-    if blocks is None:
-        return a @ b
-    out = np.zeros((a.shape[0], a.shape[1], b.shape[2]), dtype=dtype or np.result_type(a, b))
-    for rows, cols in blocks:
-        if cols.size:
-            out[:, rows] = block_of(a, rows, cols) @ b[:, cols]
+    if name == "grad_bias":
+        return a.sum(axis=(0, 2, 3)) if a.size else np.zeros(a.shape[1])
+    G = g.groups
+    if name == "grad_weight":
+        rows = grad_output_rows(a, g).reshape(G, g.Og, -1)  # (G, Og, N·oh·ow)
+        return (rows @ _batched_im2col(b, g)).reshape(g.weight_shape)
+    out = np.zeros(g.input_shape)
+    wg = b.reshape(G, g.Og, g.Cg, g.kH, g.kW)
+    for di, dj, (oi, hs), (oj, ws) in input_taps(g):
+        part = a[:, :, oi, oj]  # (N, O, hi, wj)
+        n, _, hi, wj = part.shape
+        lhs = part.reshape(n, G, g.Og, hi, wj).transpose(1, 0, 3, 4, 2).reshape(G, n * hi * wj, g.Og)
+        prod = lhs @ wg[:, :, :, di, dj]  # (G, N·hi·wj, Cg)
+        out[:, :, hs, ws] += prod.reshape(G, n, hi, wj, g.Cg).transpose(1, 0, 4, 2, 3).reshape(n, g.C, hi, wj)
     return out
 
 

@@ -41,7 +41,9 @@ with ``m`` the number of structural positions. For the bias (sums of δ only: ex
 most ``n - 1`` sums on a path, no ``η``): ``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ``.
 
 Computation. Counts are exact GEMMs of 0/1 matrices. ``Σ|a b|`` comes from a float64 GEMM
-``c`` of absolute values, inflated to a sure upper bound: any float64 evaluation satisfies
+``c`` of absolute values (:func:`difftest.geometry.gradient_product`: the input gradient tap by
+tap, each partial sum added in float64 — another order of the same ``K`` terms), inflated to a
+sure upper bound: any float64 evaluation of a sum of ``K`` products satisfies
 ``c >= S(1 - γ_K) - K·2^-1075``, so ``S <= (c + K·2^-1074)·(1 + K·2^-52)`` for
 ``K·2^-53 <= 1/4``. ``(1 + u)^k - 1`` is raised by squaring on its excess over 1,
 ``(1 + a)(1 + b) - 1 = a + b + a·b``, from the exact ``u``: no ``1 + u`` is ever rounded, and it
@@ -58,7 +60,7 @@ import numpy as np
 from .case import RuntimeInputs
 from .formats import Format
 from .fparith import add_up, half_ulp_up, mul_up
-from .geometry import GRADIENTS, Geometry, blocked_matmul, gemm_blocks, gemm_operands, gemm_result_to_gradient
+from .geometry import GRADIENTS, Geometry, gemm_shape, gradient_product
 
 
 @dataclass(frozen=True)
@@ -70,33 +72,44 @@ class OrderFree:
     terms: np.ndarray  # n: non-zero runtime products per entry
 
 
-def abs_gemm_up(a: np.ndarray, b: np.ndarray, blocks=None) -> np.ndarray:
-    """A sure upper bound of ``|a| @ |b|`` from one float64 GEMM (see module docstring)."""
-    k = a.shape[-1]
+def abs_gemm_up(a: np.ndarray, b: np.ndarray, product=np.matmul, k: int | None = None) -> np.ndarray:
+    """A sure upper bound of ``|a| @ |b|`` from one float64 evaluation (see module docstring):
+    ``product`` a bilinear map summing at most ``k`` products per entry (default: the GEMM of
+    ``a`` and ``b``, ``k`` their inner dimension), evaluated in float64 in any order."""
+    k = a.shape[-1] if k is None else k
     if k * 2.0**-53 > 0.25:
         raise ValueError(f"inner dimension {k} too large for the float64 inflation")
-    c = blocked_matmul(np.abs(a), np.abs(b), blocks)
+    c = product(np.abs(a), None if b is None else np.abs(b))
     c = add_up(c, np.float64(k) * 2.0**-1074)
     return mul_up(c, np.float64(1.0 + k * 2.0**-52))
 
 
-def count_gemm(a: np.ndarray, b: np.ndarray, blocks=None) -> np.ndarray:
+def count_gemm(a: np.ndarray, b: np.ndarray, product=np.matmul) -> np.ndarray:
     """Exact counts ``Σ_k [a_k != 0][b_k != 0]`` (integers below 2^53)."""
-    return blocked_matmul((a != 0).astype(np.float64), (b != 0).astype(np.float64), blocks)
+    return product((a != 0).astype(np.float64), (b != 0).astype(np.float64))
 
 
 def growth_up(fmt: Format, k: np.ndarray) -> np.ndarray:
     """A sure upper bound of ``(1 + u)^k - 1`` for each integer ``k >= 0`` (see module docstring)."""
-    ks, inverse = np.unique(np.asarray(k, dtype=np.float64), return_inverse=True)
-    rest = ks.astype(np.int64)
-    out = np.zeros(ks.shape)  # (1 + u)^0 - 1
-    power = np.full(ks.shape, float(fmt.unit_roundoff))  # (1 + u)^(2^i) - 1, i = 0: u exact (a power of two)
+    k = np.asarray(k, dtype=np.float64)
+    top = float(np.max(k, initial=0.0))
+    if top <= max(1024.0, 4.0 * k.size):  # counts are small integers: a table of 0..top, gathered
+        return _growth_table(fmt, np.arange(int(top) + 1))[k.astype(np.int64)]
+    ks, inverse = np.unique(k, return_inverse=True)
+    return _growth_table(fmt, ks)[inverse.ravel()].reshape(np.shape(k))
+
+
+def _growth_table(fmt: Format, ks: np.ndarray) -> np.ndarray:
+    """``(1 + u)^k - 1`` rounded up for each integer ``k`` of ``ks``."""
+    rest = np.array(ks, dtype=np.int64)  # consumed bit by bit
+    out = np.zeros(rest.shape)  # (1 + u)^0 - 1
+    power = np.full(rest.shape, float(fmt.unit_roundoff))  # (1 + u)^(2^i) - 1, i = 0: u exact (a power of two)
     with np.errstate(over="ignore", invalid="ignore"):  # past float64's range: +inf, still an upper bound
         while rest.any():
             out = np.where(rest % 2 == 1, _compose_up(out, power), out)
             power = _compose_up(power, power)
             rest >>= 1
-    return out[inverse.ravel()].reshape(np.shape(k))
+    return out
 
 
 def _compose_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,20 +122,21 @@ def _eta_up(fmt: Format) -> float:
 
 
 def product_bound(
-    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float, blocks=None
+    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float,
+    product=np.matmul, k: int | None = None,
 ) -> OrderFree:
-    """Order-free bound of ``a @ b`` (runtime values) with structural masks ``ma``, ``mb``
-    (``blocks``: see :func:`difftest.geometry.gemm_blocks`)."""
-    s = abs_gemm_up(a, b, blocks)
-    n = count_gemm(a, b, blocks)
+    """Order-free bound of ``product(a, b)`` (runtime values; default ``a @ b``) with structural
+    masks ``ma``, ``mb`` (``product`` and ``k`` as in :func:`abs_gemm_up`)."""
+    s = abs_gemm_up(a, b, product, k)
+    n = count_gemm(a, b, product)
     below = add_up(1.0, growth_up(fmt, np.maximum(n - 1, 0)))  # (1 + u)^(n-1), above each η'
     with np.errstate(invalid="ignore"):
         bound = add_up(mul_up(growth_up(fmt, n), s), mul_up(mul_up(n, below), np.float64(_eta_up(fmt))))
     bound = np.where(np.isnan(bound), np.inf, bound)
     if e_a or e_b:
-        m = count_gemm(ma, mb, blocks)
-        sa = abs_gemm_up(a, mb, blocks)  # Σ|a| over structural positions (a is 0 off them)
-        sb = abs_gemm_up(ma, b, blocks)
+        m = count_gemm(ma, mb, product)
+        sa = abs_gemm_up(a, mb, product, k)  # Σ|a| over structural positions (a is 0 off them)
+        sb = abs_gemm_up(ma, b, product, k)
         eps = add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))),
                      mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
         bound = add_up(bound, eps)
@@ -131,36 +145,28 @@ def product_bound(
 
 def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, OrderFree]:
     """Order-free bounds of ``gradients`` (default all three) for the runtime values ``rt``;
-    each is computed alone, so a subset equals the full computation's."""
+    each is computed alone, so a subset equals the full computation's. The sums come from
+    :func:`~difftest.geometry.gradient_product` on the compact tensors (the spec's terms, any
+    float64 order)."""
     fmt = rt.format
-    ops = gemm_operands(rt.input, rt.weight, rt.grad_output, g, gradients)
-    ones = gemm_operands(np.ones(g.input_shape), np.ones(g.weight_shape), np.ones(g.grad_output_shape), g,
-                         [name for name in gradients if name != "grad_bias"])
     out: dict[str, OrderFree] = {}
     for name in gradients:
-        if name == "grad_weight":
-            (a, b), (ma, mb) = ops[name], ones[name]  # a = δ, b = x̃
-            out[name] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_input)
-        elif name == "grad_input":
-            (a, b), (ma, mb) = ops[name], ones[name]  # a = δ (transposed im2col), b = w
-            out[name] = product_bound(fmt, a, b, ma, mb, rt.eps_grad_output, rt.eps_weight, gemm_blocks(name, g))
-        else:
-            out[name] = _bias_bound(fmt, ops[name][0][0], rt.eps_grad_output)
-    return {
-        name: OrderFree(
-            bound=gemm_result_to_gradient(name, of.bound, g),
-            abs_sum=gemm_result_to_gradient(name, of.abs_sum, g),
-            terms=gemm_result_to_gradient(name, of.terms, g),
-        )
-        for name, of in out.items()
-    }
+        if name == "grad_bias":
+            out[name] = _bias_bound(fmt, rt.grad_output, rt.eps_grad_output, g)
+            continue
+        b, e_b = (rt.weight, rt.eps_weight) if name == "grad_input" else (rt.input, rt.eps_input)
+        product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
+        out[name] = product_bound(fmt, rt.grad_output, b, np.ones(rt.grad_output.shape), np.ones(b.shape),
+                                  rt.eps_grad_output, e_b, product, gemm_shape(name, g)[2])
+    return out
 
 
-def _bias_bound(fmt: Format, d: np.ndarray, eps: float) -> OrderFree:
-    """``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ`` per row of ``d`` (``(O, N·oh·ow)``)."""
-    s = abs_gemm_up(d, np.ones((d.shape[1], 1)))[:, 0]
-    n = np.count_nonzero(d, axis=1).astype(np.float64)
+def _bias_bound(fmt: Format, d: np.ndarray, eps: float, g: Geometry) -> OrderFree:
+    """``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ`` per output channel, ``m = N·oh·ow``."""
+    m = g.N * g.out_h * g.out_w
+    s = abs_gemm_up(d, None, lambda p, q: gradient_product("grad_bias", p, q, g), m)
+    n = np.count_nonzero(d, axis=(0, 2, 3)).astype(np.float64)
     bias = mul_up(growth_up(fmt, np.maximum(n - 1, 0)), s)
     if eps:
-        bias = add_up(bias, mul_up(np.float64(d.shape[1]), np.float64(eps)))
+        bias = add_up(bias, mul_up(np.float64(m), np.float64(eps)))
     return OrderFree(bound=bias, abs_sum=s, terms=n)

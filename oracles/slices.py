@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import GRADIENTS, Geometry, block_of, gemm_blocks, gemm_layouts, gemm_result_to_gradient, gemm_shape
+from difftest.geometry import GRADIENTS, Geometry, gemm_shape, gradient_product
 
 
 def slice_width(k: int) -> int:
@@ -51,46 +51,38 @@ def split_digits(a: np.ndarray, b: int) -> tuple[list[np.ndarray], int]:
     return digits, q
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, blocks=None) -> ExactTensor:
-    """The exact product ``a @ b`` of two float64 matrices, or of two stacks of them (``(G, M,
-    K) @ (G, K, N)``; ``blocks``: see :func:`difftest.geometry.gemm_blocks`, stacks only; ``a``
-    must be zero outside them)."""
+def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
+    """The exact product ``a @ b`` of two float64 matrices, or of two stacks of them
+    (``(G, M, K) @ (G, K, N)``)."""
     width = slice_width(a.shape[-1])
     da, qa = split_digits(a, width)
     db, qb = split_digits(b, width)
-    return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], blocks)
+    return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], np.matmul)
 
 
-def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, blocks=None) -> ExactTensor:
-    """``(Σ_s da[s] 2^(qa + s·width)) @ (Σ_t db[t] 2^(qb + t·width))`` exactly, as levels."""
+def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, product) -> ExactTensor:
+    """``product(Σ_s da[s] 2^(qa + s·width), Σ_t db[t] 2^(qb + t·width))`` exactly, as levels, for
+    a bilinear ``product`` that is exact on the digit arrays (integers whose sums stay below
+    2^53: any float64 GEMM order gives them exactly)."""
     if not da or not db:
         return ExactTensor.zeros(shape)
-    # the digit matrices of each block, cut once (blocks share the global q and width)
-    if blocks is None:
-        parts = [(None, da, db)]
-    else:
-        parts = [(rows, [block_of(x, rows, cols) for x in da], [y[:, cols] for y in db]) for rows, cols in blocks if cols.size]
     levels: dict[int, np.ndarray] = {}
     for s in range(len(da)):
         for t in range(len(db)):
-            p = np.zeros(shape, dtype=np.int64)
-            for rows, xs, ys in parts:
-                if xs[s].any() and ys[t].any():
-                    prod = (xs[s] @ ys[t]).astype(np.int64)  # exact: integers below 2^53
-                    if rows is None:
-                        p = prod
-                    else:
-                        p[:, rows] = prod
+            if not (da[s].any() and db[t].any()):
+                continue
+            p = product(da[s], db[t]).astype(np.int64)  # exact: integers below 2^53
             if s + t in levels:
                 levels[s + t] += p  # at most ~140 terms below 2^53 each: no int64 overflow
             else:
                 levels[s + t] = p
-    return ExactTensor.from_levels(levels, qa + qb, width)
+    return ExactTensor.from_levels(levels, qa + qb, width) if levels else ExactTensor.zeros(shape)
 
 
 class SlicedExactOracle:
-    """Fast exact spec gradients: three exact batched GEMMs, one batch per group (see
-    :mod:`difftest.geometry`)."""
+    """Fast exact spec gradients: each gradient's sums over exact digit slices (see
+    :func:`difftest.geometry.gradient_product`: batched over groups, the input gradient tap by
+    tap)."""
 
     name = "exact"
 
@@ -98,20 +90,17 @@ class SlicedExactOracle:
                        gradients=GRADIENTS) -> dict[str, ExactTensor]:
         """The exact ``gradients`` (default all three), each computed alone.
 
-        The digits are cut from the compact tensors and then laid out (im2col repeats each
-        entry up to kH·kW times): the same digits as cutting the GEMM operands, less work. Each
-        operand holds only its source's entries and zeros, so the source's base exponent and
-        digit count serve it exactly (an entry no window reads only adds an unused digit level)."""
+        The digits are cut from the compact tensors: every product of two digit tensors is a
+        sum of at most ``inner`` (the gradient's steps per entry) products of ``width``-bit
+        integers, below 2^53, so :func:`~difftest.geometry.gradient_product` computes it exactly
+        in any order. An entry no window reads only adds an unused digit level."""
         out = {}
-        layouts = gemm_layouts(x, w, d, g)
+        operands = {"grad_input": (d, w), "grad_weight": (d, x), "grad_bias": (d, np.ones(1))}
         for name in gradients:
-            (a, fa), (b, fb) = layouts[name]
-            groups, rows, inner, cols = gemm_shape(name, g)
-            width = slice_width(inner)
+            a, b = operands[name]
+            width = slice_width(gemm_shape(name, g)[2])
             da, qa = split_digits(a, width)
             db, qb = split_digits(b, width)
-            da = [np.ascontiguousarray(fa(t)) for t in da]
-            db = [np.ascontiguousarray(fb(t)) for t in db]
-            r = digit_product(da, qa, db, qb, width, (groups, rows, cols), gemm_blocks(name, g))
-            out[name] = r.map(lambda v, name=name: gemm_result_to_gradient(name, v, g))
+            product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
+            out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product)
         return out

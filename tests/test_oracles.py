@@ -159,20 +159,15 @@ def test_levels_next_to_a_rounding_midpoint_are_decided_exactly():
 
 
 @given(case=cases(BINARY32, max_size=6))
-def test_the_transposed_im2col_is_zero_outside_its_sub_pixel_blocks(case):
-    from difftest.geometry import blocked_matmul, gemm_blocks, gemm_operands
+def test_the_tap_by_tap_product_sums_exactly_the_dense_gemms_terms(case):
+    """``gradient_product`` (the input gradient tap by tap, groups batched) sums the same terms as
+    the dense GEMM layouts of ``gemm_operands``: on small integers both are exact and equal."""
+    from difftest.geometry import gemm_operands, gemm_result_to_gradient, gradient_product
 
     g = case.geometry
-    a, b = gemm_operands(case.input, case.weight, case.grad_output, g)["grad_input"]
-    blocks = gemm_blocks("grad_input", g)
-    if blocks is None:
-        assert g.sh == g.sw == 1
-        return
-    inside = np.zeros(a.shape[1:], dtype=bool)  # the same blocks in every group
-    for rows, cols in blocks:
-        inside[np.ix_(rows, cols)] = True
-    assert not a[:, ~inside].any()
-    assert sorted(np.concatenate([r for r, _ in blocks]).tolist()) == list(range(a.shape[1]))
-    ints = np.round(a * 7) % 5, np.round(b * 3) % 4  # small integers: float64 GEMMs are exact
-    masked = np.where(inside, ints[0], 0.0)
-    assert np.array_equal(blocked_matmul(masked, ints[1], blocks), masked @ ints[1])
+    ints = [np.round(t * 7) % 5 - 2 for t in (case.input, case.weight, case.grad_output)]
+    x, w, d = ints
+    dense = gemm_operands(x, w, d, g)
+    for name, other in (("grad_input", w), ("grad_weight", x), ("grad_bias", None)):
+        a, b = dense[name]
+        assert np.array_equal(gradient_product(name, d, other, g), gemm_result_to_gradient(name, a @ b, g)), name

@@ -97,6 +97,16 @@ def test_growth_is_above_its_exact_value(fmt, ks):
     assert all(Fraction(x) >= exact_growth(fmt, k) for k, x in zip(ks, g.ravel()))
 
 
+@pytest.mark.parametrize("fmt", FORMATS + [BINARY64], ids=lambda f: f.name)
+def test_growth_from_its_table_equals_growth_from_the_distinct_counts(fmt):
+    """Many counts of a small range are looked up in a table of 0..max; few counts of a wide range
+    are computed one distinct value each: the same numbers."""
+    ks = np.random.default_rng(0).integers(0, 5000, size=2000).astype(np.float64)  # the table
+    table = growth_up(fmt, ks)
+    one_by_one = np.array([growth_up(fmt, np.array([k, 2.0**40]))[0] for k in ks[:50]])  # distinct values
+    assert np.array_equal(table[:50], one_by_one)
+
+
 def test_binary16_bias_bound_of_4096_ones_is_finite_and_excludes_minus_60000():
     n = 4096
     case = Case(np.ones((1, 1, 64, 64)), np.ones((1, 1, 1, 1)), np.ones((1, 1, 64, 64)), format=BINARY16)
