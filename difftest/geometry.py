@@ -450,12 +450,19 @@ def input_taps(g: Geometry) -> list:
     return out
 
 
+def gradient_operand(name: str, b: np.ndarray, g: Geometry) -> np.ndarray:
+    """``b`` as :func:`gradient_product` uses it: the weight gradient's batched im2col of the
+    input (built once where many products share it), the tensor itself otherwise."""
+    return _batched_im2col(b, g) if name == "grad_weight" and b.ndim == 4 else b
+
+
 def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry) -> np.ndarray:
     """The gradient ``name``'s sums of products ``Σ a·b`` over the spec's index map, computed
     with float64 GEMMs from the compact tensors, in the gradient's shape (float64).
 
-    ``a`` is δ-shaped; ``b`` is weight-shaped for ``grad_input``, input-shaped for
-    ``grad_weight`` and ignored for ``grad_bias`` (its sums are of ``a`` alone). Every entry is
+    ``a`` is δ-shaped; ``b`` is weight-shaped for ``grad_input``, input-shaped (or its
+    :func:`gradient_operand`) for ``grad_weight`` and ignored for ``grad_bias`` (its sums are of
+    ``a`` alone). Every entry is
     the sum of exactly the spec's non-zero steps, the same terms as :func:`gemm_operands`' GEMM
     — in another order: the input gradient is summed tap by tap (one GEMM per kernel tap over
     the output positions that reach the input, ``Σ_o δ[n, o, oi, oj]·w[o, c, di, dj]``, added
@@ -470,14 +477,16 @@ def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry
     G = g.groups
     if name == "grad_weight":
         rows = grad_output_rows(a, g).reshape(G, g.Og, -1)  # (G, Og, N·oh·ow)
-        return (rows @ _batched_im2col(b, g)).reshape(g.weight_shape)
+        return (rows @ gradient_operand(name, b, g)).reshape(g.weight_shape)
     out = np.zeros(g.input_shape)
     wg = b.reshape(G, g.Og, g.Cg, g.kH, g.kW)
     for di, dj, (oi, hs), (oj, ws) in input_taps(g):
         part = a[:, :, oi, oj]  # (N, O, hi, wj)
         n, _, hi, wj = part.shape
         lhs = part.reshape(n, G, g.Og, hi, wj).transpose(1, 0, 3, 4, 2).reshape(G, n * hi * wj, g.Og)
-        prod = lhs @ wg[:, :, :, di, dj]  # (G, N·hi·wj, Cg)
+        rhs = wg[:, :, :, di, dj]  # (G, Og, Cg)
+        # one output channel per group (depthwise): a single product per entry, no sum to form
+        prod = lhs * rhs if g.Og == 1 else lhs @ rhs  # (G, N·hi·wj, Cg)
         out[:, :, hs, ws] += prod.reshape(G, n, hi, wj, g.Cg).transpose(1, 0, 4, 2, 3).reshape(n, g.C, hi, wj)
     return out
 

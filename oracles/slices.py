@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import GRADIENTS, Geometry, gemm_shape, gradient_product
+from difftest.geometry import GRADIENTS, Geometry, gemm_shape, gradient_operand, gradient_product
 
 
 def slice_width(k: int) -> int:
@@ -101,6 +101,7 @@ class SlicedExactOracle:
             width = slice_width(gemm_shape(name, g)[2])
             da, qa = split_digits(a, width)
             db, qb = split_digits(b, width)
+            db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
             product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
             out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product)
         return out
