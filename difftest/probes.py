@@ -13,6 +13,13 @@ entry sums ordinary values, so one large case carries both a realistic workload 
 * ``grad_input[n, c]`` sums ``δ[n, o, …]·w[o, c, di, dj]`` over ``(o, di, dj)``: ``δ[n]`` is the
   constant and the pattern fills ``w[:, c]``.
 
+In a grouped layer (``groups = G``, weight ``(O, C/G, kH, kW)``) every fold stays in one group:
+``grad_input[n, c]`` sums over the ``O/G`` output channels of ``c``'s group and the pattern fills
+``w[group's o, c mod C/G]`` (a depthwise layer's ``kH·kW`` taps of ``w[c, 0]``); ``grad_weight[o,
+c']`` reads input channel ``c = group(o)·C/G + c'``, so the constant ``δ[:, o]`` is set in an
+output channel of the probed input channel's group. Dilation and per-axis stride or padding
+change which positions a fold reads, not its order: the patterns apply unchanged.
+
 The patterns (:data:`PROBES`), each aimed at a behaviour certified bounds can expose:
 
 * ``single_term`` — one non-zero term with a full significand: any loss of input precision
@@ -66,7 +73,7 @@ def background(fmt: Format, g: Geometry, rng: np.random.Generator, style: str = 
         x = np.maximum(x, 0.0)
     elif style == "image":
         x = rng.random(g.input_shape)
-    w = rng.standard_normal(g.weight_shape) * math.sqrt(2.0 / (g.C * g.kH * g.kW))
+    w = rng.standard_normal(g.weight_shape) * math.sqrt(2.0 / (g.Cg * g.kH * g.kW))  # He: the fan-in of a group
     d = rng.standard_normal(g.grad_output_shape) * 2.0**-4
     return tuple(fmt.round_array(a) for a in (x, w, d))
 
@@ -108,7 +115,9 @@ def plant(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, kind: str, t
     """Copies of ``(x, w, d)`` with probe ``kind`` aimed at ``target``'s fold in ``channel`` (an
     output channel for ``grad_bias``, an input channel otherwise; taken modulo the count), with
     ``δ[:, out_channel]`` (default: ``channel``) the constant of ``grad_weight`` and ``δ[batch]``
-    that of ``grad_input``."""
+    that of ``grad_input``. In a grouped layer the folds stay in ``channel``'s group: the
+    ``grad_weight`` constant is the output channel ``out_channel mod O/G`` of that group, and the
+    ``grad_input`` pattern fills that group's output channels of ``w``."""
     x, w, d = x.copy(), w.copy(), d.copy()
     if kind == "none":
         return x, w, d
@@ -116,13 +125,17 @@ def plant(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, kind: str, t
         o = channel % g.O
         d[:, o] = pattern(kind, fmt, d[:, o].size, rng, pos).reshape(d[:, o].shape)
     elif target == "grad_weight":
-        o, c = (channel if out_channel is None else out_channel) % g.O, channel % g.C
+        c = channel % g.C
+        group = c // g.Cg
+        o = group * g.Og + (channel if out_channel is None else out_channel) % g.Og
         d[:, o] = 1.0
         x[:, c] = pattern(kind, fmt, x[:, c].size, rng, pos).reshape(x[:, c].shape)
     elif target == "grad_input":
         c = channel % g.C
+        group, local = divmod(c, g.Cg)
         d[batch % g.N] = 1.0
-        w[:, c] = pattern(kind, fmt, w[:, c].size, rng, pos).reshape(w[:, c].shape)
+        rows = slice(group * g.Og, (group + 1) * g.Og)
+        w[rows, local] = pattern(kind, fmt, w[rows, local].size, rng, pos).reshape(w[rows, local].shape)
     else:
         raise ValueError(f"unknown gradient {target!r}")
     return x, w, d
@@ -136,6 +149,9 @@ def probe_case(layer: str, size: int, kind: str, target: str, fmt: Format | None
     >>> case = probe_case("resnet18.layer1.0.conv1", 16, "single_term", "grad_input")
     >>> case.geometry.C, int((case.weight[:, 0] != 0).sum())
     (64, 1)
+    >>> case = probe_case("mobilenet_v2.features.1.depthwise", 8, "single_term", "grad_input")
+    >>> case.weight.shape, int((case.weight[5] != 0).sum())  # channel 5's fold: its own 3×3 taps
+    ((32, 1, 3, 3), 1)
     """
     from .case import Case
     from .catalogue import get_layer
@@ -148,4 +164,4 @@ def probe_case(layer: str, size: int, kind: str, target: str, fmt: Format | None
     channels = g.O if target == "grad_bias" else g.C
     for c in range(channels):
         x, w, d = plant(x, w, d, g, kind, target, c, 0, fmt, rng, out_channel=0)
-    return Case(x, w, d, stride=g.stride, padding=g.padding, format=fmt)
+    return Case(x, w, d, stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups, format=fmt)

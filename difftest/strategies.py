@@ -12,7 +12,10 @@ Small composable functions returning strategies, in the hypothesis style:
 
 Every value strategy yields values of the given format exactly (so a case never needs
 ``round_inputs``), and the geometry strategies yield only geometries of the spec's comparable
-domain (kernel within the padded input).
+domain (kernel, dilated, within the padded input). Most fuzzed geometries are the spec's own
+(one stride and padding, no dilation, no groups); about one in five draws the generalisations
+real networks run — groups, dilation, per-axis stride and padding (see :func:`geometries`) —
+and shrinking takes them away.
 
 Arguments are checked when a strategy is built, not when it is drawn from: an invalid one
 raises :class:`hypothesis.errors.InvalidArgument` naming the argument and what it accepts.
@@ -42,7 +45,7 @@ __all__ = [
     "geometries", "format_values", "normal", "uniform", "log_uniform", "integers", "powers_of_two",
     "subnormals", "near_ties", "values", "arrays", "seeded", "seeded_array", "cancellation", "constant_blocks",
     "tensors", "structured",
-    "cases", "realistic_geometries", "realistic_cases", "requested_gradients", "campaign_cases",
+    "cases", "realistic_geometries", "layer_classes", "realistic_cases", "requested_gradients", "campaign_cases",
 ]
 
 
@@ -107,35 +110,76 @@ class Limits:
     max_kernel: int = 3
     max_stride: int = 3
     max_padding: int = 2
+    max_dilation: int = 3
 
     def __post_init__(self) -> None:
         for field in fields(self):
             _integer(getattr(self, field.name), f"Limits.{field.name}", 0 if field.name == "max_padding" else 1)
 
     @property
+    def max_extent(self) -> int:
+        """Largest image side a geometry can have: ``max_size``, or a dilated kernel's reach."""
+        return max(self.max_size, self.max_dilation * (self.max_kernel - 1) + 1)
+
+    @property
     def max_terms(self) -> int:
         """Most terms any gradient entry can sum (for overflow-free value ranges)."""
-        big = max(self.max_batch * self.max_size**2, self.max_channels * self.max_kernel**2)
+        big = max(self.max_batch * self.max_extent**2, self.max_channels * self.max_kernel**2)
         return max(big, 1)
 
 
 def geometries(limits: Limits = Limits()) -> st.SearchStrategy[Geometry]:
-    """Valid geometries within ``limits``; non-square images and kernels, any stride/padding."""
+    """Valid geometries within ``limits``: non-square images and kernels, any stride and padding,
+    and in one draw in three (hashed, see :func:`_spread_index`) the generalisations of real
+    networks, each with probability 1/2 where ``limits`` allow it:
+
+    * ``groups`` from 2 to ``max_channels``, both channel counts multiples of it (depthwise
+      when each group has one channel);
+    * ``dilation`` from 2 to ``max_dilation`` on the axes whose kernel is wider than 1, the same
+      on both axes or, one time in two, the width's drawn on its own (1 to ``max_dilation``);
+    * a per-axis stride ``(sh, sw)`` and a per-axis padding ``(ph, pw)``, the axes unequal.
+
+    Nominally about 30 % of the geometries leave the spec's (one in six each grouped, dilated, with
+    unequal strides, with unequal paddings); hypothesis's generation, which favours simple
+    choices, makes it about one in five in practice (quick profile's limits, 1,500 draws of
+    :func:`cases`: 18-24 % non-plain, each generalisation in 7-12 %), so most cases still test
+    the spec's own geometry. Shrinking goes to it: no groups, no dilation, equal axes."""
     return _geometries(_limits(limits))
+
+
+def _share(k: int, n: int) -> st.SearchStrategy[bool]:
+    """True ``k`` times in ``n`` (hashed: see :func:`_spread_index`), shrinking to False."""
+    return _spread_index(n).map(lambda i: i >= n - k)
 
 
 @st.composite
 def _geometries(draw, limits: Limits) -> Geometry:
+    general = draw(_share(1, 3))
     kH = draw(st.integers(1, limits.max_kernel))
     kW = draw(st.integers(1, limits.max_kernel))
-    p = draw(st.integers(0, limits.max_padding))
-    s = draw(st.integers(1, limits.max_stride))
-    H = draw(st.integers(max(1, kH - 2 * p), max(limits.max_size, kH)))
-    W = draw(st.integers(max(1, kW - 2 * p), max(limits.max_size, kW)))
-    return Geometry(
-        N=draw(st.integers(1, limits.max_batch)), C=draw(st.integers(1, limits.max_channels)), H=H, W=W,
-        O=draw(st.integers(1, limits.max_channels)), kH=kH, kW=kW, stride=s, padding=p,
-    )
+    ph = pw = draw(st.integers(0, limits.max_padding))
+    sh = sw = draw(st.integers(1, limits.max_stride))
+    dh = dw = groups = 1
+    if general:
+        if limits.max_channels > 1 and draw(_share(1, 2)):
+            groups = draw(st.integers(2, limits.max_channels))
+        if limits.max_dilation > 1 and max(kH, kW) > 1 and draw(_share(1, 2)):
+            d = draw(st.integers(2, limits.max_dilation))
+            dh = d if kH > 1 else 1
+            dw = (draw(st.integers(1, limits.max_dilation)) if draw(_share(1, 2)) else d) if kW > 1 else 1
+        if limits.max_stride > 1 and draw(_share(1, 2)):  # unequal axes: shrinks to the next stride
+            sw = 1 + (sh - 1 + draw(st.integers(1, limits.max_stride - 1))) % limits.max_stride
+        if limits.max_padding > 0 and draw(_share(1, 2)):
+            pw = (ph + draw(st.integers(1, limits.max_padding))) % (limits.max_padding + 1)
+    eh, ew = dh * (kH - 1) + 1, dw * (kW - 1) + 1  # the dilated kernel's reach
+    H = draw(st.integers(max(1, eh - 2 * ph), max(limits.max_size, eh)))
+    W = draw(st.integers(max(1, ew - 2 * pw), max(limits.max_size, ew)))
+    N = draw(st.integers(1, limits.max_batch))
+    per_group = limits.max_channels // groups
+    C = groups * draw(st.integers(1, per_group))
+    O = groups * draw(st.integers(1, per_group))
+    return Geometry(N=N, C=C, H=H, W=W, O=O, kH=kH, kW=kW, stride=(sh, sw), padding=(ph, pw),
+                    dilation=(dh, dw), groups=groups)
 
 
 # --- values of a format ------------------------------------------------------------------
@@ -377,8 +421,8 @@ def _structured(draw, fmt: Format, g: Geometry, limits: Limits) -> tuple[np.ndar
     if which == "grad_weight":
         x = draw(cancellation(fmt, g.input_shape, limits))
     elif which == "grad_input":
-        # the input gradient folds over the output channel first: cancel along O
-        w = draw(cancellation(fmt, (g.C, g.O, g.kH, g.kW), limits)).transpose(1, 0, 2, 3).copy()
+        # the input gradient folds over the output channel first (its group's): cancel along O
+        w = draw(cancellation(fmt, (g.Cg, g.O, g.kH, g.kW), limits)).transpose(1, 0, 2, 3).copy()
     else:
         d = draw(cancellation(fmt, g.grad_output_shape, limits))
     return x, w, d
@@ -403,30 +447,35 @@ def _cases(draw, fmt: Format, geometry: st.SearchStrategy[Geometry], tensor, lim
     if tensor is None:
         if draw(st.integers(0, 3)) == 0:
             x, w, d = draw(structured(fmt, g, limits))
-            return Case(x, w, d, stride=g.stride, padding=g.padding, format=fmt)
+            return _case(x, w, d, g, fmt)
         make = lambda shape: tensors(fmt, shape, limits)  # noqa: E731
     elif isinstance(tensor, st.SearchStrategy):
         make = lambda shape: arrays(shape, tensor)  # noqa: E731
     else:
         make = lambda shape: tensor(fmt, shape)  # noqa: E731
-    return Case(
-        draw(make(g.input_shape)), draw(make(g.weight_shape)), draw(make(g.grad_output_shape)),
-        stride=g.stride, padding=g.padding, format=fmt,
-    )
+    return _case(draw(make(g.input_shape)), draw(make(g.weight_shape)), draw(make(g.grad_output_shape)), g, fmt)
+
+
+def _case(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, fmt: Format) -> Case:
+    """The case of arrays ``x, w, d`` with ``g``'s stride, padding, dilation and groups."""
+    return Case(x, w, d, stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups, format=fmt)
 
 
 # --- real layers with probes -------------------------------------------------------------------
 
 def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None) -> st.SearchStrategy[Geometry]:
-    """Geometries of real layers (:mod:`difftest.catalogue`): a layer's channels, kernel, stride and
-    padding, a batch up to ``max_batch`` and an input size up to the largest (its own at most) at
-    which one gradient costs at most ``max_macs`` multiply-adds; shrinking makes the input smaller.
-    Layers too costly even at their smallest size are left out. ``layers``: names (default: all).
+    """Geometries of real layers (:mod:`difftest.catalogue`): a layer's channels, kernel, stride,
+    padding, dilation and groups, a batch up to ``max_batch`` and an input size up to the largest
+    (its own at most) at which one gradient costs at most ``max_macs`` multiply-adds; shrinking
+    makes the input smaller. Layers too costly even at their smallest size are left out.
+    ``layers``: names (default: all).
 
-    The draw is stratified by what libraries switch kernels on: each class of kernel size, stride
-    and channel count (fewer than 32, 32 to 127, 128 or more in the smaller of C and O) is as
-    likely as any other, then a layer within it (the many 3×3 stride-1 layers do not crowd out
-    7×7, 11×11, strided or wide ones)."""
+    The draw is stratified by what libraries switch kernels on: the depthwise, the grouped, the
+    dilated and the asymmetric layers (:attr:`~difftest.catalogue.CatalogueLayer.family`) are a
+    class each, the dense ones a class per kernel size, stride and channel count (fewer than 32,
+    32 to 127, 128 or more in the smaller of C and O); each class is as likely as any other, then
+    a layer within it (the many 3×3 stride-1 layers do not crowd out 7×7, 11×11, strided, wide,
+    depthwise or dilated ones)."""
     from .catalogue import LAYERS, largest_size
 
     max_macs, max_batch = _integer(max_macs, "max_macs", 1), _integer(max_batch, "max_batch", 1)
@@ -435,11 +484,22 @@ def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None) -> st.S
         _require(name in LAYERS, "layers", "names of catalogue layers (difftest.catalogue.LAYERS)", name)
     usable = [LAYERS[n] for n in names if largest_size(LAYERS[n], 1, max_macs) is not None]
     _require(bool(usable), "max_macs", "large enough for one catalogue layer at its smallest size", max_macs)
-    classes: dict[tuple[int, int, int], list] = {}  # (kernel, stride, width class) -> layers
-    for layer in usable:
-        width = min(layer.C, layer.O)
-        classes.setdefault((layer.k, layer.stride, (width >= 32) + (width >= 128)), []).append(layer)
-    return _realistic_geometries(list(classes.values()), max_macs, max_batch)
+    return _realistic_geometries(list(layer_classes(usable).values()), max_macs, max_batch)
+
+
+def layer_classes(layers) -> dict[tuple, list]:
+    """The strata of :func:`realistic_geometries`: ``(family,)`` for the depthwise, grouped, dilated
+    and asymmetric layers, ``("dense", kernel, stride, width class)`` for the others, in the order
+    of first appearance, each with its layers."""
+    classes: dict[tuple, list] = {}
+    for layer in layers:
+        if layer.family != "dense":
+            key = (layer.family,)
+        else:
+            width = min(layer.C, layer.O)
+            key = ("dense", layer.k, layer.stride, (width >= 32) + (width >= 128))
+        classes.setdefault(key, []).append(layer)
+    return classes
 
 
 def _spread_index(n: int) -> st.SearchStrategy[int]:
@@ -504,7 +564,7 @@ def _realistic_cases(draw, fmt: Format, geometry: st.SearchStrategy[Geometry]) -
             width = g.O if target == "grad_bias" else g.C
             for i, kind in enumerate(kinds[:width]):
                 x, w, d = plant(x, w, d, g, kind, target, first + i, batch, fmt, rng, pos, out_channel=first)
-    return Case(x, w, d, stride=g.stride, padding=g.padding, format=fmt)
+    return _case(x, w, d, g, fmt)
 
 
 #: The proper non-empty subsets of the gradients, for :func:`requested_gradients`.

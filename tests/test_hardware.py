@@ -52,8 +52,7 @@ def test_realistic_cases_are_real_layers_within_budget_holding_format_values(dat
     case = data.draw(dst.realistic_cases(fmt, budget))
     g = case.geometry
     assert g.macs <= budget
-    assert any((layer.C, layer.O, layer.k, layer.stride, layer.padding) == (g.C, g.O, g.kH, g.stride, g.padding)
-               for layer in LAYERS.values())
+    assert any(layer.geometry(g.N, g.H) == g for layer in LAYERS.values() if smallest_size(layer) <= g.H <= layer.H)
     for a in (case.input, case.weight, case.grad_output):
         assert fmt.representable_array(a).all()
         assert np.abs(a).max() <= 2.0**7  # far below any overflow
@@ -221,7 +220,9 @@ def test_the_quick_profile_reaches_shape_gates_it_was_not_tuned_for(tmp_path_fac
 
 
 def test_a_shrunk_finding_keeps_the_largest_case_that_showed_it(tmp_path):
-    _quick(tmp_path, "emu-tf32@min-channels=32", examples=30, shrink=True, shrink_steps=40)
+    # seed 1: its precision finding (8 draws) shrinks from a 5×5 case of 1.8 M multiply-adds to a 3×3 one
+    # (with seed 0 the first precision case since the catalogue's general layers is already at 3×3: nothing to shrink)
+    _quick(tmp_path, "emu-tf32@min-channels=32", examples=30, shrink=True, shrink_steps=40, seed=1)
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     found = [r for r in records if r.get("finding") and r["finding"]["verdict"] == "precision"]
     shrunk = [r for r in found if r["phase"] == "shrunk"]  # the one that stopped it; others stand unshrunk
