@@ -1,17 +1,17 @@
 """What judging a case will cost, before judging it: seconds and peak memory from its shapes.
 
-The pipeline's work and memory follow its GEMM operands: the im2col matrix of the input
-(``N·oh·ow × C·kH·kW``, for the weight gradient) and the transposed im2col of the output
-gradient (``N·H·W × O·kH·kW``, for the input gradient). The exact oracle slices both into
-several exact float64 parts and the bounds take absolute values and counts of them, so the peak
-is a multiple of the larger one; the time is a cost per multiply-add plus a cost per entry of the
-transposed im2col (the input gradient's zero steps and sub-pixel blocks).
+The pipeline's work follows its multiply-adds (the GEMMs of the exact oracle and the order-free
+bound, the NF folds) and its entries (every gradient entry is rounded, bounded and compared;
+the output gradient is read once per tap). Its memory follows the largest array it lays out:
+the im2col matrix of the input (``N·oh·ow × C·kH·kW``, for the weight gradient; the input
+gradient is summed tap by tap from the compact tensors and lays out nothing larger than its own
+entries), sliced into several exact float64 parts, so the peak is a multiple of it.
 
 The constants were fitted on the development machine (2-core AMD EPYC, numpy 2.4, numba 0.68)
-to check_case runs of ResNet/VGG-like layers from 7.2 M to 116 M multiply-adds (the ResNet-50
-stem, 7×7 stride 2, included), judging ``nf-binary32`` and ``torch-cpu-float32``: times within
-30 % and mostly above, peaks (measured with tracemalloc) up to twice too high, never below. ``difftest bench`` prints the estimate next
-to what it measures, so the calibration can be checked on any machine.
+to the 53 layers of ``difftest bench --model resnet50`` judged for ``torch-cpu-float32`` (7.2 M
+to 118 M multiply-adds, 27 k to 2.4 M entries, the 7×7 stride-2 stem included): 7.6 ns per
+multiply-add and 670 ns per entry fitted, rounded up here. ``difftest bench`` prints the
+estimate next to what it measures, so the calibration can be checked on any machine.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from .errors import DifftestError
 from .geometry import Geometry
 
-NS_PER_MAC = 6.0  # per multiply-add of one gradient's GEMM
-NS_PER_TRANSPOSED_ENTRY = 90.0  # per entry of the input gradient's transposed im2col
+NS_PER_MAC = 8.0  # per multiply-add of one gradient's GEMM
+NS_PER_ENTRY = 700.0  # per entry of the gradients and of the output gradient
 FIXED_SECONDS = 0.1
 BYTES_PER_OPERAND_ENTRY = 13 * 8  # peak bytes per entry of the larger GEMM operand
 BASE_BYTES = 64 * 2**20
@@ -52,9 +52,9 @@ def estimate(g: Geometry, formats: int = 1) -> Estimate:
     """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats."""
     macs = g.macs
     cols_x = g.N * g.out_h * g.out_w * g.C * g.kH * g.kW  # im2col of all groups
-    cols_d = g.N * g.H * g.W * g.O * g.kH * g.kW  # transposed im2col of all groups
-    seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_TRANSPOSED_ENTRY * cols_d) * 1e-9
-    return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_OPERAND_ENTRY * max(cols_x, cols_d))
+    entries = (g.N * g.C * g.H * g.W, g.O * g.Cg * g.kH * g.kW, g.N * g.O * g.out_h * g.out_w)
+    seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_ENTRY * sum(entries)) * 1e-9
+    return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_OPERAND_ENTRY * max(cols_x, *entries))
 
 
 def machine_memory() -> int | None:
