@@ -157,6 +157,8 @@ class Case:
             subset["dilation"] = np.array(self.dilation, dtype=np.int64)
         if self.groups != 1:
             subset["groups"] = np.int64(self.groups)
+        if self.round_inputs:  # the arrays are spec values to be rounded: replays round them too
+            subset["round_inputs"] = np.bool_(True)
         with open(path, "wb") as f:
             np.savez(
                 f,
@@ -174,10 +176,12 @@ class Case:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, format: str | None = None, round_inputs: bool = False,
+    def load(cls, path: str | Path, *, format: str | None = None, round_inputs: bool | None = None,
              gradients=None) -> "Case":
         """Read a case file. ``format`` overrides the file's own (default ``binary32``),
-        ``gradients`` the file's requested gradients (default all three)."""
+        ``gradients`` the file's requested gradients (default all three), ``round_inputs`` the
+        file's own (default: false; a file saved from a case made with ``round_inputs`` — a
+        ``difftest model`` layer — rounds its values again when loaded)."""
         path = Path(path)
         if path.is_dir():
             raise CaseFileError(f"{path} is a directory, not a case file; give an .npz case file "
@@ -216,6 +220,8 @@ class Case:
         )
         if gradients is None and "gradients" in data:
             gradients = _gradients(path, data["gradients"])
+        if round_inputs is None:
+            round_inputs = _scalar(path, "round_inputs", data["round_inputs"], bool) if "round_inputs" in data else False
         return cls(**kwargs, format=get_format(fmt_name), round_inputs=round_inputs,
                    gradients=GRADIENTS if gradients is None else gradients)
 
@@ -344,4 +350,6 @@ def _scalar(path: Path, name: str, value: np.ndarray, kind: type):
         raise CaseFileError(f"{path}: {name} must be a number, got {v!r}")
     if kind is str and not isinstance(v, str):
         raise CaseFileError(f"{path}: {name} must be a string, got {v!r}")
+    if kind is bool and not isinstance(v, (bool, np.bool_)):
+        raise CaseFileError(f"{path}: {name} must be a boolean, got {v!r}")
     return kind(v)

@@ -85,7 +85,7 @@ def _prepare_file(path, what: str) -> Path:
 
 
 def _load_case(args) -> Case:
-    return Case.load(args.case, format=getattr(args, "format", None), round_inputs=args.round_inputs,
+    return Case.load(args.case, format=getattr(args, "format", None), round_inputs=args.round_inputs or None,
                      gradients=_gradients(args))
 
 
@@ -710,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "report.html.",
                  epilog="Exit codes: 0 nothing at or above --fail-on, 1 a finding at or above it, 2 usage, input or "
                         "environment error. Replay a layer: difftest check OUT/cases/<layer>.npz --backend NAME "
-                        "--round-inputs.")
+                        "(the file says its values are rounded, as --round-inputs does).")
     md.add_argument("model", metavar="MODEL", help="torchvision model name (resnet50, mobilenet_v2, ...) or package.module:callable")
     md.add_argument("--input-shape", metavar="N,C,H,W", default=None, help="input shape (default 1,3,224,224)")
     md.add_argument("--backend", action="append", metavar="NAME",

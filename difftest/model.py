@@ -44,7 +44,7 @@ import numpy as np
 from .case import Case
 from .errors import DifftestError
 from .estimate import Estimate, estimate, format_size, refuse_if_too_large
-from .explain import format_ratio, plural
+from .explain import format_ratio, plural, reproduce_command
 from .geometry import GRADIENTS, Geometry
 from .outcome import BackendResult, FindingKey, ResultRecord, jsonable
 from .report import MODEL_FILE
@@ -514,14 +514,6 @@ def _write_model_file(out: Path, result: ModelResult) -> None:
 
 # --- words ------------------------------------------------------------------------------------
 
-def replay_command(case_file, backend: str) -> str:
-    """The command that judges a layer's case file again (its values are rounded into the
-    backend's format, as the model run did: ``--round-inputs``)."""
-    from .explain import reproduce_command
-
-    return reproduce_command(case_file, backend) + " --round-inputs"
-
-
 def table(result: ModelResult, expected: dict | None = None) -> str:
     """The per-layer table: one row per layer and backend, a verdict per gradient and the worst
     ratios; skipped layers with their reason; notes on extensions; where the files are."""
@@ -572,6 +564,6 @@ def table(result: ModelResult, expected: dict | None = None) -> str:
                  "ratio_of = the same against the order-free bound")
     first = next((x for x in result.layers if x.case_file), None)
     if first is not None:
-        lines.append(f"case files: {result.out}/cases/ (replay one: {replay_command(first.case_file, result.backends[0])})")
+        lines.append(f"case files: {result.out}/cases/ (replay one: {reproduce_command(first.case_file, result.backends[0])})")
     return "\n".join(lines)
 

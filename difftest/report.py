@@ -313,8 +313,6 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     def detail(r: ResultRecord, g: str, shrunk: bool) -> Detail:
         d = origin[id(r)]
         cmd = reproduce_command(d / r.case_file, r.backend, r.requested) if r.case_file else "(no case file saved)"
-        if r.case_file and models.get(Path(d), {}).get("round_inputs"):
-            cmd += " --round-inputs"  # a model's layer: captured float64 values, rounded into each format
         v = r.gradients[g].verdict
         big = r.largest_case
         big_cmd = reproduce_command(d / big["case_file"], r.backend) if big and big.get("case_file") else ""

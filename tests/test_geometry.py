@@ -115,6 +115,12 @@ def test_general_case_files_round_trip_and_plain_ones_keep_their_form(tmp_path):
     plain = general_case(Geometry(1, 2, 4, 4, 3, 3, 3, 1, 1))
     with np.load(plain.save(tmp_path / "plain.npz")) as z:
         assert "dilation" not in z.files and "groups" not in z.files and z["stride"].shape == ()
+    # a case of values to be rounded (a model's layer) says so in its file, and replays rounded
+    third = np.full(plain.input.shape, 1 / 3)
+    rounded = Case(third, plain.weight, plain.grad_output, stride=1, padding=1, round_inputs=True)
+    back = Case.load(rounded.save(tmp_path / "rounded.npz"))
+    assert back.round_inputs and back.case_id == rounded.case_id and back.eps_input == rounded.eps_input
+    assert not Case.load(tmp_path / "plain.npz").round_inputs
     # a pair of equal values is the scalar: the same case, the same id
     same = Case(plain.input, plain.weight, plain.grad_output, stride=(1, 1), padding=[1, 1], dilation=(1, 1))
     assert same.stride == 1 and same.case_id == plain.case_id
