@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import DifftestError
-from .geometry import Geometry, axis_pair, compact
+from .geometry import Geometry, axis_of, axis_pair, compact
 
 __all__ = ["CatalogueLayer", "LAYERS", "MODELS", "FAMILIES", "get_layer", "smallest_size", "largest_size"]
 
@@ -66,11 +66,11 @@ class CatalogueLayer:
 
     @property
     def kH(self) -> int:
-        return axis_pair("k", self.k, 1)[0]
+        return axis_of(self.k, 0)
 
     @property
     def kW(self) -> int:
-        return axis_pair("k", self.k, 1)[1]
+        return axis_of(self.k, 1)
 
     @property
     def family(self) -> str:

@@ -48,6 +48,11 @@ def axis_pair(name: str, value, minimum: int) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def axis_of(value: Pair, axis: int) -> int:
+    """The height (``axis`` 0) or width (1) value of a compact, validated ``value``."""
+    return value if isinstance(value, int) else value[axis]
+
+
 def compact(pair: tuple[int, int]) -> Pair:
     """A pair as written back: one integer where both axes agree."""
     return pair[0] if pair[0] == pair[1] else (pair[0], pair[1])
@@ -102,27 +107,27 @@ class Geometry:
 
     @property
     def sh(self) -> int:
-        return axis_pair("stride", self.stride, 1)[0]
+        return axis_of(self.stride, 0)
 
     @property
     def sw(self) -> int:
-        return axis_pair("stride", self.stride, 1)[1]
+        return axis_of(self.stride, 1)
 
     @property
     def ph(self) -> int:
-        return axis_pair("padding", self.padding, 0)[0]
+        return axis_of(self.padding, 0)
 
     @property
     def pw(self) -> int:
-        return axis_pair("padding", self.padding, 0)[1]
+        return axis_of(self.padding, 1)
 
     @property
     def dh(self) -> int:
-        return axis_pair("dilation", self.dilation, 1)[0]
+        return axis_of(self.dilation, 0)
 
     @property
     def dw(self) -> int:
-        return axis_pair("dilation", self.dilation, 1)[1]
+        return axis_of(self.dilation, 1)
 
     @property
     def Cg(self) -> int:
