@@ -149,7 +149,20 @@ def layer_geometry(name: str, max_macs: int = 20_000_000) -> Geometry:
     from .catalogue import get_layer, largest_size, smallest_size
 
     layer = get_layer(name)
-    return layer.geometry(1, largest_size(layer, 1, max_macs) or smallest_size(layer))
+    return plain_only(layer.geometry(1, largest_size(layer, 1, max_macs) or smallest_size(layer)), f"--layer {name}")
+
+
+def plain_only(g: Geometry, what: str) -> Geometry:
+    """``g`` if the probes can be laid out in it: one group, no dilation, square stride and
+    padding (the fold slots of this module are built for TorchLean's own geometry); else a
+    :class:`DifftestError` saying so."""
+    from .errors import DifftestError
+
+    if not g.plain:
+        raise DifftestError(f"{what}: the fingerprint probes lay out folds of ungrouped, undilated convolutions "
+                            f"with one stride and padding; this one has {g.text()}; fingerprint a dense layer "
+                            "(or --geometry), and judge this one with difftest check or run")
+    return g
 
 
 def parse_geometry(text: str) -> Geometry:
@@ -1129,7 +1142,7 @@ def fingerprint(backend, geometry: Geometry | None = None, gradients=GRADIENTS) 
         from .backends import get_backend
 
         backend = get_backend(backend)
-    g = default_geometry() if geometry is None else geometry
+    g = default_geometry() if geometry is None else plain_only(geometry, "fingerprint")
     fp = Fingerprint(backend.name, backend.format.name, g)
     for grad in gradients:
         fp.gradients[grad] = _Prober(backend, grad, g).run()

@@ -378,3 +378,12 @@ def test_run_fingerprint_puts_what_each_backend_computes_in_the_report(tmp_path,
     assert [b["backend"] for b in doc["backends"]] == ["numpy-float32"]
     assert doc["backends"][0]["gradients"]["grad_input"]["product_bits"] == 24
     assert "What each backend computes" in (out / "report.html").read_text()
+
+
+def test_a_grouped_or_dilated_layer_is_refused_with_what_to_do_instead():
+    from difftest.errors import DifftestError
+
+    with pytest.raises(DifftestError, match=r"--layer mobilenet_v2.features.4.depthwise: .* groups 144; fingerprint a dense layer"):
+        fp.layer_geometry("mobilenet_v2.features.4.depthwise")
+    with pytest.raises(DifftestError, match="dilation 2"):
+        fp.fingerprint("numpy-float32", Geometry(1, 4, 8, 8, 4, 3, 3, 1, 2, 2))
