@@ -28,7 +28,9 @@ from pathlib import Path
 from .errors import DifftestError
 from .verdicts import VERDICTS, fails
 
-GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding")
+GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding", "dilation", "groups")
+#: Fields an older record lacks, and the value they had there.
+GEOMETRY_DEFAULTS = {"dilation": 1, "groups": 1}
 
 #: The expectations a run used, kept in its result directory (a report marks findings with them).
 EXPECTED = "expected.json"
@@ -83,11 +85,12 @@ class Expected:
         if not fnmatch.fnmatchcase(gradient, self.gradient) or (self.format and fmt != self.format):
             return False
         for k, want in self.geometry.items():
-            have = geometry.get(k)
+            have = geometry.get(k, GEOMETRY_DEFAULTS.get(k))
             if have is None:
                 return False
             lo, hi = (want, want) if isinstance(want, int) else want
-            if (lo != "" and have < lo) or (hi != "" and have > hi):
+            # a per-axis value [h, w] matches where both axes do
+            if any((lo != "" and v < lo) or (hi != "" and v > hi) for v in (have if isinstance(have, list) else [have])):
                 return False
         return True
 

@@ -48,6 +48,17 @@ def test_entries_match_by_pattern_verdict_format_and_geometry(tmp_path):
     assert e.explain("numpy-float32", "grad_input", "precision", "binary16", geo) is None
 
 
+def test_geometry_constraints_cover_groups_dilation_and_per_axis_values(tmp_path):
+    from difftest.expectations import Expected
+
+    e = Expected("x", "order", "r", geometry={"stride": [2, ""], "groups": [2, ""]})
+    assert e.matches("x", "grad_input", "order", "binary32", {"stride": 2, "groups": 4})
+    assert not e.matches("x", "grad_input", "order", "binary32", {"stride": [2, 1], "groups": 4})  # one axis below
+    assert e.matches("x", "grad_input", "order", "binary32", {"stride": [3, 2], "groups": 4})
+    assert not e.matches("x", "grad_input", "order", "binary32", {"stride": 2})  # an older record: groups 1
+    assert Expected("x", "order", "r", geometry={"dilation": 1}).matches("x", "g", "order", "f", {"N": 1})
+
+
 @pytest.mark.parametrize("text, message", [
     ('[[expected]]\nbackend = "x"\nverdict = "pass"\nreason = "r"', "verdict must be one of"),
     ('[[expected]]\nbackend = "x"\nverdict = "order"', "'reason' must be a non-empty string"),
