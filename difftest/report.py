@@ -374,6 +374,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "passed": [o for o in overview if o["worst"] == "pass"],
         "exceeded": exceeded,
         "batch_extension": any(r.batch_extension for r in records),
+        "general_extensions": sorted({e for r in records for e in r.extensions if e != "batch"}),
         "fingerprints": fingerprint_rows(dirs),
         "layers": model_layers(dirs, records, origin, backends),
         "models": [{"model": m.get("model", ""), "input_shape": m.get("input_shape", []), "seed": m.get("seed"),

@@ -146,6 +146,7 @@ def test_the_table_labels_extensions_and_skips_and_the_report_names_each_layer(t
     text = (out / "report.html").read_text(encoding="utf-8")
     html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(text)
     assert 'id="layers"' in text and "<b>extension</b> (dilation)" in text
+    assert "Cases with dilation, per-axis padding, per-axis stride: the TorchLean bounds fold" in text
     for name in ("0", "2", "3"):
         assert f"<tr><th>{name}</th>" in text
     assert "layer <b>0</b> (the first that showed it)" in text
