@@ -84,11 +84,6 @@ def accepts_keyword(fn, name: str) -> bool:
                for p in params)
 
 
-def accepts_gradients(fn) -> bool:
-    """Whether ``fn`` takes a ``gradients`` keyword."""
-    return accepts_keyword(fn, "gradients")
-
-
 @functools.lru_cache(maxsize=None)
 def _class_accepts(cls: type, name: str) -> bool:
     return accepts_keyword(cls.conv2d_backward, name)

@@ -14,9 +14,13 @@ Dilation and unequal per-axis stride or padding are outside ``Spec.Conv2DSpec``:
 engine folds in the spec's order over this generalised index map, and outputs label the bound an
 *extension* (:attr:`Geometry.extensions`), as they do the batch (``N > 1``).
 
-The GEMM layouts are batched over groups: every operand is ``(G, rows, inner)`` or
-``(G, inner, cols)`` (``G = 1`` for ungrouped layers and for the bias), one ``numpy.matmul``
-over all groups, so a depthwise layer costs its own multiply-adds, not a dense layer's.
+Every gradient entry is a sum over the spec's non-zero steps. :func:`gradient_product` evaluates
+those sums from the compact tensors with float64 GEMMs batched over groups (one ``numpy.matmul``
+over the group axis; the input gradient one GEMM per kernel tap, added into the input positions
+the tap reaches), so a depthwise layer costs its own multiply-adds and nothing is laid out larger
+than the tensors; the exact oracle and the order-free bound use it. :func:`gemm_operands` lays
+the same sums out as dense batched GEMMs ``(G, rows, inner) @ (G, inner, cols)``, each entry's
+terms along the inner dimension in the spec's fold order: the emulations fold along it.
 """
 
 from __future__ import annotations
