@@ -105,29 +105,42 @@ def _mul_eps(x, y, prod, ex, ey, p, emin):
     return (abs(x) + ex) * ey + (abs(y) + ey) * ex + h
 
 
+#: Output channels one task of :func:`kernel_fold` folds together (each reads im2col once).
+_KERNEL_BLOCK = 16
+
+
 @njit(parallel=True, cache=True)
 def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
     """grad_weight: entries (o, j), steps k over (n, i, j). ``cols`` is the whole im2col
     ``(K, C·kH·kW)``; with groups, ``acc_out`` is ``(O, C/G·kH·kW)`` and output channel ``o``
-    reads the columns of its group (``G = cols.shape[1] // acc_out.shape[1]``)."""
+    reads the columns of its group (``G = cols.shape[1] // acc_out.shape[1]``). Every entry folds
+    over k in order; a task takes a block of output channels and steps them together, so each
+    row of im2col is read once per block, not once per output channel."""
     K = cols.shape[0]
     O, M = acc_out.shape
     Og = O // (cols.shape[1] // M)
-    for o in prange(O):
-        base = (o // Og) * M
-        acc = np.zeros(M)
-        e = np.zeros(M)
+    blocks = (O + _KERNEL_BLOCK - 1) // _KERNEL_BLOCK
+    for blk in prange(blocks):
+        o0 = blk * _KERNEL_BLOCK
+        o1 = min(O, o0 + _KERNEL_BLOCK)
+        acc = np.zeros((o1 - o0, M))
+        e = np.zeros((o1 - o0, M))
         for k in range(K):
-            d = drows[o, k]
-            for j in range(M):
-                x = cols[k, base + j]
-                prod = x * d
-                t = _round(prod, p, emin)
-                a, b = _step(acc[j], e[j], t, _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
-                acc[j] = a
-                e[j] = b
-        acc_out[o, :] = acc
-        e_out[o, :] = e
+            row = cols[k]
+            for o in range(o0, o1):
+                d = drows[o, k]
+                base = (o // Og) * M
+                a_row = acc[o - o0]
+                e_row = e[o - o0]
+                for j in range(M):
+                    x = row[base + j]
+                    prod = x * d
+                    t = _round(prod, p, emin)
+                    a, b = _step(a_row[j], e_row[j], t, _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
+                    a_row[j] = a
+                    e_row[j] = b
+        acc_out[o0:o1, :] = acc
+        e_out[o0:o1, :] = e
 
 
 @njit(parallel=True, cache=True)
