@@ -106,8 +106,9 @@ def test_cuda_tf32_breaks_binary32_on_a_tensor_core_shape_and_float32_does_not()
 
 
 def test_the_tensor_core_probe_case_separates_tf32_from_binary32_on_the_cpu():
-    """The CUDA test's case, checked here with the emulations: TF32 inputs give ``precision``,
-    binary32 in any order does not (so on a GPU the verdict depends on what the kernel did)."""
+    """The CUDA test's probe, at 16×16 here (the emulation rounds by definition, at any size; 56×56
+    would cost emu-tf32 ten seconds): TF32 inputs give ``precision``, binary32 in any order does
+    not (so on a GPU the verdict depends on what the kernel did)."""
     from difftest.probes import probe_case
 
     case = probe_case("resnet18.layer1.0.conv1", 16, "single_term", "grad_input")
