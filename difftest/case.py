@@ -302,15 +302,13 @@ _LAYOUT = {"input": "N, C, H, W", "weight": "O, C, kH, kW", "grad_output": "N, O
 def _geometry_of(arrays: dict[str, np.ndarray], stride, padding, dilation, groups: int) -> Geometry:
     N, C, H, W = arrays["input"].shape
     O, C2, kH, kW = arrays["weight"].shape
-    if C % groups or O % groups:
-        raise InvalidCase(f"groups={groups} must divide both the input channels C={C} and the output channels O={O}")
+    g = Geometry(N=N, C=C, H=H, W=W, O=O, kH=kH, kW=kW, stride=stride, padding=padding, dilation=dilation, groups=groups)
     if C2 * groups != C:
         per_group = f" (C/groups with groups={groups})" if groups != 1 else ""
         raise InvalidCase(
             f"weight has {C2} input channels (shape {arrays['weight'].shape}) but input has {C} "
             f"(shape {arrays['input'].shape}); the weight's second axis must be {C // groups}{per_group}"
         )
-    g = Geometry(N=N, C=C, H=H, W=W, O=O, kH=kH, kW=kW, stride=stride, padding=padding, dilation=dilation, groups=groups)
     if arrays["grad_output"].shape != g.grad_output_shape:
         raise InvalidCase(
             f"grad_output has shape {arrays['grad_output'].shape}; expected {g.grad_output_shape} "

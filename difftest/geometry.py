@@ -410,7 +410,7 @@ def _batched_weight_rows(w: np.ndarray, g: Geometry) -> np.ndarray:
     return wg.reshape(g.groups, -1, w.shape[1])
 
 
-def _batched_rows(d: np.ndarray, g: Geometry) -> np.ndarray:
+def grouped_rows(d: np.ndarray, g: Geometry) -> np.ndarray:
     """``(G, Og, N·oh·ow)``: each group's :func:`grad_output_rows`."""
     return grad_output_rows(d, g).reshape(g.groups, -1, g.N * g.out_h * g.out_w)
 
@@ -437,7 +437,7 @@ def gemm_operands(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, name
     n_out = g.N * g.out_h * g.out_w
     layouts = {
         "grad_input": (lambda: _batched_transposed(d, g), lambda: _batched_weight_rows(w, g)),
-        "grad_weight": (lambda: _batched_rows(d, g), lambda: _batched_im2col(x, g)),
+        "grad_weight": (lambda: grouped_rows(d, g), lambda: _batched_im2col(x, g)),
         "grad_bias": (lambda: grad_output_rows(d, g)[None], lambda: np.ones((1, n_out, 1), dtype=d.dtype)),
     }
     return {name: (fa(), fb()) for name, (fa, fb) in layouts.items() if name in names}
@@ -482,11 +482,10 @@ def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry
     order-free bound inflates it into a sure upper bound, as for any order).
     """
     if name == "grad_bias":
-        return a.sum(axis=(0, 2, 3)) if a.size else np.zeros(a.shape[1])
+        return a.sum(axis=(0, 2, 3))
     G = g.groups
     if name == "grad_weight":
-        rows = grad_output_rows(a, g).reshape(G, g.Og, -1)  # (G, Og, N·oh·ow)
-        return (rows @ gradient_operand(name, b, g)).reshape(g.weight_shape)
+        return (grouped_rows(a, g) @ gradient_operand(name, b, g)).reshape(g.weight_shape)
     out = np.zeros(g.input_shape)
     wg = b.reshape(G, g.Og, g.Cg, g.kH, g.kW)
     for di, dj, (oi, hs), (oj, ws) in input_taps(g):

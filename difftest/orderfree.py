@@ -60,7 +60,7 @@ import numpy as np
 from .case import RuntimeInputs
 from .formats import Format
 from .fparith import add_up, half_ulp_up, mul_up
-from .geometry import GRADIENTS, Geometry, gemm_shape, gradient_product
+from .geometry import GRADIENTS, Geometry, gemm_shape, gradient_operand, gradient_product
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,10 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> di
             out[name] = _bias_bound(fmt, rt.grad_output, rt.eps_grad_output, g)
             continue
         b, e_b = (rt.weight, rt.eps_weight) if name == "grad_input" else (rt.input, rt.eps_input)
+        # laid out once (the weight gradient's im2col); |·| and != 0 commute with the layout
+        b, mb = gradient_operand(name, b, g), gradient_operand(name, np.ones(b.shape), g)
         product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
-        out[name] = product_bound(fmt, rt.grad_output, b, np.ones(rt.grad_output.shape), np.ones(b.shape),
+        out[name] = product_bound(fmt, rt.grad_output, b, np.ones(rt.grad_output.shape), mb,
                                   rt.eps_grad_output, e_b, product, gemm_shape(name, g)[2])
     return out
 

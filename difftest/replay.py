@@ -25,7 +25,7 @@ from .case import RuntimeInputs
 from .errors import UnsupportedFormat
 from .formats import Format
 from .fparith import add_up, half_ulp_of, half_ulp_of_product, half_ulp_of_sum, mul_up, nf_add, nf_mul
-from .geometry import GRADIENTS, Geometry, grad_output_rows, im2col
+from .geometry import GRADIENTS, Geometry, grad_output_rows, grouped_rows, im2col
 
 
 class Fold:
@@ -79,7 +79,7 @@ def kernel_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
     """``conv2dKernelPointBound`` for every ``(o, c, di, dj)``; steps over ``(n, i, j)``. Output
     channel ``o`` of group ``G_o`` meets the input channels of that group only."""
     fmt = rt.format
-    d = grad_output_rows(rt.grad_output, g).reshape(g.groups, g.Og, -1)  # (G, Og, K)
+    d = grouped_rows(rt.grad_output, g)  # (G, Og, K)
     cols = im2col(rt.input, g)  # (K, C·kH·kW), padded reads are exact zeros
     cols = cols.reshape(cols.shape[0], g.groups, -1)  # (K, G, Cg·kH·kW)
     fold = Fold(fmt, (g.groups, g.Og, cols.shape[2]))
