@@ -34,6 +34,11 @@ class Backend(ABC):
     description: str = ""
     #: Whether ``difftest run`` takes it when no backend is named (emulated references are not).
     default_campaign: bool = True
+    #: Whether the faces run it in a worker process (:mod:`difftest.isolation`): every backend but
+    #: difftest's own references (``nf-*``, ``emu-*``), which are the judge's own mathematics.
+    isolate: bool = True
+    #: Modules its worker imports (its library); the fork server imports them once for every worker.
+    preload: tuple[str, ...] = ()
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "")`` or ``(False, reason)``."""
@@ -72,6 +77,14 @@ class Backend(ABC):
             "cpu_flags": cpu_flags(),
             "cpu_count": os.cpu_count(),
         }
+
+
+def read_environment(backend) -> dict:
+    """``backend.environment()``, or, where it cannot be read, the backend's name and why."""
+    try:
+        return backend.environment()
+    except Exception as exc:  # what ran cannot be read: say so, and go on
+        return {"backend": getattr(backend, "name", "?"), "environment_error": f"{type(exc).__name__}: {exc}"}
 
 
 def accepts_keyword(fn, name: str) -> bool:

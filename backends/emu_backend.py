@@ -100,6 +100,7 @@ class EmulatedBackend(Backend):
 
     device = "cpu"
     default_campaign = False
+    isolate = False  # difftest's own reference: the judge's code, run where the judge runs
 
     def __init__(self, name: str, description: str, mul, add, inputs=lambda a: a, outputs=lambda a: a,
                  block: int | None = None):
@@ -127,6 +128,7 @@ class FFTBackend(Backend):
     name = "emu-fft"
     device = "cpu"
     default_campaign = False
+    isolate = False  # difftest's own reference: the judge's code, run where the judge runs
     format = BINARY32
     accumulation = "FFT convolution in binary32 (numpy's float32 FFT); bias: numpy's float32 sum"
     description = "Conv2D backward through binary32 FFTs: errors scale with the tensor's norm"
@@ -226,6 +228,7 @@ class GatedBackend(Backend):
 
     device = "cpu"
     default_campaign = False
+    isolate = False  # difftest's own reference: the judge's code, run where the judge runs
     format = BINARY32
 
     def __init__(self, inner: Backend, fallback: Backend, gates: str):

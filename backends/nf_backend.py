@@ -15,6 +15,8 @@ from .base import Backend
 class NFBackend(Backend):
     """``nf-<format>``: one correct rounding per operation, TorchLean's fold orders, zero steps."""
 
+    isolate = False  # the NF model itself: the judge's own code, run where the judge runs
+
     def __init__(self, fmt: Format):
         self.format = fmt
         self.name = f"nf-{fmt.name}"

@@ -14,6 +14,8 @@ class NumpyBackend(Backend):
     """``grad_weight = δ_rows @ im2col(x)``, ``grad_input = col2im(δ_rowsᵀ @ w_rows)``,
     ``grad_bias = δ_rows.sum(1)``, all in ``dtype``."""
 
+    preload = ("ml_dtypes",)  # numpy-bfloat16's storage (absent: nothing to preload)
+
     def __init__(self, name: str, dtype, fmt: Format, accumulation: str):
         self.name = name
         self._dtype = dtype  # a numpy dtype, or a callable returning one (optional packages)

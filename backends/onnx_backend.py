@@ -106,6 +106,8 @@ def backward_graph(g: Geometry, gradients: tuple[str, ...] = GRADIENTS):
 class OnnxRuntimeBackend(Backend):
     """The ONNX graph of :func:`backward_graph` in an onnxruntime session (default optimisations)."""
 
+    preload = ("onnx", "onnxruntime")
+
     def __init__(self, device: str):
         self.device = device
         self.provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]

@@ -83,6 +83,8 @@ class TorchBackend(Backend):
     """Conv2D forward with autograd, then ``backward(grad_output)``; the gradients of input,
     weight and bias are what a training step would use."""
 
+    preload = ("torch",)
+
     def __init__(self, device: str, dtype: str, tf32: bool | None = None, name: str | None = None):
         self.device = device
         self.dtype_name = dtype

@@ -24,7 +24,7 @@ import numpy as np
 
 from .case import Case, RuntimeInputs
 from .compare import compare_gradient
-from .errors import DifftestError, NotRepresentable
+from .errors import BackendFailed, DifftestError, NotRepresentable
 from .exact import ExactTensor
 from .formats import Format
 from .fparith import add_up
@@ -83,10 +83,9 @@ def environment_of(backend) -> dict:
         return _ENVIRONMENTS[backend]
     except (KeyError, TypeError):
         pass
-    try:
-        env = backend.environment()
-    except Exception as exc:
-        env = {"backend": getattr(backend, "name", "?"), "environment_error": f"{type(exc).__name__}: {exc}"}
+    from .backends.base import read_environment
+
+    env = read_environment(backend)
     try:
         _ENVIRONMENTS[backend] = env
     except TypeError:  # not weak-referenceable: just don't cache
@@ -137,6 +136,9 @@ def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactT
             if a.shape != want:
                 raise DifftestError(f"{backend.name} returned {g} of shape {a.shape}, expected {want}")
             outputs[g] = a
+    except BackendFailed as exc:  # in its worker: it crashed, hung or raised there
+        return _whole_case(backend, case, "error", str(exc), env, seconds=time.perf_counter() - t0,
+                           error=exc.details)
     except Exception as exc:  # the backend is on trial: whatever it raises is its verdict
         return _whole_case(backend, case, "error", f"{type(exc).__name__}: {exc}", env,
                            seconds=time.perf_counter() - t0, error=traceback.format_exc(limit=3))
