@@ -182,6 +182,45 @@ def jobs_speedup(jobs: int | None = None, examples: int = 150, seed: int = 0) ->
     return out
 
 
+def isolation_cost(examples: int = 150, seed: int = 0, repeat: int = 3) -> dict:
+    """What running every backend in a worker process costs (:mod:`difftest.isolation`): the default
+    quick campaign (every available CPU backend), bounded by work (``examples`` cases per format
+    group, one round, one process), with the backends isolated and in process, ``repeat`` times each
+    in alternation after a warm-up (compiled folds, the fork server's imports); both judge the same
+    cases. Returns the median seconds and cases per minute of each and their ratio."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from .campaign import Campaign, CampaignConfig, default_backends
+
+    backends = default_backends()
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    cases = {}
+    with tempfile.TemporaryDirectory() as d:
+        def campaign(isolate: bool, n: int, k: int) -> float:
+            cfg = CampaignConfig(backends=backends, out=Path(d) / f"{isolate}-{k}", database=None, progress=False,
+                                 seed=seed, examples=n, rounds=1, jobs=1, isolate=isolate)
+            t0 = time.perf_counter()
+            c = Campaign(cfg)
+            c.run()
+            cases[isolate] = c.progress.cases
+            return time.perf_counter() - t0
+
+        campaign(True, 5, -1)  # warm-up: numba's folds compile, the fork server imports the libraries
+        campaign(False, 5, -2)
+        for k in range(repeat):
+            for isolate in (False, True):
+                runs[isolate].append(campaign(isolate, examples, k))
+    out = {"backends": [b.name for b in backends], "examples": examples, "repeat": repeat, "cases": cases[True]}
+    for isolate, name in ((False, "in_process"), (True, "isolated")):
+        s = statistics.median(runs[isolate])
+        out[f"seconds_{name}"] = s
+        out[f"cases_per_minute_{name}"] = 60 * cases[isolate] / s
+    out["ratio"] = out["cases_per_minute_isolated"] / out["cases_per_minute_in_process"]
+    return out
+
+
 #: What ``difftest bench --layer emulations`` times: each emulation and shape-gated variants of the
 #: kinds libraries switch kernels on.
 EMULATIONS = ("emu-tf32", "emu-binary16-acc", "emu-bfloat16-acc", "emu-ftz", "emu-rtz-acc", "emu-fft",

@@ -1,8 +1,9 @@
 """Fuzz campaigns: hypothesis searches cases, every backend is judged, findings are shrunk and kept.
 
-Three jobs, three modules: :mod:`difftest.search` runs one hypothesis round (search and
-shrink), :mod:`difftest.persist` writes the result directory as it goes, and this module plans
-the campaign (format groups, rounds, the time budget) and keeps what it has found.
+:mod:`difftest.search` runs one hypothesis round (search and shrink), :mod:`difftest.store`
+records the result directory as it goes, :mod:`difftest.isolation` runs the backends in worker
+processes, and this module plans the campaign (format groups, rounds, the time budget) and keeps
+what it has found.
 
 How a campaign runs. Backends are grouped by format; a case of that format is computed once
 (exact spec, NF model, both bounds) and shared by the group. For each group the search goes in
@@ -14,6 +15,14 @@ minimal case, which is saved as the finding's reproducer. The next round searche
 seed) for findings not yet seen; a round that finds nothing new ends the group. The time budget
 ends the search wherever it is; nothing written is lost, and an interrupted shrink keeps the
 smallest failing case it had reached.
+
+Nothing seen is lost. Each searched case is written to ``cases/`` before its backends run (and
+removed when all pass), so the case a crashing backend was on is kept. Every backend runs in a
+worker process (:mod:`difftest.isolation`): a crash or a hang is that backend's ``error`` verdict
+on that case, a finding like any other, and the campaign goes on. Every ``(backend, gradient,
+verdict)`` a searched case showed is recorded as a finding — shrunk where the budget allows, else
+its first case as ``unshrunk`` — also when the time runs out, on Ctrl-C, or when the campaign
+crashes; ``campaign.json``'s count is the result lines' (:func:`difftest.results.findings`).
 
 Shards: a case belongs to shard ``K/N`` when its content hash is ``K - 1`` mod ``N``; each
 shard filters the search to its own cases, so shards never share a case and their union is a
@@ -31,14 +40,15 @@ from pathlib import Path
 
 from . import __version__
 from .check import check_case
-from .errors import DifftestError
+from .errors import BudgetExhausted, DifftestError
 from .expectations import Expectations
+from .isolation import DEFAULT_TIMEOUT, Workers
 from .jobs import run_jobs
 from .outcome import FindingKey
-from .persist import CampaignRecorder
 from .progress import Progress
-from .results import read_results
-from .search import BudgetExhausted, Finding, Round
+from .results import findings
+from .search import Finding, Round
+from .store import Recorder, read_results
 from .strategies import Limits
 
 __all__ = ["PROFILES", "Campaign", "CampaignConfig", "Profile", "Progress", "default_backends", "parse_shard", "shard_of"]
@@ -112,6 +122,9 @@ class CampaignConfig:
     jobs: int = 1  # processes for the format groups (difftest.jobs); 1: this process
     shrink: bool = True  # False: every finding stands as the first case that showed it
     stop_on: frozenset = frozenset()  # verdicts whose first finding ends the campaign
+    isolate: bool = True  # run each backend in a worker process (difftest.isolation); False: in this one
+    backend_timeout: float | None = DEFAULT_TIMEOUT  # seconds one backend call may take (None: no limit)
+    overwrite: bool = False  # replace a previous run in ``out`` instead of keeping it as ``<out>.previous``
 
 
 #: Judged cases remembered per campaign (hypothesis repeats simple cases: judge once, record once).
@@ -129,7 +142,8 @@ class Campaign:
         self.examples = config.examples or self.profile.examples
         self.budget = config.time_budget if config.time_budget is not None else (
             math.inf if config.rounds else self.profile.time_budget)  # rounds alone: bounded by work
-        self.recorder: CampaignRecorder | None = None
+        self.recorder: Recorder | None = None
+        self.workers: Workers | None = None
         self.progress = Progress(enabled=config.progress, budget=self.budget)
         self.status = "running"
         self.found: set[FindingKey] = set()
@@ -195,7 +209,7 @@ class Campaign:
         largest = self.largest.get(key)
         if largest is not None and (largest["case_id"] == case.case_id or largest["macs"] <= case.geometry.macs):
             largest = None  # the reproducer is the largest case itself
-        self.recorder.record(case, [result], phase, round_no, finding=key, largest_case=largest)
+        self.recorder.record(case, [result], phase, round_no, findings=[key], largest_case=largest)
         if key.verdict in self.config.stop_on and self.stopped_on is None:
             self.stopped_on = key
         self.progress.update(f"found {key.backend} {key.gradient}: {key.verdict}", force=True)
@@ -221,26 +235,37 @@ class Campaign:
 
     def _search_group(self, backends, deadline: float) -> None:
         """Rounds with new seeds over one format group until the deadline or the round limit;
-        then every key seen but not yet shrunk is shrunk on its own."""
+        then every key seen but not yet saved is shrunk on its own, or (no time left, Ctrl-C, a
+        crash) saved as its first case: on every way out."""
         fmt = backends[0].format
         try:
             for round_no in range(1, (self.config.rounds or 10_000) + 1):
                 self._round(fmt, backends, round_no, deadline)
         except BudgetExhausted:
             pass
+        except BaseException:  # Ctrl-C, a crash: what was seen is saved as it was first seen
+            self._save_seen(fmt, backends, shrink=False)
+            raise
+        self._save_seen(fmt, backends, shrink=self.config.shrink)
+
+    def _save_seen(self, fmt, backends, shrink: bool) -> None:
+        """Save every key of this group seen but not yet saved: shrunk where asked and time is left,
+        else its first case (``unshrunk``)."""
         names = {b.name for b in backends}
         for key, (choices, round_no, case, result) in list(self.seen.items()):
             if key in self.found or key.backend not in names:
                 continue
             f = None
-            if self.config.shrink and not self.interrupted and not self.stopped_on and time.monotonic() < self.end:
+            if shrink and not self.interrupted and not self.stopped_on and time.monotonic() < self.end:
                 try:
                     f = Round(self, fmt, backends, round_no, self.end, self.examples, target=key, choices=choices).run()
                 except BudgetExhausted:
                     pass
+                except KeyboardInterrupt:
+                    self.interrupted = True  # the others are saved unshrunk; run() then ends as interrupted
             if f is not None:
                 self._save(f, round_no)
-            else:  # no time left to shrink it (or it did not fail again): its first case stands
+            if key not in self.found:  # no time left to shrink it (or it did not fail again): its first case stands
                 self.save_finding(key, case, result, round_no, phase="unshrunk")
 
     def _round(self, fmt, backends, round_no: int, deadline: float) -> None:
@@ -289,67 +314,108 @@ class Campaign:
             "jobs": cfg.jobs,
             "shrink": cfg.shrink,
             "stop_on": sorted(cfg.stop_on),
+            "isolate": cfg.isolate,
+            "backend_timeout_s": cfg.backend_timeout,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "status": "running",
         }
 
     def run(self) -> list:
-        """Search every format group in turn; returns the result directory's typed records."""
+        """Search every format group in turn; returns the result directory's typed records. The
+        directory's lock is released however the campaign ends."""
+        cfg = self.config
+        self.recorder = Recorder(cfg.out, cfg.seed, cfg.shard, cfg.expectations, overwrite=cfg.overwrite)
+        try:
+            return self._run()
+        finally:
+            self.recorder.close(keep_pending=self.status == "crashed")  # a crash of ours keeps the case it was on
+
+    def _run(self) -> list:
         cfg = self.config
         groups: dict[str, list] = {}
         for b in cfg.backends:
             groups.setdefault(b.format.name, []).append(b)
-        self.recorder = CampaignRecorder(cfg.out, cfg.seed, cfg.shard, cfg.expectations)
         t0 = self.started = time.monotonic()
         self.end = t0 + self.budget
         info = self._settings(groups)
+        if self.recorder.previous is not None:
+            info["previous"] = str(self.recorder.previous)
         self.recorder.campaign(info)
         previous = self._catch_sigint()
+        records = None
         try:
             jobs = self._jobs(groups)
             if jobs > 1:
                 crashed = [j for j in run_jobs(self, groups, jobs)["jobs"] if j["status"] != "complete"]
                 if crashed and not self.interrupted:
-                    raise DifftestError(f"job {crashed[0]['job']} ({', '.join(crashed[0]['formats'])}) ended "
-                                        f"{crashed[0]['status']} (exit code {crashed[0]['exit_code']}): see its "
-                                        "messages above; what the jobs wrote is kept")
+                    j = crashed[0]
+                    raise DifftestError(f"job {j['job']} ({', '.join(j['formats'])}) ended {j['status']} (exit code "
+                                        f"{j['exit_code']}): see its messages above; what the jobs wrote is kept")
             else:
-                for gi, backends in enumerate(groups.values()):
-                    if self.stopped_on:
-                        break
-                    share = (self.budget - (time.monotonic() - t0)) / (len(groups) - gi)  # unused time passes on
-                    self._search_group(backends, time.monotonic() + share)
+                self._search_groups(groups, t0)
             if self.interrupted:
                 raise KeyboardInterrupt
             self.status = "complete"
         except KeyboardInterrupt:
             self.status = "interrupted"
             raise
-        except BaseException:
+        except BaseException as exc:
             self.status = "crashed"
+            info["error"] = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-            if self.job_totals:
-                self.draws = self.job_totals["draws"]
-                info["job_runs"] = self.job_totals["jobs"]
-                self.first_seen_s = self.job_totals["first_seen_s"]
-            info.update({
-                "status": self.status,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "duration_s": round(time.monotonic() - t0, 3),
-                "cases": self.progress.cases,
-                "draws": self.draws,
-                "findings": self.progress.findings,
-                "stopped_on": self.stopped_on.to_dict() if self.stopped_on else None,
-                "first_seen_s": self.first_seen_s or {" ".join(k): round(s, 3) for k, s in sorted(self.first_seen.items())},
-            })
+            records = self._finish(info, t0)
+        return records if records is not None else read_results(cfg.out)  # unreadable: the store says why
+
+    def _search_groups(self, groups: dict, t0: float) -> None:
+        """The format groups one after another in this process, each backend in its worker."""
+        cfg = self.config
+        pool = Workers(cfg.backend_timeout) if cfg.isolate else None
+        try:
+            if pool is not None:
+                pool.deadline = self.end
+                wrapped = dict(zip(map(id, cfg.backends), pool.wrap(cfg.backends)))
+                groups = {f: [wrapped[id(b)] for b in bs] for f, bs in groups.items()}
+                for note in pool.notes:
+                    self.progress.note(note)
+            for gi, backends in enumerate(groups.values()):
+                if self.stopped_on:
+                    break
+                share = (self.budget - (time.monotonic() - t0)) / (len(groups) - gi)  # unused time passes on
+                self._search_group(backends, time.monotonic() + share)
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _finish(self, info: dict, t0: float) -> list | None:
+        """Write the campaign's outcome (``campaign.json``); its finding count is the result lines'."""
+        if self.job_totals:
+            self.draws = self.job_totals["draws"]
+            info["job_runs"] = self.job_totals["jobs"]
+            self.first_seen_s = self.job_totals["first_seen_s"]
+        try:
+            records = read_results(self.config.out)
+            self.progress.findings = len(findings(records))
+        except DifftestError:  # unreadable (a full disk tore it): the count as it went
+            records = None
+        info.update({
+            "status": self.status,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "duration_s": round(time.monotonic() - t0, 3),
+            "cases": self.progress.cases,
+            "draws": self.draws,
+            "findings": self.progress.findings,
+            "stopped_on": self.stopped_on.to_dict() if self.stopped_on else None,
+            "first_seen_s": self.first_seen_s or {" ".join(k): round(s, 3) for k, s in sorted(self.first_seen.items())},
+        })
+        try:
             self.recorder.campaign(info)
-            self.recorder.close()
+        finally:
             self.progress.update("", force=True)
             self.progress.done()
-        return read_results(cfg.out)
+        return records
 
 
 def default_backends() -> list:

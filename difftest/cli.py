@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -19,6 +20,8 @@ from .errors import DifftestError
 from .explain import format_ratio, legend, plural
 from .config import PROFILE_NAMES
 from .formats import PRESETS
+from .isolation import DEFAULT_TIMEOUT
+from .store import REPORT
 from .geometry import GRADIENTS
 from .outcome import jsonable
 from .verdicts import FAIL_ON, FAIL_ON_HELP, VERDICTS, fails
@@ -41,6 +44,8 @@ _HINTS = {
     errno.EPERM: "you may not write there; fix the permissions or choose another path",
     errno.EROFS: "the file system is read-only; choose another path",
     errno.ENOSPC: "the disk is full; free some space or choose another path",
+    errno.EFBIG: "the file grew beyond what this process may write (ulimit -f) or the file system holds; raise "
+                 "the limit, free space or choose another path",
     errno.EDQUOT: "the disk quota is exceeded; free some space or choose another path",
     errno.EEXIST: "something is in the way; remove it or choose another path",
     errno.EISDIR: "it is a directory; give a file path",
@@ -134,15 +139,48 @@ def _fail_on(args, cfg) -> str:
 
 
 def _available_backends(names: list[str]) -> list:
-    """The named backends; one that cannot run here is a usage error saying why."""
-    from .backends import get_backend
+    """The named backends (a spec ``MODULE:ATTR`` may name several); one that cannot run here is a
+    usage error saying why."""
+    from .backends import backends_named
 
-    backends = [get_backend(n) for n in names]
+    backends = [b for n in names for b in backends_named(n)]
     for b in backends:
         ok, reason = b.availability()
         if not ok:
             raise DifftestError(f"backend {b.name} is not available here: {reason}")
     return backends
+
+
+def _backend_timeout(args, cfg) -> float:
+    """--backend-timeout, DIFFTEST_BACKEND_TIMEOUT, [tool.difftest] backend_timeout, else the default."""
+    from .isolation import DEFAULT_TIMEOUT
+
+    if args.backend_timeout is not None:
+        if not (math.isfinite(args.backend_timeout) and args.backend_timeout > 0):
+            raise DifftestError(f"--backend-timeout must be a number of seconds > 0, got {args.backend_timeout:g}")
+        return args.backend_timeout
+    return cfg.get("backend_timeout", DEFAULT_TIMEOUT)
+
+
+@contextlib.contextmanager
+def _judges(backends: list, args, cfg):
+    """The backends as the command runs them: each in a worker process (difftest.isolation), or in
+    this one with --no-isolate. The workers end with the command."""
+    if args.no_isolate:
+        yield backends
+        return
+    from .isolation import Workers
+
+    with Workers(_backend_timeout(args, cfg)) as pool:
+        wrapped = pool.wrap(backends)
+        for note in pool.notes:
+            print(f"difftest: note: {note}", file=sys.stderr)
+        yield wrapped
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr."""
+    print(f"difftest: {text}", file=sys.stderr, flush=True)
 
 
 def cmd_check(args) -> int:
@@ -153,8 +191,8 @@ def cmd_check(args) -> int:
     case = _load_case(args)
     backends = _available_backends(args.backend)
     out = _prepare_dir(args.save, "--save") if args.save else None
-    results = check_case(case, backends, oracle=args.oracle, max_memory=_max_memory(args),
-                         progress=lambda text: print(f"difftest: {text}", file=sys.stderr, flush=True))
+    with _judges(backends, args, cfg) as judges:
+        results = check_case(case, judges, oracle=args.oracle, max_memory=_max_memory(args), progress=_say)
     if out is not None:
         for r in results:
             if r.outputs is not None:
@@ -252,8 +290,6 @@ def cmd_backends(args) -> int:
 
 def cmd_run(args) -> int:
     from .campaign import PROFILES, Campaign, CampaignConfig, default_backends, parse_shard
-    from .results import exit_code, read_campaign, read_results
-    from .summary import format_summary, junit_xml, summary_doc
 
     cfg = _config()
 
@@ -309,6 +345,9 @@ def cmd_run(args) -> int:
         jobs=args.jobs or os.cpu_count() or 1,
         shrink=not args.no_shrink,
         stop_on=frozenset(args.stop_on or ()),
+        isolate=not args.no_isolate,
+        backend_timeout=_backend_timeout(args, cfg),
+        overwrite=args.overwrite,
     )
     campaign = Campaign(config)
     if not args.quiet:
@@ -319,45 +358,61 @@ def cmd_run(args) -> int:
               + f", seed {seed}, shard {args.shard}, {plural(min(config.jobs, len({b.format.name for b in backends})), 'job')} "
               f"-> {out}" + (f"; settings from {', '.join(sources)}" if sources else ""),
               file=sys.stderr)
-    interrupted = False
+    interrupted, failure = False, None
     try:
         campaign.run()
     except KeyboardInterrupt:
         interrupted = True
-    if args.fingerprint and not interrupted:
-        from . import fingerprint as fp
+    except (DifftestError, OSError) as exc:  # the campaign itself failed: report what it wrote, then say why
+        if campaign.recorder is None:
+            raise  # nothing was written (the directory is in use, cannot be created, ...)
+        failure = exc
+    if campaign.recorder is not None and campaign.recorder.previous is not None and not args.quiet:
+        print(f"difftest: the previous results in {out} are kept in {campaign.recorder.previous}", file=sys.stderr)
+    if args.fingerprint and not interrupted and failure is None:
+        _fingerprint_into(backends, None, config.out, args, cfg, quiet=args.quiet)  # the report's "what each computes"
+    try:
+        code = _campaign_outputs(args, config, fail_on, expectations, junit, interrupted, profile, seed)
+    except (DifftestError, OSError):
+        if failure is not None:  # writing the report failed too (a full disk): the campaign's error is the one
+            raise failure from None
+        raise
+    if failure is not None:
+        raise failure
+    return code
 
-        prints = []
-        for b in backends:
-            if not args.quiet:
-                print(f"difftest: fingerprinting {b.name}", file=sys.stderr, flush=True)
-            prints.append(fp.fingerprint(b))
-        fp.write(prints, config.out)  # the report's "what each backend computes"
+
+def _campaign_outputs(args, config, fail_on: str, expectations, junit, interrupted: bool, profile, seed) -> int:
+    """After a campaign: its exit code, report, JUnit file, then the summary (files first: a closed
+    stdout loses no file)."""
+    from .results import exit_code
+    from .store import read_campaign, read_results
+    from .summary import format_summary, junit_xml, summary_doc
+
     records = read_results(config.out)
     info = read_campaign(config.out)
     code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on, expectations)
     args.exit_code = code
-    # files first, then the words: a closed stdout (| head) loses no file
     report = None
     if not args.no_report:
         from .report import render
 
-        report = render([config.out], config.out / "report.html")
+        report = render([config.out], config.out / REPORT)
     if junit is not None:
-        junit.write_text(junit_xml(records, fail_on, replay_dir=config.out, duration_s=info.get("duration_s", 0.0),
+        junit.write_text(junit_xml(records, fail_on, replay_dir=config.out, duration_s=info.get("duration_s") or 0.0,
                                    properties={"profile": profile, "seed": seed, "shard": args.shard,
-                                               "fail_on": fail_on, "status": info.get("status", "?")},
+                                               "fail_on": fail_on, "status": info.get("status") or "?"},
                                    expectations=expectations),
                          encoding="utf-8")
     if args.json:
-        doc = {"status": info.get("status", "?"), "cases": info.get("cases", 0),
-               "duration_s": info.get("duration_s", 0.0), "out": str(config.out),
+        doc = {"status": info.get("status") or "?", "cases": info.get("cases") or 0,
+               "duration_s": info.get("duration_s") or 0.0, "out": str(config.out),
                **summary_doc(records, replay_dir=config.out, expectations=expectations), "exit_code": code,
                "report": None if report is None else str(report), "junit": None if junit is None else str(junit)}
         print(json.dumps(jsonable(doc), indent=2))
         return code
     print(format_summary(records, replay_dir=config.out, expectations=expectations))
-    print(f"\n{info.get('status', '?')}: {plural(info.get('cases', 0), 'case')} in {info.get('duration_s', 0):.1f}s; "
+    print(f"\n{info.get('status') or '?'}: {plural(info.get('cases') or 0, 'case')} in {info.get('duration_s') or 0:.1f}s; "
           f"results in {config.out}/results.jsonl")
     if report is not None:
         print(f"report: {report}")
@@ -370,7 +425,7 @@ def cmd_report(args) -> int:
     from .report import render
 
     dirs = [Path(d) for d in args.dirs]
-    out = _prepare_file(args.output, "-o") if args.output else dirs[0] / "report.html"
+    out = _prepare_file(args.output, "-o") if args.output else dirs[0] / REPORT
     from .expectations import Expectations
 
     render(dirs, out, baseline=Path(args.baseline) if args.baseline else None,
@@ -401,6 +456,8 @@ def cmd_bench(args) -> int:
         doc["scaling"] = bench.scaling(repeat=args.repeat)
     elif args.layer == "jobs":
         doc["jobs"] = bench.jobs_speedup()
+    elif args.layer == "isolation":
+        doc["isolation"] = bench.isolation_cost(examples=args.campaign_examples or 150, repeat=args.repeat)
     elif args.layer == "emulations":
         doc["emulations"] = bench.time_to_precision(seed=args.seed)
     elif args.layer == "fingerprint":
@@ -421,6 +478,12 @@ def cmd_bench(args) -> int:
         print(f"campaign bounded by work ({plural(len(j['backends']), 'backend')}, {j['examples']} examples per format, "
               f"{plural(j['cases'], 'case')}): {j['seconds_jobs_1']:.1f} s in one process, "
               f"{j['seconds_jobs_' + str(j['jobs'])]:.1f} s with --jobs {j['jobs']}: speed-up {j['speedup']:.2f}x")
+    if "isolation" in doc:
+        i = doc["isolation"]
+        print(f"quick campaign bounded by work ({plural(len(i['backends']), 'backend')}, {i['examples']} examples per "
+              f"format, {plural(i['cases'], 'case')}, median of {i['repeat']}): in process {i['seconds_in_process']:.1f} s "
+              f"= {i['cases_per_minute_in_process']:.0f} cases/min; each backend in a worker "
+              f"{i['seconds_isolated']:.1f} s = {i['cases_per_minute_isolated']:.0f} cases/min ({i['ratio']:.2f}x)")
     for row in doc.get("emulations", []):
         when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
                 if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
@@ -452,23 +515,20 @@ def cmd_model(args) -> int:
     backends = _available_backends(args.backend) if args.backend else default_backends()
     out = _prepare_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
     result = mdl.check_model(args.model, backends, shape, layers=args.layers, seed=args.seed, out=out,
-                             max_memory=_max_memory(args),
-                             progress=lambda text: print(f"difftest: {text}", file=sys.stderr, flush=True))
+                             max_memory=_max_memory(args), progress=_say, expectations=expectations,
+                             isolate=not args.no_isolate, backend_timeout=_backend_timeout(args, cfg),
+                             overwrite=args.overwrite)
     expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
                 for layer in result.layers for r in layer.results for g, gr in r.gradients.items() if gr.verdict != "pass"}
     code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((layer.name, r.backend, g)) is None
                                for layer in result.layers for r in layer.results
                                for g, gr in r.gradients.items()) else EXIT_OK
     args.exit_code = code
-    if expectations.entries:
-        from .expectations import EXPECTED
-
-        (out / EXPECTED).write_text(json.dumps(expectations.to_dict(), indent=2) + "\n", encoding="utf-8")
     report = None
     if not args.no_report:
         from .report import render
 
-        report = render([out], out / "report.html", expectations=expectations if expectations.entries else None)
+        report = render([out], out / REPORT, expectations=expectations if expectations.entries else None)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return code
@@ -476,6 +536,27 @@ def cmd_model(args) -> int:
     if report is not None:
         print(f"report: {report}")
     return code
+
+
+def _fingerprint_into(backends: list, geometry, out: Path, args, cfg, quiet: bool = False) -> tuple[list, list]:
+    """Fingerprint each backend (each in its worker) into ``out``; a backend that crashes or hangs
+    while probed is left out, with the reason. Returns the fingerprints and the failures."""
+    from . import fingerprint as fp
+    from .errors import BackendCrashed, BackendTimedOut
+
+    prints, failed = [], []
+    g = geometry if geometry is not None else fp.default_geometry()
+    with _judges(backends, args, cfg) as judges:
+        for b in judges:
+            if not quiet:
+                _say(f"fingerprinting {b.name} at input {g.input_shape}, weight {g.weight_shape}, {g.text()}")
+            try:
+                prints.append(fp.fingerprint(b, g))
+            except (BackendCrashed, BackendTimedOut) as exc:
+                failed.append((b.name, str(exc)))
+                print(f"difftest: {b.name} was not fingerprinted: {exc} while probed", file=sys.stderr)
+    fp.write(prints, out, failed)
+    return prints, failed
 
 
 def cmd_fingerprint(args) -> int:
@@ -489,42 +570,48 @@ def cmd_fingerprint(args) -> int:
         geometry = fp.layer_geometry(args.layer)
     else:
         geometry = fp.default_geometry()
+    cfg = _config()
     backends = _available_backends(args.backend)
     out = _prepare_dir(args.out, "--out")
-    prints = []
-    for b in backends:
-        print(f"difftest: fingerprinting {b.name} at input {geometry.input_shape}, weight {geometry.weight_shape}, "
-              f"{geometry.text()}", file=sys.stderr, flush=True)
-        prints.append(fp.fingerprint(b, geometry))
-    path = fp.write(prints, out)
-    args.exit_code = EXIT_OK
-    if args.json:
-        print(json.dumps(fp.to_json(prints), indent=2))
-    else:
-        print(fp.table(prints))
-        print(f"\nevidence cases (replay with difftest check) and {path.name} in {out}")
-    return EXIT_OK
+    prints, failed = _fingerprint_into(backends, geometry, out, args, cfg)
+    code = EXIT_FINDING if failed else EXIT_OK
+    args.exit_code = code
+    if args.json:  # what fingerprints.json holds (evidence paths relative to out)
+        print(json.dumps(fp.to_json(prints, out, failed), indent=2))
+        return code
+    print(fp.table(prints))
+    for name, why in failed:
+        print(f"{name:<24} not fingerprinted: {why}")
+    print(f"\nevidence cases (replay with difftest check) and fingerprints.json in {out}")
+    return code
 
 
 def cmd_merge(args) -> int:
-    from .expectations import Expectations
-    from .results import merge, read_results
+    from .results import exit_code
+    from .store import merge, read_expected, read_results
     from .summary import format_summary
 
+    cfg = _config()
+    fail_on = _fail_on(args, cfg)
     out = Path(args.out)
-    n = merge([Path(d) for d in args.dirs], out)
+    merged = merge([Path(d) for d in args.dirs], out, overwrite=args.overwrite)
+    if merged.previous is not None:
+        print(f"difftest: the previous results in {out} are kept in {merged.previous}", file=sys.stderr)
+    expectations = _expectations(args, cfg) if (args.expected or cfg.get("expected")) else read_expected(out)
+    records = read_results(out)
+    code = exit_code(records, fail_on, expectations)
+    args.exit_code = code
     report = None
     if not args.no_report:
         from .report import render
 
-        report = render([out], out / "report.html")
-    records = read_results(out)
-    args.exit_code = EXIT_OK
-    print(format_summary(records, replay_dir=out, expectations=Expectations.of_results(out)))
-    print(f"\nmerged {plural(len(args.dirs), 'directory', 'directories')}, {plural(n, 'result line')} -> {out}")
+        report = render([out], out / REPORT, expectations=expectations if expectations.entries else None)
+    print(format_summary(records, replay_dir=out, expectations=expectations))
+    print(f"\nmerged {plural(len(args.dirs), 'directory', 'directories')}: {plural(merged.lines, 'result line')}, "
+          f"{plural(merged.findings, 'finding')} -> {out}")
     if report is not None:
         print(f"report: {report}")
-    return EXIT_OK
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -544,6 +631,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
+
+    def isolation_args(sp):
+        sp.add_argument("--backend-timeout", type=float, metavar="SECONDS", default=None,
+                        help="seconds one backend call may take before its worker is killed and the verdict is error "
+                             "(default: DIFFTEST_BACKEND_TIMEOUT, [tool.difftest] backend_timeout, else "
+                             f"{DEFAULT_TIMEOUT:g})")
+        sp.add_argument("--no-isolate", action="store_true",
+                        help="run the backends in this process, not in worker processes (for debugging: a backend "
+                             "that crashes or hangs then takes difftest with it)")
+
+    def overwrite_arg(sp):
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace the results already in the output directory (default: keep them as "
+                             "<DIR>.previous, replacing an older .previous)")
 
     def case_args(sp):
         sp.add_argument("case", help="case file (.npz with input, weight, grad_output, stride, padding[, dilation, "
@@ -574,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
     c.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
                    help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
+    isolation_args(c)
     c.set_defaults(func=cmd_check)
 
     b = command("bounds", help="write the exact spec, NF reference and both bounds of a case",
@@ -630,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{os.cpu_count() or 1} here; 1: this process)")
     r.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
                         "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
+    isolation_args(r)
+    overwrite_arg(r)
     r.set_defaults(func=cmd_run)
 
     m = command("merge", help="combine result directories (shards, machines, nights)",
@@ -639,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("dirs", nargs="+", metavar="DIR", help="result directories")
     m.add_argument("--out", required=True, metavar="DIR", help="merged result directory")
     m.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
+    m.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
+                   help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
+    m.add_argument("--expected", metavar="FILE",
+                   help="expected-findings file (TOML) (default: DIFFTEST_EXPECTED, [tool.difftest] expected, else the "
+                        "union of the declarations the inputs were judged with)")
+    overwrite_arg(m)
     m.set_defaults(func=cmd_merge)
 
     h = command("report", help="write a self-contained HTML report of result directories",
@@ -660,10 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "speed-up of a campaign in parallel processes, 'emulations' the time the quick "
                                     "profile takes to find precision for each emu-* backend and shape-gated variants.")
     bn.add_argument("--layer", default="resnet50-conv2",
-                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "emulations", "fingerprint"],
+                    choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "isolation", "emulations",
+                             "fingerprint"],
                     help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
                          "small: 8->8, 16x16; scaling: C->C for C = 8..128; jobs: a campaign in one process "
-                         "and with --jobs = the cores; emulations: time to the first precision finding of each "
+                         "and with --jobs = the cores; isolation: the quick campaign bounded by work with each "
+                         "backend in a worker process and in process (--campaign-examples, --repeat); emulations: time to the first precision finding of each "
                          "emu-* backend in the quick profile (no shrinking, stops there); fingerprint: the time "
                          "difftest fingerprint takes per CPU backend at resnet50.layer1.0.conv2, 56x56")
     bn.add_argument("--model", metavar="MODEL", default=None,
@@ -699,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print the fingerprints as JSON instead of a table")
     f.add_argument("--out", default="reports/fingerprint", metavar="DIR",
                    help="where the evidence cases and fingerprints.json go (default reports/fingerprint)")
+    isolation_args(f)
     f.set_defaults(func=cmd_fingerprint)
 
     md = command("model", help="judge every Conv2d of a whole model (torchvision name or package.module:callable)",
@@ -728,6 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse a layer whose estimated peak memory is above SIZE (default auto: 60%% of this "
                          "machine's memory)")
     md.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
+    isolation_args(md)
+    overwrite_arg(md)
     md.set_defaults(func=cmd_model)
 
     k = command("backends", help="list known backends and whether they can run here")

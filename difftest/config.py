@@ -20,6 +20,8 @@ Keys (the file's name, the variable's name, what it holds):
 ``database``    ``DIFFTEST_DATABASE``  hypothesis example database directory; ``false`` in the
                                        file or ``none`` in the variable: no database
 ``expected``    ``DIFFTEST_EXPECTED``  expected-findings file (TOML, see :mod:`difftest.expectations`)
+``backend_timeout`` ``DIFFTEST_BACKEND_TIMEOUT`` seconds one backend call may take (> 0; ``check``,
+                ``run``, ``model``, ``fingerprint``)
 =============== ====================== ==========================================================
 
 The file's keys may also be spelled with hyphens (``time-budget``, ``fail-on``). Relative paths
@@ -70,6 +72,7 @@ ENV_VARS = {
     "seed": "DIFFTEST_SEED",
     "database": "DIFFTEST_DATABASE",
     "expected": "DIFFTEST_EXPECTED",
+    "backend_timeout": "DIFFTEST_BACKEND_TIMEOUT",
 }
 KEYS = tuple(ENV_VARS)
 TABLE = "[tool.difftest]"
@@ -127,7 +130,7 @@ def _check(key: str, value, source: str, from_text: bool, base: Path | None):
         if value not in FAIL_ON:
             raise bad("one of " + ", ".join(FAIL_ON))
         return value
-    if key == "time_budget":
+    if key in ("time_budget", "backend_timeout"):
         if from_text:
             try:
                 value = float(value)

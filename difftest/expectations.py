@@ -32,10 +32,6 @@ GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding", "di
 #: Fields an older record lacks, and the value they had there.
 GEOMETRY_DEFAULTS = {"dilation": 1, "groups": 1}
 
-#: The expectations a run used, kept in its result directory (a report marks findings with them).
-EXPECTED = "expected.json"
-
-
 
 def _load_toml(path: Path) -> dict:
     try:
@@ -61,11 +57,16 @@ class Expected:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Expected":
+        if not isinstance(d, dict):
+            raise DifftestError(f"{where}: must be a table (backend, verdict, reason, ...)")
         unknown = set(d) - {"backend", "verdict", "reason", "gradient", "format", "geometry"}
         if unknown:
             raise DifftestError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
         for key in ("backend", "verdict", "reason"):
             if not isinstance(d.get(key), str) or not d[key].strip():
+                raise DifftestError(f"{where}: '{key}' must be a non-empty string")
+        for key in ("gradient", "format"):
+            if key in d and (not isinstance(d[key], str) or not d[key].strip()):
                 raise DifftestError(f"{where}: '{key}' must be a non-empty string")
         if d["verdict"] not in VERDICTS or d["verdict"] == "pass":
             raise DifftestError(f"{where}: verdict must be one of {', '.join(VERDICTS[1:])}, got {d['verdict']!r}")
@@ -73,8 +74,8 @@ class Expected:
         if not isinstance(geometry, dict) or set(geometry) - set(GEOMETRY_FIELDS):
             raise DifftestError(f"{where}: geometry keys must be among {', '.join(GEOMETRY_FIELDS)}")
         for k, v in geometry.items():
-            if not (isinstance(v, int) or (isinstance(v, list) and len(v) == 2
-                                           and all(x == "" or isinstance(x, int) for x in v))):
+            whole = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+            if not (whole(v) or (isinstance(v, list) and len(v) == 2 and all(x == "" or whole(x) for x in v))):
                 raise DifftestError(f"{where}: geometry.{k} must be an integer or [min, max] (\"\" for open), got {v!r}")
         return cls(backend=d["backend"], verdict=d["verdict"], reason=d["reason"], gradient=d.get("gradient", "*"),
                    format=d.get("format"), geometry=geometry)
@@ -118,22 +119,29 @@ class Expectations:
 
     @classmethod
     def load(cls, path) -> "Expectations":
-        """Read a TOML file of ``[[expected]]`` tables (or the JSON a result directory keeps)."""
+        """Read a TOML file of ``[[expected]]`` tables (or the JSON :meth:`to_dict` writes)."""
         path = Path(path)
         if not path.is_file():
             raise DifftestError(f"expectations file {str(path)!r} does not exist")
-        data = json.loads(path.read_text()) if path.suffix == ".json" else _load_toml(path)
-        source = data.get("source") or str(path) if path.suffix == ".json" else str(path)
-        items = data.get("expected", [])
-        if not isinstance(items, list):
-            raise DifftestError(f"{path}: 'expected' must be a list of tables ([[expected]])")
-        return cls([Expected.from_dict(d, f"{path}: expected[{i}]") for i, d in enumerate(items)], source)
+        if path.suffix != ".json":
+            return cls.from_data(_load_toml(path), str(path), str(path))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DifftestError(f"{path} is not valid JSON: {exc}") from None
+        source = data.get("source") if isinstance(data, dict) else None
+        return cls.from_data(data, source if isinstance(source, str) and source else str(path), str(path))
 
     @classmethod
-    def of_results(cls, directory) -> "Expectations":
-        """The expectations a result directory was judged with (none: empty)."""
-        path = Path(directory) / EXPECTED
-        return cls.load(path) if path.is_file() else cls()
+    def from_data(cls, data, source: str, where: str) -> "Expectations":
+        """Expectations from parsed TOML or JSON (``{"expected": [...]}``), every entry checked;
+        ``where`` names the file in errors."""
+        if not isinstance(data, dict):
+            raise DifftestError(f"{where}: must be a table of [[expected]] entries")
+        items = data.get("expected", [])
+        if not isinstance(items, list):
+            raise DifftestError(f"{where}: 'expected' must be a list of tables ([[expected]])")
+        return cls([Expected.from_dict(d, f"{where}: expected[{i}]") for i, d in enumerate(items)], source)
 
     def explain(self, backend: str, gradient: str, verdict: str, fmt: str, geometry: dict) -> Expected | None:
         """The first entry that declares this finding, or None."""

@@ -107,10 +107,12 @@ def largest_case_text(largest: dict, backend: str, replay_dir=None) -> str:
 
 def finding_text(backend: str, gradient: str, gr: GradientResult, case_file, replay_dir=None,
                  largest_case: dict | None = None, requested=GRADIENTS) -> str:
-    """A finding in a list: key, ratios, the command that replays it (with the ``requested``
-    gradients) and, where the reproducer was shrunk from a larger case, the largest case's replay."""
+    """A finding in a list: key, ratios (an ``error``: what happened, ``crashed: SIGABRT``), the
+    command that replays it (with the ``requested`` gradients) and, where the reproducer was shrunk
+    from a larger case, the largest case's replay."""
     path = replay_path(case_file, replay_dir)
-    text = (f"{backend} {gradient}: {gr.verdict}, {ratios_text(gr)}\n"
+    what = gr.message if gr.verdict == "error" and gr.message else ratios_text(gr)
+    text = (f"{backend} {gradient}: {gr.verdict}, {what}\n"
             f"    reproduce: {reproduce_command(path, backend, requested)}")
     if largest_case:
         text += "\n    " + largest_case_text(largest_case, backend, replay_dir)

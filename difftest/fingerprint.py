@@ -111,6 +111,7 @@ from pathlib import Path
 import numpy as np
 
 from .case import Case
+from .errors import BackendCrashed, BackendTimedOut
 from .formats import Format
 from .geometry import (GRADIENTS, Geometry, grad_output_rows, im2col, im2col_transposed, weight_rows)
 from .probes import background
@@ -310,7 +311,9 @@ def read_rows(slots: Slots, case: Case) -> tuple[float, np.ndarray]:
 # --- running a backend ------------------------------------------------------------------------
 
 def _run(backend, case: Case) -> np.ndarray | None:
-    """The backend's gradient of a probe case (float64), or None where it raised or misbehaved."""
+    """The backend's gradient of a probe case (float64), or None where it raised or misbehaved. A
+    backend whose worker crashed or hung (:mod:`difftest.isolation`) ends its fingerprint: the
+    :class:`~difftest.errors.BackendCrashed` or :class:`~difftest.errors.BackendTimedOut` goes on."""
     from .backends.base import backward
 
     try:
@@ -318,6 +321,8 @@ def _run(backend, case: Case) -> np.ndarray | None:
         (g,) = case.gradients
         a = np.asarray(out[g], dtype=np.float64)
         return a if a.shape == case.geometry.shape_of(g) else None
+    except (BackendCrashed, BackendTimedOut):
+        raise
     except Exception:  # the backend is on trial: what it raises makes its answers undecidable
         return None
 
@@ -1019,9 +1024,12 @@ class GradientPrint:
     evidence: dict = field(default_factory=dict)  # property -> Case
     paths: dict = field(default_factory=dict)  # property -> written file
 
-    def to_dict(self) -> dict:
+    def to_dict(self, base: Path | None = None) -> dict:
+        """The claims and the evidence files (relative to ``base`` where given: a result directory's
+        ``fingerprints.json`` names files inside it)."""
         out = {k: self.claims.get(k) for k in FIELDS}
-        out["evidence"] = {k: self.paths[k] for k in PROPERTIES if k in self.paths}
+        out["evidence"] = {k: Path(self.paths[k]).relative_to(base).as_posix() if base is not None else self.paths[k]
+                           for k in PROPERTIES if k in self.paths}
         return out
 
 
@@ -1034,9 +1042,9 @@ class Fingerprint:
     geometry: Geometry
     gradients: dict = field(default_factory=dict)  # gradient -> GradientPrint
 
-    def to_dict(self) -> dict:
+    def to_dict(self, base: Path | None = None) -> dict:
         return {"backend": self.backend, "format": self.format, "geometry": self.geometry.as_dict(),
-                "gradients": {g: gp.to_dict() for g, gp in self.gradients.items()}}
+                "gradients": {g: gp.to_dict(base) for g, gp in self.gradients.items()}}
 
 
 class _Prober:
@@ -1151,32 +1159,31 @@ def fingerprint(backend, geometry: Geometry | None = None, gradients=GRADIENTS) 
 
 # --- evidence: files and replays --------------------------------------------------------------------
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@=," else "_" for c in name)
-
-
-def write(prints: list[Fingerprint], out: str | Path) -> Path:
+def write(prints: list[Fingerprint], out: str | Path, failed=()) -> Path:
     """Write each claim's evidence case to ``out/<backend>/<gradient>-<property>.npz`` and
-    ``out/fingerprints.json`` (the ``--json`` document, evidence paths included)."""
-    import json
+    ``out/fingerprints.json`` (the ``--json`` document, evidence paths relative to ``out``;
+    ``failed``: ``(backend, reason)`` of backends that crashed or hung while probed)."""
+    from .store import FINGERPRINTS, file_name, write_json
 
     out = Path(out)
     for fp in prints:
         for grad, gp in fp.gradients.items():
             gp.paths = {}
             for prop in PROPERTIES:
-                path = out / _safe(fp.backend) / f"{grad}-{prop}.npz"
+                path = out / file_name(fp.backend) / f"{grad}-{prop}.npz"
                 if prop in gp.evidence:
                     gp.paths[prop] = str(gp.evidence[prop].save(path))
                 elif path.is_file():
                     path.unlink()  # the evidence of an earlier claim this run does not make
-    path = out / "fingerprints.json"
-    path.write_text(json.dumps(to_json(prints), indent=2) + "\n", encoding="utf-8")
-    return path
+    write_json(out / FINGERPRINTS, to_json(prints, out, failed))
+    return out / FINGERPRINTS
 
 
-def to_json(prints: list[Fingerprint]) -> dict:
-    return {"backends": [fp.to_dict() for fp in prints]}
+def to_json(prints: list[Fingerprint], base: Path | None = None, failed=()) -> dict:
+    """``{"backends": [...], "failed": [{"backend", "reason"}]}``; evidence paths relative to ``base``
+    where given."""
+    return {"backends": [fp.to_dict(base) for fp in prints],
+            "failed": [{"backend": b, "reason": why} for b, why in failed]}
 
 
 def derive(prop: str, gradient: str, case: Case, output: np.ndarray, claims: dict | None = None):

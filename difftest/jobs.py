@@ -2,10 +2,12 @@
 
 ``difftest run --jobs N`` deals the campaign's format groups to ``N`` processes (started with
 ``spawn``: no state shared with the parent, torch and numba start clean). Each job is an
-ordinary campaign over its groups, with the same seeds as a sequential run, writing into
-``OUT/.jobs/job-<k>/``; the parent appends their result lines, reproducers and environments to
-``OUT`` as they arrive (every half second), so a crash of the parent loses at most that much,
-and at the end removes the job directories. Ctrl-C reaches every job; each stops and keeps
+ordinary campaign over its groups, with the same seeds as a sequential run, its backends in
+worker processes of its own (:mod:`difftest.isolation`), writing into ``OUT/.jobs/job-<k>/``; the
+parent appends their result lines, reproducers and environments to ``OUT`` as they arrive
+(every half second) and at the end removes the job directories. A parent killed before that
+leaves ``.jobs/``: the next run on ``OUT`` salvages the lines it had not collected into that
+run's results (:mod:`difftest.store`). Ctrl-C reaches every job; each stops and keeps
 what it has, like a sequential campaign. A job runs its groups one after another with the
 whole time budget (the jobs run side by side), so a parallel run searches more cases in the
 same time; bounded by work (``--examples``/``--rounds``), it searches the same cases.
@@ -23,9 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import DifftestError
 from .outcome import ResultRecord
+from .store import JOBS, RESULTS, read_campaign, read_environments
 
-JOBS_DIR = ".jobs"
 POLL_S = 0.5
 
 
@@ -87,7 +90,7 @@ class _Tail:
         self.directory, self.offset, self.partial = directory, 0, b""
 
     def new_records(self) -> list[ResultRecord]:
-        path = self.directory / "results.jsonl"
+        path = self.directory / RESULTS
         if not path.is_file():
             return []
         with open(path, "rb") as f:
@@ -98,10 +101,9 @@ class _Tail:
         return [ResultRecord.from_dict(json.loads(line)) for line in lines if line.strip()]
 
     def environments(self) -> dict:
-        path = self.directory / "environments.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else {}
-        except json.JSONDecodeError:  # being replaced right now: next time
+            return read_environments(self.directory)
+        except DifftestError:  # being replaced right now: next time
             return {}
 
 
@@ -110,7 +112,7 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
     totals of the jobs' campaign.json (cases, draws, findings, statuses), also kept as
     ``campaign.job_totals`` when the jobs are interrupted."""
     cfg = campaign.config
-    root = Path(cfg.out) / JOBS_DIR
+    root = Path(cfg.out) / JOBS
     shutil.rmtree(root, ignore_errors=True)
     ctx = multiprocessing.get_context("spawn")
     procs, tails = [], []
@@ -123,6 +125,7 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
             "examples": cfg.examples, "time_budget": campaign.budget if campaign.budget < float("inf") else None,
             "seed": cfg.seed, "shard": cfg.shard, "out": out, "database": cfg.database, "progress": False,
             "rounds": cfg.rounds, "shrink": cfg.shrink, "stop_on": cfg.stop_on, "parent": os.getpid(),
+            "isolate": cfg.isolate, "backend_timeout": cfg.backend_timeout, "overwrite": True,
         }
         p = ctx.Process(target=_job_main, args=(spec,), name=f"difftest-job-{k}")
         with _environment({var: threads for var in THREAD_VARIABLES}):  # the jobs share the cores
@@ -135,10 +138,10 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
         for t in tails:
             records = t.new_records()
             if records:
-                writer.append(t.directory, records, t.environments(), seen)
-                searched.update(r.case_id for r in records if r.phase == "search")
+                added = writer.append(t.directory, records, t.environments(), seen)
+                searched.update(r.case_id for r in added if r.phase == "search")
                 campaign.progress.cases = len(searched)
-                campaign.progress.findings += sum(r.finding is not None for r in records)
+                campaign.progress.findings += sum(r.finding is not None for r in added)
 
     try:
         while any(p.is_alive() for p in procs):
@@ -162,11 +165,13 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
 def _totals(root: Path, procs) -> dict:
     out = {"cases": 0, "draws": 0, "findings": 0, "first_seen_s": {}, "jobs": []}
     for k, p in enumerate(procs, start=1):
-        path = root / f"job-{k}" / "campaign.json"
-        info = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            info = read_campaign(root / f"job-{k}")
+        except DifftestError:  # torn by the job's death
+            info = {}
         for key in ("cases", "draws", "findings"):
-            out[key] += info.get(key, 0)
-        out["first_seen_s"].update(info.get("first_seen_s", {}))  # a job's own start: one process each
-        out["jobs"].append({"job": k, "formats": info.get("formats", []), "status": info.get("status", "crashed"),
+            out[key] += info.get(key) or 0
+        out["first_seen_s"].update(info.get("first_seen_s") or {})  # a job's own start: one process each
+        out["jobs"].append({"job": k, "formats": info.get("formats") or [], "status": info.get("status") or "crashed",
                             "exit_code": p.exitcode, "duration_s": info.get("duration_s")})
     return out

@@ -46,8 +46,7 @@ from .errors import DifftestError
 from .estimate import Estimate, estimate, format_size, refuse_if_too_large
 from .explain import format_ratio, plural, reproduce_command
 from .geometry import GRADIENTS, Geometry
-from .outcome import BackendResult, FindingKey, ResultRecord, jsonable
-from .report import MODEL_FILE
+from .outcome import BackendResult, FindingKey, jsonable
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 #: The geometry keys of a layer in ``difftest model --json``.
@@ -375,14 +374,20 @@ def _eta(seconds: float) -> str:
 
 
 def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, layers: str | None = None,
-                seed: int = 0, out: Path | None = None, max_memory="auto", progress=None) -> ModelResult:
+                seed: int = 0, out: Path | None = None, max_memory="auto", progress=None, expectations=None,
+                isolate: bool = True, backend_timeout: float | None = None, overwrite: bool = False) -> ModelResult:
     """Capture every convolution of model ``spec`` (``layers``: a regular expression its
     qualified name must contain, :func:`re.search`) and judge each with ``backends`` through
-    :func:`difftest.check.check_case`. Writes the result directory ``out`` (default
-    ``reports/model/<model>``): a case file per layer, ``results.jsonl``, ``model.json``.
-    ``progress(text)`` hears the estimate and each layer, with the time left."""
+    :func:`difftest.check.check_case`, each backend in a worker process unless ``isolate`` is
+    false (:mod:`difftest.isolation`; ``backend_timeout`` seconds per call, default its own).
+    Writes the result directory ``out`` (default ``reports/model/<model>``; a run there before is
+    kept as ``<out>.previous`` unless ``overwrite``) through :class:`difftest.store.Recorder`: a
+    case file per layer (written before its backends run), ``results.jsonl``, ``model.json``,
+    ``campaign.json`` and the ``expectations`` it was judged with. ``progress(text)`` hears the
+    estimate and each layer, with the time left."""
     from .check import check_case
-    from .results import ResultsWriter
+    from .isolation import DEFAULT_TIMEOUT, Workers
+    from .store import MODEL, Recorder, holds_run
 
     pattern = None
     if layers is not None:
@@ -396,7 +401,7 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
 
     backends = [get_backend(b) if isinstance(b, str) else b for b in backends]
     out = Path(out) if out is not None else Path("reports/model") / model_label(spec)
-    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (MODEL_FILE, "results.jsonl")):
+    if out.is_dir() and any(out.iterdir()) and not holds_run(out):
         raise DifftestError(f"--out {out} holds other files (it is rewritten: cases/, results.jsonl, ...); give a new "
                             "or empty directory, or an earlier difftest model directory")
     t_start = time.perf_counter()
@@ -428,12 +433,22 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
                        f"{format_size(costs[big].peak_bytes + held)} peak memory (largest layer {big}, plus "
                        f"{format_size(held)} of captured arrays)")
 
-    writer = ResultsWriter(out, fresh=True)
+    recorder = Recorder(out, seed=seed, expectations=expectations, overwrite=overwrite, outputs="findings")
+    pool = Workers(DEFAULT_TIMEOUT if backend_timeout is None else backend_timeout) if isolate else None
+    info = {"profile": "model", "model": spec, "input_shape": list(input_shape), "seed": seed, "shard": "1/1",
+            "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time())),
+            "backends": [b.name for b in backends], "isolate": isolate,
+            "backend_timeout_s": (backend_timeout or DEFAULT_TIMEOUT) if isolate else None}
     results: list[LayerResult] = []
-    env_ids: dict[str, str] = {}
     first_seen: set[FindingKey] = set()
     done_est = done_s = 0.0
     try:
+        if recorder.previous is not None:
+            info["previous"] = str(recorder.previous)
+        recorder.campaign(info)
+        judges = pool.wrap(backends) if pool is not None else backends
+        for note in pool.notes if pool is not None else ():
+            _say(progress, note)
         for k, c in enumerate(captures, 1):
             if c.skipped:
                 _say(progress, f"[{k}/{len(captures)}] {c.name}: skipped: {c.skipped}")
@@ -441,30 +456,21 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
                 continue
             g, cost = c.geometry, costs[c.name]
             case = case_of(c, backends[0].format)
-            rel = f"cases/{case_filename(c.name)}"
-            case.save(out / rel)
+            rel = recorder.keep_case(case, case_filename(c.name), pending=False)  # before its backends run
             _say(progress, f"[{k}/{len(captures)}] {c.name}: {geometry_text(g)}, {g.macs / 1e6:.1f} M MACs "
                            f"(estimated {cost.seconds:.1f} s)")
             t0 = time.perf_counter()
-            rs = check_case(case, backends, max_memory=max_memory,
+            rs = check_case(case, judges, max_memory=max_memory,
                             progress=None if progress is None else (lambda text, n=c.name: progress(f"  {n}: {text}")))
             seconds = time.perf_counter() - t0
             layer = LayerResult(c.name, g, str(out / rel), [], seconds, cost)
-            for r in rs:
-                if r.backend not in env_ids:
-                    env_ids[r.backend] = writer.environment(r.environment)
-                new = [FindingKey(r.backend, name, gr.verdict) for name, gr in r.gradients.items()
-                       if gr.verdict != "pass" and FindingKey(r.backend, name, gr.verdict) not in first_seen]
-                first_seen.update(new)
-                # one line per layer and backend; a finding's line names the first layer that showed it
-                # (a line holds one finding: a layer that shows several new ones repeats its line for each)
-                for key in new or [None]:
-                    rec = ResultRecord.of(r, case.case_id, g.as_dict(), phase="layer", seed=seed, finding=key,
-                                          environment_id=env_ids[r.backend], case_file=rel, timings=dict(r.timings))
-                    if key is not None and r.outputs is not None:
-                        rec.outputs_file = writer.save_outputs(case.case_id, r)
-                    writer.write(rec)
-                layer.results.append(r.lightweight())
+            # one line per layer and backend; a finding's line names the first layer that showed it
+            # (a line holds one finding: a layer that shows several new ones repeats its line for each)
+            new = [FindingKey(r.backend, name, gr.verdict) for r in rs for name, gr in r.gradients.items()
+                   if gr.verdict != "pass" and FindingKey(r.backend, name, gr.verdict) not in first_seen]
+            first_seen.update(new)
+            recorder.record(case, rs, "layer", findings=new, case_file=rel)
+            layer.results = [r.lightweight() for r in rs]
             results.append(layer)
             del rs, case
             c.input = c.grad_output = c.weight = None  # judged: free its arrays
@@ -477,14 +483,25 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         seconds = time.perf_counter() - t_start
         result = ModelResult(spec, tuple(input_shape), seed, [b.name for b in backends], n_convs, results, seconds,
                              out, capture_s)
-        writer.campaign({"profile": "model", "model": spec, "input_shape": list(input_shape), "seed": seed,
-                         "shard": "1/1", "status": "complete", "cases": sum(not r.skipped for r in results),
-                         "findings": len(first_seen), "duration_s": round(seconds, 3),
-                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds)),
-                         "backends": [b.name for b in backends]})
-        _write_model_file(out, result)
+        recorder.side_file(MODEL, _model_doc(out, result))
+        info.update({"status": "complete", "cases": sum(not r.skipped for r in results), "findings": len(first_seen),
+                     "duration_s": round(seconds, 3)})
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
+    except BaseException as exc:
+        info.update({"status": "crashed", "error": f"{type(exc).__name__}: {exc}"})
+        raise
     finally:
-        writer.close()
+        if pool is not None:
+            pool.close()
+        try:
+            info.setdefault("duration_s", round(time.perf_counter() - t_start, 3))
+            info.setdefault("cases", sum(not r.skipped for r in results))
+            info.setdefault("findings", len(first_seen))
+            recorder.campaign(info)
+        finally:
+            recorder.close()
     return result
 
 
@@ -496,10 +513,9 @@ def _verdicts_text(layer: LayerResult) -> str:
     return ", ".join(f"{v} {n}" for v, n in counts.items())
 
 
-def _write_model_file(out: Path, result: ModelResult) -> None:
-    import json
-
-    doc = {"model": result.model, "input_shape": list(result.input_shape), "seed": result.seed,
+def _model_doc(out: Path, result: ModelResult) -> dict:
+    """``model.json``: the model, its input and every layer (skipped ones with their reason)."""
+    return {"model": result.model, "input_shape": list(result.input_shape), "seed": result.seed,
            "convolutions": result.convolutions, "round_inputs": True,
            "layers": [{"name": layer.name, "skipped": layer.skipped,
                        "case_file": None if layer.case_file is None else os.path.relpath(layer.case_file, out),
@@ -507,9 +523,6 @@ def _write_model_file(out: Path, result: ModelResult) -> None:
                        "extensions": [] if layer.geometry is None else list(layer.geometry.extensions),
                        "macs": None if layer.geometry is None else layer.geometry.macs,
                        "seconds": layer.seconds} for layer in result.layers]}
-    tmp = out / (MODEL_FILE + ".tmp")
-    tmp.write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / MODEL_FILE)
 
 
 # --- words ------------------------------------------------------------------------------------

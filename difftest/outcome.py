@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -48,6 +49,112 @@ def jsonable(x):
 def as_float(x) -> float:
     """Inverse of :func:`jsonable` for numbers ("inf" -> inf)."""
     return float(x)
+
+
+# --- reading untrusted lines: every field checked for its type ------------------------------------
+
+_NON_FINITE = ("inf", "-inf", "nan")
+
+
+def _bad(name: str, want: str, got) -> DifftestError:
+    shown = repr(got)
+    return DifftestError(f"{name} must be {want}, got {shown[:60] + '…' if len(shown) > 60 else shown}")
+
+
+def number(v, name: str) -> float:
+    """A JSON number, or one of the strings :func:`jsonable` writes for non-finite ones."""
+    if isinstance(v, bool) or not (isinstance(v, (int, float)) or v in _NON_FINITE):
+        raise _bad(name, 'a number (or "inf", "nan")', v)
+    return float(v)
+
+
+def integer(v, name: str, least: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or (least is not None and v < least):
+        raise _bad(name, "an integer" + (f" >= {least}" if least is not None else ""), v)
+    return v
+
+
+def text(v, name: str) -> str:
+    if not isinstance(v, str):
+        raise _bad(name, "a string", v)
+    return v
+
+
+def name_text(v, name: str) -> str:
+    """A non-empty one-line string (a backend, format or gradient name)."""
+    if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\r\x00"):
+        raise _bad(name, "a non-empty one-line string", v)
+    return v
+
+
+def flag(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise _bad(name, "true or false", v)
+    return v
+
+
+def mapping(v, name: str) -> dict:
+    if not isinstance(v, dict):
+        raise _bad(name, "a JSON object", v)
+    return v
+
+
+def listing(v, name: str, item=None) -> list:
+    if not isinstance(v, list):
+        raise _bad(name, "a list", v)
+    return v if item is None else [item(x, f"{name}[{i}]") for i, x in enumerate(v)]
+
+
+def one_of(values: tuple):
+    """A check that the value is one of ``values``."""
+    def check(v, name: str):
+        if v not in values:
+            raise _bad(name, f"one of {', '.join(map(str, values))}", v)
+        return v
+    return check
+
+
+def shard_text(v, name: str) -> str:
+    if not (isinstance(v, str) and re.fullmatch(r"\d+/\d+", v)):
+        raise _bad(name, "a shard K/N", v)
+    return v
+
+
+def optional(check):
+    """``check`` for a value that may also be null."""
+    return lambda v, name: None if v is None else check(v, name)
+
+
+def geometry_of(v, name: str) -> dict:
+    """A geometry as :meth:`Geometry.as_dict` writes it, checked to be one (an empty one is allowed)."""
+    from .geometry import Geometry
+
+    mapping(v, name)
+    if not v:
+        return v
+    try:
+        for k in ("N", "C", "H", "W", "O", "kH", "kW", "groups", "out_h", "out_w"):
+            if k in v:
+                integer(v[k], f"{name}.{k}", 0)
+        for k in ("stride", "padding", "dilation"):
+            if k in v and not isinstance(v[k], int):
+                listing(v[k], f"{name}.{k}", lambda x, n: integer(x, n, 0))
+        Geometry.from_dict(v)
+    except (KeyError, TypeError, ValueError, DifftestError) as exc:
+        raise DifftestError(f"{name} is not a geometry: {exc}") from None
+    return v
+
+
+def _worst(v, name: str) -> dict | None:
+    if v is None:
+        return None
+    mapping(v, name)
+    return {k: (listing(x, f"{name}.index", lambda i, n: integer(i, n, 0)) if k == "index" else number(x, f"{name}.{k}"))
+            for k, x in v.items()}
+
+
+def _known(d: dict, cls) -> dict:
+    return {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
 
 
 def environment_id(env: dict) -> str:
@@ -93,20 +200,22 @@ class GradientResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GradientResult":
+    def from_dict(cls, d: dict, name: str = "gradient") -> "GradientResult":
+        """A result from its JSON form, every field checked (:class:`DifftestError` names the bad one)."""
+        mapping(d, name)
         if d.get("verdict") not in VERDICTS:
-            raise DifftestError(f"verdict must be one of {', '.join(VERDICTS)}, got {d.get('verdict')!r}")
-        worst = d.get("worst")
+            raise _bad(f"{name}.verdict", f"one of {', '.join(VERDICTS)}", d.get("verdict"))
+        index = d.get("worst_index")
         return cls(
             verdict=d["verdict"],
-            max_ratio=as_float(d.get("max_ratio", 0.0)),
-            max_ratio_order_free=as_float(d.get("max_ratio_order_free", 0.0)),
-            violations=int(d.get("violations", 0)),
-            violations_order_free=int(d.get("violations_order_free", 0)),
-            worst_index=d.get("worst_index"),
-            worst={k: (as_float(v) if k != "index" else v) for k, v in worst.items()} if worst else None,
-            message=d.get("message", ""),
-            out_of_model=int(d.get("out_of_model", 0)),
+            max_ratio=number(d.get("max_ratio", 0.0), f"{name}.max_ratio"),
+            max_ratio_order_free=number(d.get("max_ratio_order_free", 0.0), f"{name}.max_ratio_order_free"),
+            violations=integer(d.get("violations", 0), f"{name}.violations", 0),
+            violations_order_free=integer(d.get("violations_order_free", 0), f"{name}.violations_order_free", 0),
+            worst_index=None if index is None else listing(index, f"{name}.worst_index", lambda i, n: integer(i, n, 0)),
+            worst=_worst(d.get("worst"), f"{name}.worst"),
+            message=text(d.get("message", ""), f"{name}.message"),
+            out_of_model=integer(d.get("out_of_model", 0), f"{name}.out_of_model", 0),
         )
 
 
@@ -128,10 +237,12 @@ def requested_of(gradients: dict, requested=None) -> tuple[str, ...]:
 def _gradients_from(d: dict) -> tuple[dict[str, GradientResult], tuple[str, ...]]:
     """A line's gradients and the requested set (a line without ``requested``: all three)."""
     grads = d.get("gradients")
-    requested = gradient_subset(d.get("requested", GRADIENTS))
+    requested = d.get("requested", list(GRADIENTS))
+    listing(requested, "requested", name_text)
+    requested = gradient_subset(requested)
     if not isinstance(grads, dict) or set(grads) != set(requested):
         raise DifftestError(f"gradients must hold exactly {', '.join(requested)}")
-    return {g: GradientResult.from_dict(grads[g]) for g in requested}, requested
+    return {g: GradientResult.from_dict(grads[g], f"gradients.{g}") for g in requested}, requested
 
 
 @dataclass
@@ -192,10 +303,11 @@ class BackendResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BackendResult":
+        mapping(d, "result")
         gradients, requested = _gradients_from(d)
-        return cls(backend=d["backend"], format=d["format"], gradients=gradients, requested=requested,
-                   seconds=as_float(d.get("seconds", 0.0)), error=d.get("error", ""),
-                   environment=d.get("environment", {}))
+        return cls(backend=name_text(d.get("backend"), "backend"), format=name_text(d.get("format"), "format"),
+                   gradients=gradients, requested=requested, seconds=number(d.get("seconds", 0.0), "seconds"),
+                   error=text(d.get("error", ""), "error"), environment=mapping(d.get("environment", {}), "environment"))
 
 
 class FindingKey(NamedTuple):
@@ -209,6 +321,11 @@ class FindingKey(NamedTuple):
         return self._asdict()
 
 
+#: The phases of a result line: a case the search drew; a finding's shrunk reproducer; a finding's
+#: first case, kept where shrinking was cut short or off; a layer of ``difftest model``.
+PHASES = ("search", "shrunk", "unshrunk", "layer")
+
+
 @dataclass
 class ResultRecord:
     """One line of ``results.jsonl``: one backend on one case, with the campaign's context."""
@@ -220,7 +337,7 @@ class ResultRecord:
     #: As :attr:`BackendResult.requested` (a line without it: all three).
     requested: tuple[str, ...] | None = None
     geometry: dict = field(default_factory=dict)
-    phase: str = "search"  # "search": a case the search drew; "shrunk": a finding's minimal reproducer
+    phase: str = "search"  # one of PHASES
     batch_extension: bool = False
     #: :attr:`difftest.geometry.Geometry.extensions` of the case (batch, dilation, per-axis ...).
     extensions: list = field(default_factory=list)
@@ -272,19 +389,49 @@ class ResultRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ResultRecord":
-        """A record from a parsed line; :class:`DifftestError` names what is missing or wrong."""
+        """A record from a parsed line, every field checked for its type (unknown keys are ignored);
+        :class:`DifftestError` names what is missing or wrong. Paths are the store's to check."""
         if not isinstance(d, dict):
             raise DifftestError("a result line must be a JSON object")
         missing = [k for k in cls.REQUIRED if k not in d]
         if missing:
             raise DifftestError(f"the line lacks {', '.join(repr(k) for k in missing)}")
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        schema = integer(d.get("schema", 1), "schema", 1)
+        if schema > SCHEMA_VERSION:
+            raise DifftestError(f"schema {schema} is newer than this difftest reads ({SCHEMA_VERSION}); upgrade difftest")
+        kw = _known(d, cls)
+        for key, check in _RECORD_FIELDS.items():
+            if key in kw:
+                kw[key] = check(kw[key], key)
+        if not re.fullmatch(r"[0-9a-f]{1,64}", kw["case_id"]):
+            raise _bad("case_id", "a hexadecimal case id", kw["case_id"])
         kw["gradients"], kw["requested"] = _gradients_from(d)
-        kw["schema"] = int(d.get("schema", 1))
-        if d.get("finding"):
-            kw["finding"] = FindingKey(**d["finding"])
+        kw["schema"] = schema
+        if kw.get("finding") is not None:
+            f = mapping(kw["finding"], "finding")
+            key = FindingKey(*(name_text(f.get(k), f"finding.{k}") for k in FindingKey._fields))
+            if key.backend != kw["backend"] or kw["gradients"].get(key.gradient, None) is None \
+                    or kw["gradients"][key.gradient].verdict != key.verdict or key.verdict == "pass":
+                raise DifftestError(f"finding {' '.join(key)} is not a non-pass result of this line")
+            kw["finding"] = key
         return cls(**kw)
+
+
+def _largest(v, name: str) -> dict:
+    mapping(v, name)
+    return {"case_id": name_text(v.get("case_id"), f"{name}.case_id"), "case_file": text(v.get("case_file"), f"{name}.case_file"),
+            "geometry": geometry_of(v.get("geometry", {}), f"{name}.geometry"), "macs": integer(v.get("macs"), f"{name}.macs", 0)}
+
+
+#: The checks of a result line's fields (``gradients``, ``requested``, ``finding``, ``schema``: their own).
+_RECORD_FIELDS = {
+    "case_id": name_text, "backend": name_text, "format": name_text, "geometry": geometry_of,
+    "phase": one_of(PHASES), "batch_extension": flag, "extensions": lambda v, n: listing(v, n, text),
+    "seed": optional(integer), "shard": shard_text,
+    "round": optional(integer), "timings": lambda v, n: {k: number(x, f"{n}.{k}") for k, x in mapping(v, n).items()},
+    "environment_id": text, "case_file": optional(text), "outputs_file": optional(text), "traceback": optional(text),
+    "largest_case": optional(_largest),
+}
 
 
 def _extensions(geometry: dict) -> list:

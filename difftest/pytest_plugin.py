@@ -13,10 +13,15 @@ profile's budget shared among the backends) or, with ``--difftest-rounds`` and n
 work alone: at most ``--difftest-rounds`` hypothesis rounds of ``--difftest-examples`` examples per
 format, the same cases for the same seed on any machine.
 
-With pytest-xdist, a backend's items must stay on one worker, so that its campaign runs once: each
-backend's items carry an ``xdist_group`` mark and share a scope, which ``--dist loadgroup`` (and
-``loadscope``, ``loadfile``) honour; the distribution modes that spread them (``load``,
-``worksteal``, ``each``) are refused with a usage error.
+Each backend runs in a worker process of its own (:mod:`difftest.isolation`): one that crashes or
+hangs (``--difftest-backend-timeout``) gets ``error`` findings, and the session goes on.
+
+With pytest-xdist, a backend's items must stay on one worker, so that its campaign runs once. They
+share a scope (``difftest::<backend>``), which ``--dist loadscope`` and ``loadfile`` keep together.
+For ``--dist loadgroup`` each item's name carries its group, ``<gradient>@<backend>`` — the node id
+pytest-xdist itself gave grouped items until pytest 9.2, where its own renaming stopped taking
+effect (pytest-xdist#1386). The modes that spread items (``load``, ``worksteal``, ``each``) are
+refused with a usage error.
 """
 
 from __future__ import annotations
@@ -55,21 +60,24 @@ def pytest_addoption(parser):
     g.addoption("--difftest-database", default=".difftest/hypothesis", metavar="DIR", help="hypothesis example database")
     g.addoption("--difftest-expected", default=None, metavar="FILE",
                 help="expected-findings file (TOML): declared findings pass, with the reason in the report")
+    g.addoption("--difftest-backend-timeout", type=float, default=None, metavar="SECONDS",
+                help="seconds one backend call may take before its worker is killed (verdict error; default 600)")
+    g.addoption("--difftest-no-isolate", action="store_true",
+                help="run the backends in the pytest process, not in worker processes (for debugging)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "difftest: a difftest campaign item (added by --difftest)")
-    if not config.pluginmanager.hasplugin("xdist"):  # the mark the items carry, known without xdist too
-        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup keeps a group on one worker")
     if not config.getoption("--difftest"):
         return
     for option in ("--difftest-examples", "--difftest-rounds"):
         value = config.getoption(option)
         if value is not None and value < 1:
             raise pytest.UsageError(f"{option} must be >= 1, got {value}")
-    budget = config.getoption("--difftest-time-budget")
-    if budget is not None and not budget > 0:
-        raise pytest.UsageError(f"--difftest-time-budget must be > 0 seconds, got {budget}")
+    for option in ("--difftest-time-budget", "--difftest-backend-timeout"):
+        value = config.getoption(option)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise pytest.UsageError(f"{option} must be > 0 seconds, got {value}")
     _backend_names(config)  # unknown names are a usage error, before anything runs
     from .errors import DifftestError
 
@@ -87,19 +95,27 @@ def pytest_configure(config):
 
 
 def _backend_names(config) -> list[str] | None:
-    """The ``--difftest-backend`` names (None: the default set); an unknown name is a usage error."""
-    from .backends import all_backends
+    """The ``--difftest-backend`` names (None: the default set; a spec ``MODULE:ATTR`` gives the names
+    of its backends); an unknown name is a usage error."""
+    from .backends import all_backends, spec_backends
+    from .errors import DifftestError
 
     names = config.getoption("--difftest-backend")
     if not names:
         return None
     known = all_backends()
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if ":" not in n and n not in known]
     if unknown:
         raise pytest.UsageError(
             f"--difftest-backend: unknown backend {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
         )
-    return list(dict.fromkeys(names))
+    out = []
+    for n in names:
+        try:
+            out += [b.name for b in spec_backends(n)] if ":" in n else [n]
+        except DifftestError as exc:
+            raise pytest.UsageError(f"--difftest-backend: {exc}") from None
+    return list(dict.fromkeys(out))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -131,12 +147,13 @@ class BackendCampaign(pytest.Collector):
         super().__init__(**kwargs)
         self.backend, self.n_backends = backend, n_backends
         self.add_marker(pytest.mark.difftest)
-        self.add_marker(pytest.mark.xdist_group(backend.name))
 
     def collect(self):
+        # an xdist worker collects with dist "no" and says loadgroup (xdist.remote.setup_config)
+        grouped = getattr(self.config.option, "loadgroup", False) or self.config.getoption("dist", default="no") == "loadgroup"
         for g in GRADIENTS:
-            yield CampaignItem.from_parent(self, name=g, backend=self.backend.name, gradient=g,
-                                           n_backends=self.n_backends)
+            yield CampaignItem.from_parent(self, name=f"{g}@{self.backend.name}" if grouped else g,
+                                           backend=self.backend.name, gradient=g, n_backends=self.n_backends)
 
 
 #: This session's campaigns, ``{backend name: (result directory, records) or the exception it raised}``.
@@ -152,11 +169,17 @@ def campaign_config(config, backend, n_backends: int):
     budget = config.getoption("--difftest-time-budget")
     if budget is None:
         budget = math.inf if rounds is not None else profile.time_budget / n_backends
+    from .isolation import DEFAULT_TIMEOUT
+    from .store import file_name
+
+    timeout = config.getoption("--difftest-backend-timeout")
     return CampaignConfig(
         backends=[backend], profile=profile, examples=config.getoption("--difftest-examples"), rounds=rounds,
         time_budget=budget, seed=config.getoption("--difftest-seed"),
-        out=Path(config.getoption("--difftest-out")) / backend.name,
+        out=Path(config.getoption("--difftest-out")) / file_name(backend.name),
         database=Path(config.getoption("--difftest-database")), progress=False, expectations=_expectations(config),
+        isolate=not config.getoption("--difftest-no-isolate"),
+        backend_timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
     )
 
 

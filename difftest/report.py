@@ -1,7 +1,7 @@
 """Self-contained HTML discrepancy reports from result directories.
 
-A report reads only files (``results.jsonl``, ``cases/``, ``environments.json``,
-``campaign.json``), never live backends, and imports none of the mathematics: the heatmaps
+A report reads only files, through :mod:`difftest.store` (every path confined to its directory,
+every field checked), never live backends, and imports none of the mathematics: the heatmaps
 draw the per-entry error and bounds saved next to each non-``pass`` result's raw outputs
 (result directories written before those arrays existed render without heatmaps, with a
 note). Plots are matplotlib, embedded (SVG inline, heatmaps as PNG data URIs); the page
@@ -22,9 +22,12 @@ import numpy as np
 
 from .expectations import Expected, Expectations
 from .explain import format_ratio, geometry_text, plural, ratios_text, reproduce_command, violations_text, worst_text
-from .geometry import GRADIENTS
+from .geometry import GRADIENTS, Geometry
 from .outcome import EntryArrays, ResultRecord, as_float
-from .results import findings, read_campaign, read_environments, read_results, summarize
+from .lock import holder_text, lock_holder
+from .results import findings, summarize
+from .store import (campaigns_of, confined, read_campaign, read_environments, read_expected, read_fingerprints,
+                    read_model, read_results)
 from .verdicts import MEANING, SEVERITY, VERDICTS, worst_verdict
 
 COLORS = {"pass": "#2e7d32", "order": "#f9a825", "domain": "#607d8b", "precision": "#c62828", "error": "#6a1b9a"}
@@ -156,8 +159,9 @@ HEATMAP_BOUND = {"precision": ("bound_order_free", "order-free bound"), "order":
 
 
 def saved_ratio(d: Path, r: ResultRecord, gradient: str, bound: str) -> tuple[np.ndarray | None, str]:
-    """error / ``bound`` per entry, from the arrays saved with the result's raw outputs."""
-    if not r.outputs_file or not (d / r.outputs_file).is_file():
+    """error / ``bound`` per entry, from the arrays saved with the result's raw outputs (a damaged or
+    mis-shaped file is a note: the rest of the report renders)."""
+    if not r.outputs_file or not confined(d, r.outputs_file, f"{d}: outputs_file").is_file():
         return None, "no raw outputs saved for this result"
     try:
         with np.load(d / r.outputs_file, allow_pickle=False) as z:
@@ -165,10 +169,22 @@ def saved_ratio(d: Path, r: ResultRecord, gradient: str, bound: str) -> tuple[np
             if not all(n in z.files for n in names):
                 return None, ("no per-entry error and bounds saved with this result (written by an older "
                               "difftest): the heatmap is omitted; replay the command above to see them")
+            want = Geometry.from_dict(r.geometry).shape_of(gradient)
+            shapes = [_npy_shape(z, n) for n in names]
+            if any(s != want for s in shapes):  # read the header only: a hostile file cannot make us allocate
+                return None, f"{r.outputs_file} holds arrays of shapes {shapes}, not the gradient's {want}"
             entries = EntryArrays(*(z[n] for n in names))
         return entries.ratio(bound), ""
     except Exception as exc:  # a report must render even when one file is damaged
         return None, f"could not read {r.outputs_file}: {type(exc).__name__}: {exc}"
+
+
+def _npy_shape(z, name: str) -> tuple:
+    """The shape an array of an ``.npz`` declares in its header, without reading the array."""
+    with z.zip.open(name + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read(f)[0])
 
 
 #: campaign.json settings that make two result directories comparable.
@@ -189,8 +205,7 @@ class Baseline:
     def read(cls, path: Path) -> "Baseline":
         records = read_results(path)
         keys = {(r.backend, g, gr.verdict) for r in records for g, gr in r.gradients.items() if gr.verdict != "pass"}
-        info = read_campaign(path)
-        return cls(path, keys, {r.backend: r.format for r in records}, info.get("merged_from", [info]) if info else [],
+        return cls(path, keys, {r.backend: r.format for r in records}, campaigns_of(read_campaign(path)),
                    {(r.backend, g) for r in records for g in r.gradients})
 
     def status(self, backend: str, fmt: str, gradient: str, verdict: str) -> str:
@@ -222,21 +237,6 @@ class Baseline:
         return out
 
 
-#: The file of a model's result directory (``difftest model``) that names its layers.
-MODEL_FILE = "model.json"
-
-
-def read_model(d: Path) -> dict:
-    """``model.json`` of a result directory written by ``difftest model`` ({} for any other; a
-    damaged one reads as {} too: a report must render)."""
-    p = Path(d) / MODEL_FILE
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        return doc if isinstance(doc, dict) and isinstance(doc.get("layers"), list) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _axis(v) -> str:
     return "×".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -262,8 +262,6 @@ def model_layers(dirs: list[Path], records: list[ResultRecord], origin: dict, ba
     for d in dirs:
         info = read_model(d)
         for layer in info.get("layers", []):
-            if not isinstance(layer, dict):
-                continue
             key = (Path(d), layer.get("case_file"))
             g = layer.get("geometry") or None
             results = by_layer.get(key, {}) if key[1] else {}
@@ -283,17 +281,20 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     campaigns: list[dict] = []
     origin: dict[int, Path] = {}
     dirs = [Path(d) for d in dirs]
+    unfinished = []
     for d in dirs:
         rs = read_results(d)
         for r in rs:
             origin[id(r)] = d
         records += rs
         envs.update(read_environments(d))
-        info = read_campaign(d)
-        campaigns += info.get("merged_from", [info]) if info else []
+        runs = campaigns_of(read_campaign(d))
+        campaigns += runs
+        unfinished += [{"source": str(d), "status": c.get("status") or "unknown", "why": _unfinished_why(d, c)}
+                       for c in runs if c.get("status") != "complete"]
     base = Baseline.read(Path(baseline)) if baseline is not None else None
     if expectations is None:
-        expectations = next((e for e in map(Expectations.of_results, dirs) if e.entries), Expectations())
+        expectations = next((e for e in map(read_expected, dirs) if e.entries), Expectations())
     table = summarize(records)
     backends = list(table)
     overview = []
@@ -308,7 +309,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     # findings: one per distinct (backend, gradient, verdict), its (shrunk) reproducer; then the rest
     models = {Path(d): read_model(d) for d in dirs}
     layer_of = {(Path(d), layer.get("case_file")): layer.get("name", "")
-                for d, info in models.items() for layer in info.get("layers", []) if isinstance(layer, dict)}
+                for d, info in models.items() for layer in info.get("layers", [])}
 
     def detail(r: ResultRecord, g: str, shrunk: bool) -> Detail:
         d = origin[id(r)]
@@ -356,6 +357,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "colors": COLORS,
         "gradients": GRADIENTS,
         "campaigns": campaigns,
+        "unfinished": unfinished,
         "sources": [str(d) for d in dirs],
         "baseline": str(baseline) if baseline else "",
         "found": found,
@@ -410,27 +412,36 @@ def _fingerprint_cell(claims: dict, key: str) -> str:
 def fingerprint_rows(dirs: list[Path]) -> list[dict]:
     """One row per backend × gradient of each directory's ``fingerprints.json`` (written by
     ``difftest fingerprint --out DIR``): the cells of :data:`FINGERPRINT_COLUMNS` (``?``: the
-    probes cannot decide) and the evidence files. A file that cannot be read is a row saying so."""
+    probes cannot decide) and the evidence files (paths under the directory)."""
     rows = []
     for d in dirs:
-        path = Path(d) / "fingerprints.json"
-        if not path.is_file():
-            continue
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            for b in doc["backends"]:
-                g = b.get("geometry", {})
-                shape = (f"input ({g.get('N')}, {g.get('C')}, {g.get('H')}, {g.get('W')}), "
-                         f"{g.get('kH')}×{g.get('kW')}, stride {g.get('stride')}, padding {g.get('padding')}") if g else ""
-                for grad, claims in b["gradients"].items():
-                    rows.append({"backend": b["backend"], "format": b.get("format", ""), "gradient": grad,
-                                 "geometry": shape,
-                                 "cells": [_fingerprint_cell(claims, k) for k, _ in FINGERPRINT_COLUMNS],
-                                 "evidence": sorted((claims.get("evidence") or {}).values())})
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            rows.append({"backend": str(path), "format": "", "gradient": "", "geometry": "", "evidence": [],
-                         "cells": [f"unreadable: {type(exc).__name__}"] + [""] * (len(FINGERPRINT_COLUMNS) - 1)})
+        for b in read_fingerprints(d).get("backends", []):
+            g = b["geometry"]
+            shape = (f"input ({g.get('N')}, {g.get('C')}, {g.get('H')}, {g.get('W')}), "
+                     f"{g.get('kH')}×{g.get('kW')}, stride {g.get('stride')}, padding {g.get('padding')}") if g else ""
+            for grad, claims in b["gradients"].items():
+                rows.append({"backend": b["backend"], "format": b["format"], "gradient": grad, "geometry": shape,
+                             "cells": [_fingerprint_cell(claims, k) for k, _ in FINGERPRINT_COLUMNS],
+                             "evidence": sorted(str(Path(d) / rel) for rel in claims["evidence"].values())})
+        for f in read_fingerprints(d).get("failed", []):  # crashed or hung while probed
+            rows.append({"backend": f["backend"], "format": "", "gradient": "", "geometry": "", "evidence": [],
+                         "cells": [f"not fingerprinted: {f['reason']}"] + [""] * (len(FINGERPRINT_COLUMNS) - 1)})
     return rows
+
+
+def _unfinished_why(d: Path, info: dict) -> str:
+    """Why a run did not finish, in words (``running`` with no live process holding its lock: killed)."""
+    status = info.get("status")
+    if status == "running":
+        holder = lock_holder(d)
+        if holder is not None:
+            return f"it is still running ({holder_text(holder)}): this report shows what it had written so far"
+        return "no process holds its lock any more: it was killed (or its machine stopped) before it finished"
+    if status == "interrupted":
+        return "it was interrupted (Ctrl-C or a signal) and kept what it had found"
+    if status == "crashed":
+        return "it stopped on an error" + (f" ({info['error']})" if info.get("error") else "")
+    return "its campaign.json says no status" if status is None else f"its status is {status}"
 
 
 def _worst_ratio(r: ResultRecord) -> float:

@@ -35,13 +35,9 @@ from hypothesis.control import current_build_context
 from hypothesis.database import DirectoryBasedExampleDatabase, InMemoryExampleDatabase, choices_to_bytes
 from hypothesis.errors import HypothesisException
 
+from .errors import BudgetExhausted
 from .outcome import FindingKey
 from .strategies import campaign_cases
-
-class BudgetExhausted(BaseException):
-    """Raised inside the hypothesis test to end a search on time (BaseException: hypothesis
-    lets it through instead of treating it as a failure to shrink)."""
-
 
 class Finding(Exception):
     """A ``(backend, gradient, verdict)`` not seen before, on ``case``."""
@@ -112,6 +108,8 @@ class Round:
             raise BudgetExhausted
         self.searched += 1
         c.draws += 1
+        if case.case_id not in c.recorded and case.case_id not in c._judged:
+            c.recorder.keep_case(case)  # before its backends run: a run that dies keeps the case it was on
         results = c.judge(case, self.backends)
         if case.case_id not in c.recorded:  # whatever shrinking judged before: recording is the search's
             c.recorded.add(case.case_id)

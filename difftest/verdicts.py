@@ -16,7 +16,8 @@ claiming a violation only where it is certain):
 3. else ``order`` if any entry is certainly beyond the TorchLean bound;
 4. else ``pass``.
 
-``error`` (the backend raised, or returned a wrong shape) replaces the whole judgement.
+``error`` (the backend raised, returned a wrong shape, crashed or hung in its worker process)
+replaces the whole judgement.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ MEANING = {
     "flushed subnormals, another algorithm such as Winograd or FFT, or a bug)",
     "domain": "outside the NF model: non-finite output where the format's hardware counterpart can overflow, or "
     "inputs the backend's format cannot hold",
-    "error": "the backend raised or returned a wrong shape",
+    "error": "the backend raised, returned a wrong shape, crashed (its worker process died: a signal, an abort, an "
+    "exit) or hung past the backend timeout",
 }
 
 #: How bad a verdict is, for "the worst verdict" and for ``--fail-on``.

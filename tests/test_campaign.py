@@ -19,7 +19,8 @@ from difftest.check import check_case
 from difftest.cli import main
 from difftest.geometry import GRADIENTS
 from difftest.outcome import SCHEMA_VERSION, ResultRecord
-from difftest.results import findings, read_campaign, read_results
+from difftest.results import findings
+from difftest.store import read_campaign, read_results
 from difftest.strategies import Limits
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'difftest[torch]')")

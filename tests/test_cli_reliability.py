@@ -23,10 +23,9 @@ from difftest.cli import main
 from difftest.config import ENV_VARS
 from difftest.geometry import GRADIENTS
 from difftest.outcome import FindingKey
-from difftest.persist import CampaignRecorder
 from difftest.progress import Progress
 from difftest.lock import DirectoryInUse
-from difftest.results import ResultsWriter, read_results
+from difftest.store import Recorder, StoreWriter, read_results
 from difftest.summary import junit_xml, summary_doc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +123,11 @@ def test_merge_replaces_a_result_directory_whole_and_writes_its_report(a_b, tmp_
     assert {(r.case_id, r.backend, r.phase) for r in read_results(out)} == {
         (r.case_id, r.backend, r.phase) for r in read_results(a)}
     assert not (out / "report.html").exists()
-    assert "merged 1 directory, " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "merged 1 directory: " in captured.out and " result lines, 0 findings -> " in captured.out
+    # the merge it replaced is kept aside, whole, and said so
+    assert (tmp_path / "m.previous" / "report.html").is_file()
+    assert f"the previous results in {out} are kept in {out}.previous" in captured.err
 
 
 def test_merge_refuses_an_existing_directory_that_is_not_a_result_directory(a_b, tmp_path, capsys):
@@ -141,14 +144,17 @@ def test_merge_refuses_an_existing_directory_that_is_not_a_result_directory(a_b,
 
 HOLD = """
 import sys
-from difftest.results import ResultsWriter
-w = ResultsWriter(sys.argv[1], fresh=False)
+from pathlib import Path
+from difftest.lock import DirectoryLock
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+lock = DirectoryLock(sys.argv[1])
+lock.acquire()
 print("locked", flush=True)
 if sys.argv[2] == "crash":
     import os
     os._exit(0)  # dies holding the lock, as a killed run would
 sys.stdin.read()
-w.close()
+lock.release()
 """
 
 
@@ -190,11 +196,11 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys):
 
 
 def test_writers_in_one_process_exclude_each_other_until_closed(tmp_path):
-    first = ResultsWriter(tmp_path / "d")
+    first = StoreWriter(tmp_path / "d")
     with pytest.raises(DirectoryInUse, match=f"pid {os.getpid()} "):
-        ResultsWriter(tmp_path / "d")
+        StoreWriter(tmp_path / "d")
     first.close()
-    ResultsWriter(tmp_path / "d").close()
+    StoreWriter(tmp_path / "d").close()
     assert not (tmp_path / "d" / ".lock").exists()
 
 
@@ -350,7 +356,7 @@ def test_counts_are_pluralized(tmp_path, capsys):
     assert "1 backend (nf-binary16)" in err and "1 backends" not in err
     assert main(["merge", str(tmp_path / "o"), "--out", str(tmp_path / "m"), "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert "merged 1 directory, " in out and "1 directories" not in out
+    assert "merged 1 directory: " in out and "1 directories" not in out
 
 
 # --- 5. what CI expects ------------------------------------------------------------------------
@@ -392,10 +398,10 @@ def finding_dir(tmp_path) -> Path:
     """A result directory holding a real finding: numpy-float32's bias gradient on the cancellation case."""
     case = Case.load(CANCELLATION)
     results = check_case(case, [get_backend("numpy-float32"), get_backend("nf-binary32")])
-    rec = CampaignRecorder(tmp_path / "found", seed=0, shard=(1, 1))
+    rec = Recorder(tmp_path / "found", seed=0, shard=(1, 1))
     try:
         rec.record(case, results, "search", 1)
-        rec.record(case, [results[0]], "shrunk", 1, finding=FindingKey("numpy-float32", "grad_bias", "order"))
+        rec.record(case, [results[0]], "shrunk", 1, findings=[FindingKey("numpy-float32", "grad_bias", "order")])
     finally:
         rec.close()
     return tmp_path / "found"

@@ -12,7 +12,7 @@ from difftest import config
 from difftest.backends import get_backend
 from difftest.campaign import PROFILES
 from difftest.cli import main
-from difftest.results import read_campaign
+from difftest.store import read_campaign
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -53,7 +53,7 @@ def test_the_file_is_read_from_the_nearest_pyproject_at_or_above_the_current_dir
     assert cfg.file == p
     assert {k: cfg.get(k) for k in config.KEYS} == {
         "backends": ["nf-binary16"], "profile": "ci", "time_budget": 30.0, "out": str(tmp_path / "proj" / "res"),
-        "fail_on": "never", "seed": 5, "database": None, "expected": None}
+        "fail_on": "never", "seed": 5, "database": None, "expected": None, "backend_timeout": None}
     assert cfg.source("seed") == f"{p} [tool.difftest] seed = 5"
     pyproject(tmp_path / "proj" / "src", "")  # a nearer pyproject.toml without the table: no settings
     assert config.load(cwd=sub, environ={}).settings == {}

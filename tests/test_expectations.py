@@ -9,6 +9,7 @@ from difftest.errors import DifftestError
 from difftest.expectations import Expectations
 from difftest.report import render
 from difftest.results import findings
+from difftest.store import read_expected
 
 DECLARED = """
 [[expected]]
@@ -79,7 +80,7 @@ def test_a_campaign_keeps_its_expectations_and_the_report_marks_expected_and_not
                          examples=40, rounds=1, expectations=e)
     records = Campaign(cfg).run()
     assert any(r.finding.gradient == "grad_bias" for r in findings(records))
-    assert Expectations.of_results(out).entries == e.entries
+    assert read_expected(out).entries == e.entries
     assert [x.reason for x in e.not_seen(records)] == ["never seen: kept to show the not-seen list"]
     text = render([out], tmp_path / "r.html").read_text()
     assert "numpy&#39;s pairwise sum reassociates the bias gradient" in text and '<span class="expected">expected</span>' in text
@@ -119,7 +120,7 @@ def test_run_with_expectations_passes_on_declared_findings_and_says_what_is_not_
     assert "never seen: kept to show the not-seen list" in out and "torch-cuda" not in out
     # merged result directories keep what they were judged with
     assert main(["merge", str(tmp_path / "declared"), "--out", str(tmp_path / "merged"), "--no-report"]) == 0
-    assert Expectations.of_results(tmp_path / "merged").entries == Expectations.load(path).entries
+    assert read_expected(tmp_path / "merged").entries == Expectations.load(path).entries
 
 
 def test_an_undeclared_finding_still_fails_and_the_environment_names_the_file(tmp_path, capsys, monkeypatch):

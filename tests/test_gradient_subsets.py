@@ -17,9 +17,8 @@ from difftest.explain import reproduce_command
 from difftest.formats import BINARY32
 from difftest.geometry import GRADIENTS, Geometry
 from difftest.outcome import BackendResult, FindingKey, ResultRecord
-from difftest.persist import CampaignRecorder
 from difftest.report import render
-from difftest.results import read_results
+from difftest.store import Recorder, read_results
 from difftest.summary import format_summary, junit_xml
 
 SUBSETS = [s for k in range(1, 4) for s in itertools.combinations(GRADIENTS, k)]
@@ -286,7 +285,7 @@ def test_requested_round_trips_through_to_dict_and_from_dict():
     assert d["requested"] == ["grad_input", "grad_bias"] and set(d["gradients"]) == {"grad_input", "grad_bias"}
     back = BackendResult.from_dict(d)
     assert back.requested == ("grad_input", "grad_bias") and back.to_dict() == d
-    rec = ResultRecord.of(r, "abc", {"N": 2})
+    rec = ResultRecord.of(r, "abc", ordinary_case(gradients=("grad_input", "grad_bias")).geometry.as_dict())
     assert ResultRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).requested == ("grad_input", "grad_bias")
 
 
@@ -309,12 +308,12 @@ def subset_results(tmp_path_factory):
     cancellation case (numpy: order, recorded as a finding's reproducer), and nf-binary32 also on
     a full case."""
     out = tmp_path_factory.mktemp("subset")
-    rec = CampaignRecorder(out, seed=0, shard=(1, 1))
+    rec = Recorder(out, seed=0, shard=(1, 1))
     bias_only, full = Case.load("examples/cancellation.npz", gradients=("grad_bias",)), Case.load("examples/stride2_pad1.npz")
     try:
         numpy, nf = check_case(bias_only, ["numpy-float32", "nf-binary32"])
         rec.record(bias_only, [numpy], phase="shrunk", round_no=0,
-                   finding=FindingKey("numpy-float32", "grad_bias", "order"))
+                   findings=[FindingKey("numpy-float32", "grad_bias", "order")])
         rec.record(bias_only, [nf], phase="search", round_no=0)
         rec.record(full, check_case(full, ["nf-binary32"]), phase="search", round_no=0)
     finally:

@@ -23,7 +23,8 @@ from difftest.errors import UnknownBackend
 from difftest.formats import BFLOAT16, BINARY16, BINARY32
 from difftest.geometry import Geometry
 from difftest.probes import PROBES, background, pattern, plant
-from difftest.results import findings, read_results
+from difftest.results import findings
+from difftest.store import read_results
 from difftest.summary import format_summary
 
 EMULATIONS = ["emu-tf32", "emu-binary16-acc", "emu-bfloat16-acc", "emu-ftz", "emu-rtz-acc", "emu-fft"]

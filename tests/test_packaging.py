@@ -56,3 +56,17 @@ def test_plain_pytest_collects_the_framework_tests():
     args = [str(PYTEST), "--collect-only", "-q", "-p", "no:cacheprovider", "tests/test_frameworks.py"]
     run = subprocess.run(args, cwd=ROOT, env=_without_pythonpath(), capture_output=True, text=True)
     assert run.returncode in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), run.stdout + run.stderr
+
+
+def test_the_distribution_has_a_name_of_its_own():
+    """PyPI's ``difftest`` is an unrelated project: ours is ``torchlean-difftest``, importing ``difftest``."""
+    import importlib.metadata as md
+    import tomllib
+
+    import difftest
+
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert name == "torchlean-difftest"
+    assert md.version(name) == difftest.__version__
+    assert name in md.packages_distributions()["difftest"]
+    assert "difftest" in {ep.name for ep in md.entry_points(group="console_scripts") if ep.dist.name == name}

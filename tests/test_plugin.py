@@ -55,7 +55,8 @@ def test_campaign_items_pass_for_the_nf_reference_and_k_runs_one_campaign(pytest
     r = pytester.runpytest_subprocess(*difftest_args(pytester, "nf-binary16"), "-k", "grad_bias")
     r.stdout.fnmatch_lines(["collected 3 items / 2 deselected / 1 selected"])
     r.assert_outcomes(passed=1, deselected=2)
-    assert campaign_dirs(pytester) == ["nf-binary16"]
+    # one campaign each session; the first session's results are kept aside, not replaced
+    assert campaign_dirs(pytester) == ["nf-binary16", "nf-binary16.previous"]
 
 
 def test_campaign_failures_name_the_shrunk_reproducer_and_each_campaign_runs_once_under_xdist(pytester):

@@ -15,7 +15,7 @@ from difftest.campaign import Campaign, CampaignConfig
 from difftest.cli import main
 from difftest.formats import BINARY32
 from difftest.report import render
-from difftest.results import read_results
+from difftest.store import read_results
 from difftest.summary import format_summary
 
 
