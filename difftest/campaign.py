@@ -143,7 +143,6 @@ class Campaign:
         self.budget = config.time_budget if config.time_budget is not None else (
             math.inf if config.rounds else self.profile.time_budget)  # rounds alone: bounded by work
         self.recorder: Recorder | None = None
-        self.workers: Workers | None = None
         self.progress = Progress(enabled=config.progress, budget=self.budget)
         self.status = "running"
         self.found: set[FindingKey] = set()

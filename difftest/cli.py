@@ -153,8 +153,6 @@ def _available_backends(names: list[str]) -> list:
 
 def _backend_timeout(args, cfg) -> float:
     """--backend-timeout, DIFFTEST_BACKEND_TIMEOUT, [tool.difftest] backend_timeout, else the default."""
-    from .isolation import DEFAULT_TIMEOUT
-
     if args.backend_timeout is not None:
         if not (math.isfinite(args.backend_timeout) and args.backend_timeout > 0):
             raise DifftestError(f"--backend-timeout must be a number of seconds > 0, got {args.backend_timeout:g}")

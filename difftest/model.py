@@ -434,7 +434,7 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
                        f"{format_size(held)} of captured arrays)")
 
     recorder = Recorder(out, seed=seed, expectations=expectations, overwrite=overwrite, outputs="findings")
-    pool = Workers(DEFAULT_TIMEOUT if backend_timeout is None else backend_timeout) if isolate else None
+    pool = None
     info = {"profile": "model", "model": spec, "input_shape": list(input_shape), "seed": seed, "shard": "1/1",
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time())),
             "backends": [b.name for b in backends], "isolate": isolate,
@@ -446,6 +446,7 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         if recorder.previous is not None:
             info["previous"] = str(recorder.previous)
         recorder.campaign(info)
+        pool = Workers(DEFAULT_TIMEOUT if backend_timeout is None else backend_timeout) if isolate else None
         judges = pool.wrap(backends) if pool is not None else backends
         for note in pool.notes if pool is not None else ():
             _say(progress, note)

@@ -74,28 +74,24 @@ def integer(v, name: str, least: int | None = None) -> int:
     return v
 
 
-def text(v, name: str) -> str:
-    if not isinstance(v, str):
-        raise _bad(name, "a string", v)
-    return v
+def _of_type(kind: type, want: str):
+    """A check that the value is a ``kind``."""
+    def check(v, name: str):
+        if not isinstance(v, kind):
+            raise _bad(name, want, v)
+        return v
+    return check
+
+
+text = _of_type(str, "a string")
+flag = _of_type(bool, "true or false")
+mapping = _of_type(dict, "a JSON object")
 
 
 def name_text(v, name: str) -> str:
     """A non-empty one-line string (a backend, format or gradient name)."""
-    if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\r\x00"):
+    if not text(v, name).strip() or any(c in v for c in "\n\r\x00"):
         raise _bad(name, "a non-empty one-line string", v)
-    return v
-
-
-def flag(v, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise _bad(name, "true or false", v)
-    return v
-
-
-def mapping(v, name: str) -> dict:
-    if not isinstance(v, dict):
-        raise _bad(name, "a JSON object", v)
     return v
 
 
