@@ -662,7 +662,7 @@ def _merged_campaign(infos: list[dict], sources: list[str], records: list[Result
             first[key] = min(s, first.get(key, s))
     statuses = [c.get("status") or "unknown" for c in campaigns]
     return {"merged_from": campaigns, "sources": sources, "findings": len(findings(records)),
-            "cases": len({(r.case_id, r.backend) for r in records if r.phase != "shrunk"}),
+            "cases": len({r.case_id for r in records if r.phase in ("search", "layer")}),
             "first_seen_s": dict(sorted(first.items())),
             "status": "complete" if statuses and all(s == "complete" for s in statuses) else "incomplete"}
 
@@ -699,8 +699,7 @@ def merge(dirs, out, overwrite: bool = False) -> Merged:
         sources.append((d, read_results(d), read_environments(d), read_campaign(d), read_expected(d)))
         read_model(d), read_fingerprints(d)  # not merged, but checked: an input is trusted whole or not at all
 
-    tagged = [(d, r) for d, records, *_ in sources for r in records]
-    chosen = choose_findings([r for _, r in tagged])  # FindingKey -> the record that stands for it
+    chosen = choose_findings([r for _, records, *_ in sources for r in records])  # key -> the line that stands
     keep_ids = {id(r) for r in chosen.values()}
     created = []  # parent directories this merge made, removed again if it fails
     parent = out.absolute().parent
@@ -731,7 +730,8 @@ def merge(dirs, out, overwrite: bool = False) -> Merged:
         if declared:  # the union of what the inputs were judged with
             union = Expectations(list(dict.fromkeys(declared)), "merged from " + ", ".join(map(str, dirs)))
             writer.side_file(EXPECTED, union.to_dict())
-        writer.campaign(_merged_campaign([info for *_, info, _ in sources], [str(d) for d in dirs], written))
+        info = _merged_campaign([info for *_, info, _ in sources], [str(d) for d in dirs], written)
+        writer.campaign(info)
         writer.close()
         previous = _replace_dir(tmp, out, overwrite)
     except BaseException:
@@ -745,27 +745,27 @@ def merge(dirs, out, overwrite: bool = False) -> Merged:
             except OSError:
                 break
         raise
-    return Merged(out, len(written), len(findings(written)), previous, [str(d) for d in dirs])
+    return Merged(out, len(written), info["findings"], previous, [str(d) for d in dirs])
 
 
 def _replace_dir(new: Path, target: Path, overwrite: bool) -> Path | None:
-    """Put directory ``new`` at ``target``; an existing run there is kept aside unless ``overwrite``."""
+    """Put directory ``new`` at ``target``; an existing run there is kept aside unless ``overwrite``
+    (then removed only once ``new`` is in place)."""
     if not target.exists():
         new.rename(target)
         return None
-    previous = None
-    if holds_run(target) and not overwrite:
-        previous = _previous_of(target)
-        _remove(previous)
-        target.rename(previous)
+    keep = holds_run(target) and not overwrite
+    if keep:
+        aside = _previous_of(target)
+        _remove(aside)
     else:
-        old = target.with_name(f".{target.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}")
-        target.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
+        aside = target.with_name(f".{target.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}")
+    target.rename(aside)
     try:
         new.rename(target)
     except BaseException:
-        if previous is not None:
-            previous.rename(target)
+        aside.rename(target)
         raise
-    return previous
+    if not keep:
+        shutil.rmtree(aside, ignore_errors=True)
+    return aside if keep else None
