@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import platform
 from abc import ABC, abstractmethod
@@ -13,6 +12,7 @@ import numpy as np
 
 from difftest.formats import Format
 from difftest.geometry import GRADIENTS
+from difftest.supports import Supports, accepts_keyword
 
 
 class Backend(ABC):
@@ -39,6 +39,15 @@ class Backend(ABC):
     isolate: bool = True
     #: Modules its worker imports (its library); the fork server imports them once for every worker.
     preload: tuple[str, ...] = ()
+
+    @property
+    def supports(self) -> Supports:
+        """The geometry beyond the spec's it computes (:mod:`difftest.supports`): campaigns draw for
+        it only cases it takes, and ``check`` of another gives ``unsupported``. A subclass declares
+        it (``supports = Supports(dilation=False, groups=False)``); by default it is read from
+        :meth:`conv2d_backward`'s signature: dilation if it takes a ``dilation`` keyword; groups
+        always (one without a ``groups`` keyword gets them one group at a time); per-axis pairs."""
+        return Supports(dilation=_accepts(self, "dilation"))
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "")`` or ``(False, reason)``."""
@@ -85,16 +94,6 @@ def read_environment(backend) -> dict:
         return backend.environment()
     except Exception as exc:  # what ran cannot be read: say so, and go on
         return {"backend": getattr(backend, "name", "?"), "environment_error": f"{type(exc).__name__}: {exc}"}
-
-
-def accepts_keyword(fn, name: str) -> bool:
-    """Whether ``fn`` (a conv2d_backward or a user function) takes the keyword ``name``."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # no signature to read (a builtin): the old, 5-argument way
-        return False
-    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY)
-               for p in params)
 
 
 @functools.lru_cache(maxsize=None)

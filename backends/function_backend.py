@@ -7,7 +7,9 @@ import numpy as np
 from difftest.formats import Format, get_format
 from difftest.geometry import GRADIENTS
 
-from .base import Backend, accepts_keyword
+from difftest.supports import Supports, accepts_keyword, of_function
+
+from .base import Backend
 
 
 class FunctionBackend(Backend):
@@ -17,13 +19,15 @@ class FunctionBackend(Backend):
     any real dtype (or anything ``numpy.asarray`` takes), as a tuple or as a dict with the
     gradient names. A function that takes a ``gradients`` keyword is told which gradients are
     requested (a tuple in ``GRADIENTS`` order) and may leave the others out (``None`` in the
-    tuple); one that does not is called with five arguments. A function taking ``dilation`` and
-    ``groups`` keywords is given them; a grouped case reaches one that does not group by group,
-    and a dilated one gives ``error``. Only the requested gradients are returned. ``name``
-    defaults to the function's name.
+    tuple); one that does not is called with five arguments. Only the requested gradients are
+    returned. ``name`` defaults to the function's name.
+
+    What it takes (:attr:`supports`) is what its signature says (:func:`difftest.supports.of_function`):
+    five arguments are the spec's geometry, an integer stride and padding; a ``dilation`` or a
+    ``groups`` keyword adds that feature (given as that keyword). ``supports=`` says it instead.
     """
 
-    def __init__(self, fn, format: Format | str, name: str | None = None):
+    def __init__(self, fn, format: Format | str, name: str | None = None, supports: Supports | None = None):
         if not callable(fn):
             raise TypeError(f"a function backend needs a callable, got {type(fn).__name__}")
         self.fn = fn
@@ -31,6 +35,13 @@ class FunctionBackend(Backend):
         self.name = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         self.accumulation = "unknown (a user function)"
         self.description = f"the function {self.name}, claiming {self.format.name}"
+        if supports is not None and not isinstance(supports, Supports):
+            raise TypeError(f"supports must be a difftest.supports.Supports, got {type(supports).__name__}")
+        self._supports = of_function(fn) if supports is None else supports
+
+    @property
+    def supports(self) -> Supports:
+        return self._supports
 
     def takes(self, name: str) -> bool:
         """Whether the function takes the keyword ``name`` (``gradients``, ``dilation``, ``groups``)."""

@@ -9,7 +9,7 @@ from .check import check_case
 from .explain import gradient_text, reproduce_command
 from .outcome import BackendResult
 
-_ALLOWED = {"torchlean": ("pass",), "order-free": ("pass", "order")}
+_ALLOWED = {"torchlean": ("pass", "unsupported"), "order-free": ("pass", "order", "unsupported")}
 
 #: Where failing cases are saved, so the failure message can name the command that replays them.
 DEFAULT_SAVE_DIR = Path(".difftest") / "cases"
@@ -26,7 +26,10 @@ def assert_within_bounds(case: Case, backend, bound: str = "torchlean", save_to=
 
     ``bound="torchlean"`` requires the verdict ``pass`` (no entry beyond either bound);
     ``bound="order-free"`` also accepts ``order`` (beyond the TorchLean bound, explained by
-    evaluation order). On failure the case is saved under ``save_to`` (``None``: not saved) and
+    evaluation order). A case whose geometry the backend does not take (``unsupported``: a plain
+    function of five arguments takes no dilation, groups or stride pairs, see
+    :mod:`difftest.supports`) is not run and passes; draw with ``strategies.cases(...,
+    extensions=backend.supports)`` not to spend examples on them. On failure the case is saved under ``save_to`` (``None``: not saved) and
     the ``AssertionError`` names each failing gradient's verdict, ratios, worst entry and the
     command that replays it (``difftest check`` for a registered backend, a Python line for a
     function). Returns the result.

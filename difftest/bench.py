@@ -22,6 +22,7 @@ import numpy as np
 from .case import Case
 from .estimate import estimate
 from .geometry import Geometry
+from .verdicts import VERDICTS
 
 
 @dataclass(frozen=True)
@@ -221,11 +222,41 @@ def isolation_cost(examples: int = 150, seed: int = 0, repeat: int = 3) -> dict:
     return out
 
 
+def first_run(seed: int = 0, extra: tuple = ()) -> dict:
+    """The default ``difftest run`` twice with the same seed, each in a fresh process: first with an
+    empty numba cache (what a fresh clone's first run meets: the compiled folds compile), then with
+    the cache that run left (every later run). Both without an example database (the second would
+    replay the first's failures) or a report; ``extra``: more ``run`` arguments. The cases each
+    searched, and their ratio."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    out: dict = {"seed": seed, "arguments": list(extra)}
+    with tempfile.TemporaryDirectory() as d:
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(Path(d) / "numba")}
+        for name in ("cold", "warm"):
+            target = Path(d) / name
+            argv = [sys.executable, "-m", "difftest", "run", "--seed", str(seed), "--out", str(target), "--no-database",
+                    "--no-report", "--quiet", "--fail-on", "never", *extra]
+            t0 = time.perf_counter()
+            r = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"difftest run exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+            info = json.loads((target / "campaign.json").read_text())
+            out[name] = {"cases": info["cases"], "cases_per_backend": info.get("cases_per_backend") or {},
+                         "seconds": time.perf_counter() - t0}
+    out["ratio"] = out["cold"]["cases"] / max(out["warm"]["cases"], 1)
+    return out
+
+
 #: What ``difftest bench --layer emulations`` times: each emulation and shape-gated variants of the
 #: kinds libraries switch kernels on.
 EMULATIONS = ("emu-tf32", "emu-binary16-acc", "emu-bfloat16-acc", "emu-ftz", "emu-rtz-acc", "emu-fft",
               "emu-tf32@min-channels=32", "emu-fft@min-kernel=5", "emu-rtz-acc@min-stride=2",
-              "emu-binary16-acc@min-image=16", "emu-bfloat16-acc@min-reduction=500", "emu-ftz@min-channels=64")
+              "emu-binary16-acc@min-image=16", "emu-bfloat16-acc@min-reduction=500", "emu-ftz@min-channels=64",
+              "emu-ftz@min-reduction=577")
 
 
 def time_to_precision(names=EMULATIONS, seed: int = 0, profile: str = "quick") -> list[dict]:
@@ -386,7 +417,7 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_memory_source": "getrusage(RUSAGE_SELF).ru_maxrss: the process's peak resident set size",
         "verdicts": {v: sum(gr.verdict == v for x in result.layers for r in x.results for gr in r.gradients.values())
-                     for v in ("pass", "order", "precision", "domain", "error")},
+                     for v in VERDICTS},
         "layers": rows,
     }
 

@@ -2,12 +2,18 @@
 
 :mod:`difftest.search` runs one hypothesis round (search and shrink), :mod:`difftest.store`
 records the result directory as it goes, :mod:`difftest.isolation` runs the backends in worker
-processes, and this module plans the campaign (format groups, rounds, the time budget) and keeps
-what it has found.
+processes, and this module plans the campaign (groups, rounds, the time budget) and keeps what it
+has found.
 
-How a campaign runs. Backends are grouped by format; a case of that format is computed once
-(exact spec, NF model, both bounds) and shared by the group. For each group the search goes in
-*rounds*. A round is one hypothesis run whose test function judges every backend on the case,
+How a campaign runs. Backends are grouped by format and by the geometry they take
+(:class:`~difftest.search.Group`, :mod:`difftest.supports`); a case is computed once (exact spec,
+NF model, both bounds) and shared by the group. Bounded by time, the groups are searched in
+slices, each to the group with the fewest cases so far, so every backend gets a comparable number
+of cases whatever its cases cost; each slice draws small cases or real layers only, real layers
+where they have had less than the profile's share of the group's time (:meth:`Campaign._interleave`).
+Bounded by work (``rounds``), each group searches its rounds in turn, of a mixed draw whose
+real-layer share is set from the estimated costs (:meth:`Profile.real_layer_share`). The search
+goes in *rounds*. A round is one hypothesis run whose test function judges every backend on the case,
 writes one result line per backend (and a reproducer for each non-``pass``), steers the search
 with ``hypothesis.target`` towards larger error/bound ratios, and fails on the first finding —
 a ``(backend, gradient, verdict)`` not found before. Hypothesis then shrinks that failure to a
@@ -31,6 +37,7 @@ partition, and each shard derives its seeds from ``(seed, K)``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -39,17 +46,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .check import check_case
+from .check import check_case, supports_of
 from .errors import BudgetExhausted, DifftestError
 from .expectations import Expectations
 from .isolation import DEFAULT_TIMEOUT, Workers
 from .jobs import run_jobs
 from .outcome import FindingKey
 from .progress import Progress
-from .results import findings
-from .search import Finding, Round
+from .results import cases_per_backend, findings
+from .search import Finding, Group, Round
 from .store import Recorder, read_results
 from .strategies import Limits
+from .verdicts import is_finding
 
 __all__ = ["PROFILES", "Campaign", "CampaignConfig", "Profile", "Progress", "default_backends", "parse_shard", "shard_of"]
 
@@ -64,7 +72,7 @@ class Profile:
     time_budget: float  # seconds for the whole campaign
     shrink_seconds: float  # cap on shrinking one finding
     shrink_steps: int = 300  # cap on the cases judged while shrinking one finding (work, not time)
-    realistic: float = 0.0  # share of drawn cases that are real layers with probes (difftest.probes)
+    realistic: float = 0.0  # share of the search's time for real layers with probes (difftest.probes)
     max_macs: int = 2_000_000  # multiply-adds of one gradient of a real-layer case, at most
 
     @property
@@ -73,8 +81,43 @@ class Profile:
         small = f"fuzzed cases up to {lim.max_channels} channels, {lim.max_size}×{lim.max_size}"
         if not self.realistic:
             return small
-        return (f"{round(100 * (1 - self.realistic))} % {small}; {round(100 * self.realistic)} % real layers "
-                f"(difftest.catalogue) with probes, up to {self.max_macs / 1e6:g} M multiply-adds")
+        return (f"{round(100 * (1 - self.realistic))} % of the time {small}; {round(100 * self.realistic)} % real "
+                f"layers (difftest.catalogue) with probes, up to {self.max_macs / 1e6:g} M multiply-adds")
+
+    def real_layer_share(self, fmt, supports, backends: int) -> float:
+        """The share of draws that are real layers so that they take ``realistic`` of the time: a
+        real layer costs many small cases (:func:`difftest.estimate.campaign_case_seconds`, for
+        ``backends`` backends of ``fmt`` that take ``supports``), so it is drawn that much less
+        often. In steps of 1/1000, at least one."""
+        if self.realistic in (0, 1):
+            return float(self.realistic)
+        small, real = self.case_seconds(fmt, supports, backends)
+        r = self.realistic
+        return max(round(1000 * r * small / (r * small + (1 - r) * real)), 1) / 1000
+
+    def case_seconds(self, fmt, supports, backends: int) -> tuple[float, float]:
+        """Estimated seconds of a typical small case and of a typical real-layer case (half at the
+        largest affordable size, half halfway, as :func:`difftest.strategies.realistic_geometries`
+        draws them) for ``backends`` backends of ``fmt`` that take ``supports``."""
+        from .catalogue import LAYERS, largest_size, smallest_size
+        from .estimate import campaign_case_seconds
+        from .geometry import Geometry
+        from .replay import compiled
+
+        fast, lim = compiled(fmt), self.limits
+        half = lambda n: (n + 1) // 2  # noqa: E731
+        small = campaign_case_seconds(Geometry(half(lim.max_batch), half(lim.max_channels), half(lim.max_size),
+                                               half(lim.max_size), half(lim.max_channels), half(lim.max_kernel),
+                                               half(lim.max_kernel)), backends, fast)
+        costs = []
+        for layer in LAYERS.values():
+            top = largest_size(layer, 1, self.max_macs)
+            low = smallest_size(layer)
+            if top is None or not supports.takes(layer.geometry(1, low)):
+                continue
+            costs.append(sum(campaign_case_seconds(layer.geometry(1, size), backends, fast)
+                             for size in (top, (low + top) // 2)) / 2)
+        return small, (sum(costs) / len(costs) if costs else small)
 
 
 PROFILES = {
@@ -129,6 +172,8 @@ class CampaignConfig:
 
 #: Judged cases remembered per campaign (hypothesis repeats simple cases: judge once, record once).
 _CACHE_SIZE = 2048
+#: Cases of one slice of an interleaved campaign (:meth:`Campaign._interleave`), at most.
+SLICE_EXAMPLES = 25
 
 
 class Campaign:
@@ -158,6 +203,8 @@ class Campaign:
         self.started = time.monotonic()
         self.first_seen_s: dict[str, float] = {}  # from the jobs' campaign.json (difftest.jobs)
         self.first_seen: dict[FindingKey, float] = {}  # non-pass key -> seconds from the start to the case that showed it
+        self.group_cases: dict[str, int] = {}  # group label -> cases searched (difftest.search.Group)
+        self.replayed: set[str] = set()  # database keys whose saved failures a round has replayed
 
     # --- what the rounds ask --------------------------------------------------------------
 
@@ -178,18 +225,18 @@ class Campaign:
         for r in results:
             for g, gr in r.gradients.items():
                 key = FindingKey(r.backend, g, gr.verdict)
-                if key.verdict != "pass" and key not in self.found:
+                if is_finding(key.verdict) and key not in self.found:
                     return key
         return None
 
-    def note_seen(self, case, results, choices: tuple, round_no: int) -> None:
+    def note_seen(self, case, results, choices: tuple, round_no: int, group: Group) -> None:
         """Remember the first case of each non-``pass`` key, to shrink it later if no round does."""
         for r in results:
             for g, gr in r.gradients.items():
                 key = FindingKey(r.backend, g, gr.verdict)
-                if key.verdict != "pass" and key not in self.found and key not in self.seen:
-                    self.seen[key] = (choices, round_no, case, r)
-                if key.verdict != "pass":
+                if is_finding(key.verdict) and key not in self.found and key not in self.seen:
+                    self.seen[key] = (choices, round_no, case, r, group)
+                if is_finding(key.verdict):
                     self.first_seen.setdefault(key, time.monotonic() - self.started)
 
     def note_largest(self, case, results, case_file: str | None) -> None:
@@ -198,7 +245,7 @@ class Campaign:
         for r in results:
             for g, gr in r.gradients.items():
                 key = FindingKey(r.backend, g, gr.verdict)
-                if key.verdict != "pass" and case_file and macs > self.largest.get(key, {}).get("macs", -1):
+                if is_finding(key.verdict) and case_file and macs > self.largest.get(key, {}).get("macs", -1):
                     self.largest[key] = {"case_id": case.case_id, "case_file": case_file,
                                          "geometry": case.geometry.as_dict(), "macs": macs}
 
@@ -213,10 +260,10 @@ class Campaign:
             self.stopped_on = key
         self.progress.update(f"found {key.backend} {key.gradient}: {key.verdict}", force=True)
 
-    def _save(self, f: Finding, round_no: int) -> None:
+    def _save(self, f: Finding, round_no: int, group: Group) -> None:
         result = next(r for r in f.results if r.backend == f.key.backend)
         self.save_finding(f.key, f.case, result, round_no, "shrunk" if self.config.shrink else "unshrunk")
-        self.note_seen(f.case, [result], f.choices, round_no)  # other keys its reproducer shows
+        self.note_seen(f.case, [result], f.choices, round_no, group)  # other keys its reproducer shows
 
     # --- the campaign ----------------------------------------------------------------------
 
@@ -232,42 +279,92 @@ class Campaign:
 
         return signal.signal(signal.SIGINT, handler)
 
-    def _search_group(self, backends, deadline: float) -> None:
-        """Rounds with new seeds over one format group until the deadline or the round limit;
-        then every key seen but not yet saved is shrunk on its own, or (no time left, Ctrl-C, a
-        crash) saved as its first case: on every way out."""
-        fmt = backends[0].format
+    def _search_group(self, group: Group, deadline: float) -> None:
+        """Rounds with new seeds over one group until the deadline or the round limit; then every
+        key seen but not yet saved is shrunk on its own, or (no time left, Ctrl-C, a crash) saved
+        as its first case: on every way out."""
         try:
             for round_no in range(1, (self.config.rounds or 10_000) + 1):
-                self._round(fmt, backends, round_no, deadline)
+                self._round(group, round_no, deadline)
         except BudgetExhausted:
             pass
         except BaseException:  # Ctrl-C, a crash: what was seen is saved as it was first seen
-            self._save_seen(fmt, backends, shrink=False)
+            self._save_seen([group], shrink=False)
             raise
-        self._save_seen(fmt, backends, shrink=self.config.shrink)
+        self._save_seen([group], shrink=self.config.shrink)
 
-    def _save_seen(self, fmt, backends, shrink: bool) -> None:
-        """Save every key of this group seen but not yet saved: shrunk where asked and time is left,
-        else its first case (``unshrunk``)."""
-        names = {b.name for b in backends}
-        for key, (choices, round_no, case, result) in list(self.seen.items()):
+    def _interleave(self, groups: list[Group]) -> None:
+        """Time-bounded: the groups searched in slices, each slice to the group with the fewest
+        cases so far, so every backend gets a comparable number of cases whatever its cases cost
+        (a slice is at most ``SLICE_EXAMPLES`` cases and a share of the budget; a round of
+        ``examples`` cases is searched over several slices, going on after each finding). A slice
+        draws only small cases or only real layers (:meth:`Group.only`): real layers where they
+        have had less than the profile's share (``realistic``) of the group's time so far, so they
+        get that share of the budget, however long the budget and whatever they cost (left to a
+        mixed draw, hypothesis's generation, which reuses and simplifies earlier choices, drew
+        a real layer a fifth as often as asked). Then, as in :meth:`_search_group`, what was seen
+        and not saved is saved on every way out."""
+        share = self.profile.realistic
+        kinds = ["small", "real"] if 0 < share < 1 else ["real" if share else "small"]
+        rounds = {(g.label, k): [1, self.examples, 0] for g in groups for k in kinds}  # round, left, segment
+        spent = {(g.label, k): 0.0 for g in groups for k in kinds}  # seconds of slices
+        slice_s = max(1.0, self.budget / 30) if self.budget < math.inf else math.inf
+        try:
+            while groups and not self.stopped_on:
+                if self.interrupted:
+                    raise KeyboardInterrupt
+                now = time.monotonic()
+                if now > self.end:
+                    break
+                group = min(groups, key=lambda g: self.group_cases.get(g.label, 0))
+                real = spent.get((group.label, "real"), 0.0)
+                kind = kinds[-1] if real <= share * (real + spent.get((group.label, "small"), 0.0)) else kinds[0]
+                state = rounds[(group.label, kind)]
+                asked = min(state[1], SLICE_EXAMPLES)
+                run = Round(self, group.only(kind), state[0], min(self.end, now + slice_s), asked, state[2])
+                timed_out = False
+                try:
+                    f = run.run()
+                except BudgetExhausted:  # the slice's time (or the campaign's) is up
+                    f, timed_out = None, True
+                spent[(group.label, kind)] += time.monotonic() - now
+                if f is not None:
+                    self._save(f, state[0], run.group)
+                state[1] -= max(run.searched, 1)
+                state[2] += 1
+                exhausted = f is None and not timed_out and run.searched < asked  # hypothesis saw no more to try
+                if state[1] <= 0 or exhausted:
+                    state[:] = [state[0] + 1, self.examples, 0]  # the next round, with its own seeds
+        except BaseException:  # Ctrl-C, a crash: what was seen is saved as it was first seen
+            self._save_seen(groups, shrink=False)
+            raise
+        self._save_seen(groups, shrink=self.config.shrink)
+
+    def _save_seen(self, groups: list[Group], shrink: bool) -> None:
+        """Save every key of these groups seen but not yet saved: shrunk where asked and time is
+        left, else its first case (``unshrunk``)."""
+        for group in groups:
+            self._save_seen_of(group, shrink)
+
+    def _save_seen_of(self, group: Group, shrink: bool) -> None:
+        names = set(group.names)
+        for key, (choices, round_no, case, result, drawn_by) in list(self.seen.items()):
             if key in self.found or key.backend not in names:
                 continue
             f = None
             if shrink and not self.interrupted and not self.stopped_on and time.monotonic() < self.end:
-                try:
-                    f = Round(self, fmt, backends, round_no, self.end, self.examples, target=key, choices=choices).run()
+                try:  # the choices replay in the strategy that drew them (its group, its kind)
+                    f = Round(self, drawn_by, round_no, self.end, self.examples, target=key, choices=choices).run()
                 except BudgetExhausted:
                     pass
                 except KeyboardInterrupt:
                     self.interrupted = True  # the others are saved unshrunk; run() then ends as interrupted
             if f is not None:
-                self._save(f, round_no)
+                self._save(f, round_no, drawn_by)
             if key not in self.found:  # no time left to shrink it (or it did not fail again): its first case stands
                 self.save_finding(key, case, result, round_no, phase="unshrunk")
 
-    def _round(self, fmt, backends, round_no: int, deadline: float) -> None:
+    def _round(self, group: Group, round_no: int, deadline: float) -> None:
         """One round: ``examples`` cases, going on after each finding (raises BudgetExhausted)."""
         left, segment = self.examples, 0
         while left > 0:
@@ -275,16 +372,31 @@ class Campaign:
                 raise KeyboardInterrupt
             if time.monotonic() > deadline or self.stopped_on:
                 raise BudgetExhausted
-            run = Round(self, fmt, backends, round_no, deadline, left, segment)
+            run = Round(self, group, round_no, deadline, left, segment)
             f = run.run()
             if f is None:
                 return
-            self._save(f, round_no)
+            self._save(f, round_no, group)
             left -= max(run.searched, 1)
             segment += 1
 
-    def _jobs(self, groups: dict) -> int:
-        """Processes to use: at most one per format group; 1 where a backend is not registered
+    def groups(self, backends) -> list[Group]:
+        """The backends in groups searched on the same cases: one per format and geometry they take
+        (:mod:`difftest.supports`), in the order of their first backend; each with the share of real
+        layers that gives them the profile's share of the time."""
+        found: dict[tuple, list] = {}
+        for b in backends:
+            found.setdefault((b.format.name, supports_of(b)), []).append(b)
+        groups = []
+        for (_, supports), bs in found.items():
+            fmt = bs[0].format
+            share = self.profile.real_layer_share(fmt, supports, len(bs))
+            small, real = self.profile.case_seconds(fmt, supports, len(bs))
+            groups.append(Group(fmt, tuple(bs), supports, share, (1 - share) * small + share * real))
+        return groups
+
+    def _jobs(self, groups: list) -> int:
+        """Processes to use: at most one per group; 1 where a backend is not registered
         (a plain function or object cannot be rebuilt in another process)."""
         from .backends import is_registered
 
@@ -294,7 +406,7 @@ class Campaign:
             return 1
         return jobs
 
-    def _settings(self, groups: dict) -> dict:
+    def _settings(self, groups: list[Group]) -> dict:
         cfg = self.config
         return {
             "version": __version__,
@@ -308,7 +420,9 @@ class Campaign:
             "seed": cfg.seed,
             "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
             "backends": [b.name for b in cfg.backends],
-            "formats": list(groups),
+            "formats": list(dict.fromkeys(g.fmt.name for g in groups)),
+            "groups": [{"label": g.label, "backends": g.names, "real_layer_share": g.realistic,
+                        "case_seconds": round(g.cost, 4)} for g in groups],
             "database": str(cfg.database) if cfg.database else None,
             "jobs": cfg.jobs,
             "shrink": cfg.shrink,
@@ -320,8 +434,8 @@ class Campaign:
         }
 
     def run(self) -> list:
-        """Search every format group in turn; returns the result directory's typed records. The
-        directory's lock is released however the campaign ends."""
+        """Search every group; returns the result directory's typed records. The directory's lock is
+        released however the campaign ends."""
         cfg = self.config
         self.recorder = Recorder(cfg.out, cfg.seed, cfg.shard, cfg.expectations, overwrite=cfg.overwrite)
         try:
@@ -331,9 +445,7 @@ class Campaign:
 
     def _run(self) -> list:
         cfg = self.config
-        groups: dict[str, list] = {}
-        for b in cfg.backends:
-            groups.setdefault(b.format.name, []).append(b)
+        groups = self.groups(cfg.backends)
         t0 = self.started = time.monotonic()
         self.end = t0 + self.budget
         info = self._settings(groups)
@@ -348,7 +460,7 @@ class Campaign:
                 crashed = [j for j in run_jobs(self, groups, jobs)["jobs"] if j["status"] != "complete"]
                 if crashed and not self.interrupted:
                     j = crashed[0]
-                    raise DifftestError(f"job {j['job']} ({', '.join(j['formats'])}) ended {j['status']} (exit code "
+                    raise DifftestError(f"job {j['job']} ({', '.join(j['groups'])}) ended {j['status']} (exit code "
                                         f"{j['exit_code']}): see its messages above; what the jobs wrote is kept")
             else:
                 self._search_groups(groups, t0)
@@ -368,22 +480,27 @@ class Campaign:
             records = self._finish(info, t0)
         return records if records is not None else read_results(cfg.out)  # unreadable: the store says why
 
-    def _search_groups(self, groups: dict, t0: float) -> None:
-        """The format groups one after another in this process, each backend in its worker."""
+    def _search_groups(self, groups: list[Group], t0: float) -> None:
+        """The groups in this process, each backend in its worker: bounded by time, interleaved
+        (:meth:`_interleave`); bounded by work (``rounds``), one after another, each its rounds (the
+        same cases every run, whatever the machine's speed)."""
         cfg = self.config
         pool = Workers(cfg.backend_timeout) if cfg.isolate else None
         try:
             if pool is not None:
                 pool.deadline = self.end
                 wrapped = dict(zip(map(id, cfg.backends), pool.wrap(cfg.backends)))
-                groups = {f: [wrapped[id(b)] for b in bs] for f, bs in groups.items()}
+                groups = [dataclasses.replace(g, backends=tuple(wrapped[id(b)] for b in g.backends)) for g in groups]
                 for note in pool.notes:
                     self.progress.note(note)
-            for gi, backends in enumerate(groups.values()):
+            if not cfg.rounds:
+                self._interleave(groups)
+                return
+            for gi, group in enumerate(groups):
                 if self.stopped_on:
                     break
                 share = (self.budget - (time.monotonic() - t0)) / (len(groups) - gi)  # unused time passes on
-                self._search_group(backends, time.monotonic() + share)
+                self._search_group(group, time.monotonic() + share)
         finally:
             if pool is not None:
                 pool.close()
@@ -397,6 +514,7 @@ class Campaign:
         try:
             records = read_results(self.config.out)
             self.progress.findings = len(findings(records))
+            info["cases_per_backend"] = cases_per_backend(records, [b.name for b in self.config.backends])
         except DifftestError:  # unreadable (a full disk tore it): the count as it went
             records = None
         info.update({

@@ -31,6 +31,7 @@ from .fparith import add_up
 from .orderfree import OrderFree, order_free_bounds
 from .outcome import BackendResult, GradientResult, verdict_only
 from .replay import replay
+from .supports import ALL, Supports
 
 __all__ = ["BackendResult", "FormatModel", "GradientResult", "bounds_arrays", "check_case", "exact_gradients", "model_for"]
 
@@ -111,12 +112,22 @@ def _whole_case(backend, case: Case, verdict: str, message: str, env: dict, **kw
                          environment=env, requested=case.gradients, **kw)
 
 
-def run_backend(backend, case: Case, model: FormatModel, exact: dict[str, ExactTensor]) -> BackendResult:
+def supports_of(backend) -> Supports:
+    """What ``backend`` takes (:mod:`difftest.supports`; everything where it does not say)."""
+    supports = getattr(backend, "supports", ALL)
+    return supports if isinstance(supports, Supports) else ALL
+
+
+def run_backend(backend, case: Case, model: FormatModel | None, exact: dict[str, ExactTensor] | None) -> BackendResult:
     """Run one backend on the case's requested gradients and judge those; a raising backend
-    gives ``error`` and nothing else stops. What it returns beyond the request is dropped."""
+    gives ``error`` and nothing else stops; one that does not take the case's geometry is not run
+    (``unsupported``). What it returns beyond the request is dropped."""
     from .backends.base import backward
 
     env = environment_of(backend)
+    why = supports_of(backend).why_not(case.geometry)
+    if why:
+        return _whole_case(backend, case, "unsupported", f"{backend.name} does not take {why}", env)
     rt = model.runtime
     if rt is None:
         return _whole_case(backend, case, "domain", model.unrepresentable, env)
@@ -184,13 +195,20 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     cost = estimate(case.geometry, formats=len({b.format.name for b in backends}))
     refuse_if_too_large(cost, max_memory)
     say = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else (lambda text: None)
-    say(f"{cost.describe()}; exact spec")
-    t0 = time.perf_counter()
-    exact = exact_gradients(case, oracle)
-    shared = {"exact_s": time.perf_counter() - t0}
+    exact, shared = None, {}
     models: dict[str, FormatModel] = {}
     results = []
     for b in backends:
+        if not supports_of(b).takes(case.geometry):  # not run: nothing to compute for it
+            results.append(run_backend(b, case, None, None))
+            if stop is not None and stop(results[-1]):
+                break
+            continue
+        if exact is None:
+            say(f"{cost.describe()}; exact spec")
+            t0 = time.perf_counter()
+            exact = exact_gradients(case, oracle)
+            shared = {"exact_s": time.perf_counter() - t0}
         if b.format.name not in models:
             say(f"NF model and bounds in {b.format.name}")
             models[b.format.name] = model_for(case, b.format)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -22,9 +23,10 @@ from .config import PROFILE_NAMES
 from .formats import PRESETS
 from .isolation import DEFAULT_TIMEOUT
 from .store import REPORT
+from .supports import Supports
 from .geometry import GRADIENTS
 from .outcome import jsonable
-from .verdicts import FAIL_ON, FAIL_ON_HELP, VERDICTS, fails
+from .verdicts import FAIL_ON, FAIL_ON_HELP, FINDINGS, fails, is_finding
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROFILE_CHOICES = PROFILE_NAMES
@@ -197,7 +199,7 @@ def cmd_check(args) -> int:
                 np.savez(out / f"{r.backend}.npz", **r.outputs)
     geometry = case.geometry.as_dict()
     expected = {(r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, geometry)
-                for r in results for g, gr in r.gradients.items() if gr.verdict != "pass"}
+                for r in results for g, gr in r.gradients.items() if is_finding(gr.verdict)}
     code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((r.backend, g)) is None
                                for r in results for g, gr in r.gradients.items()) else EXIT_OK
     args.exit_code = code  # the outcome, also if the reader of stdout goes away
@@ -237,7 +239,7 @@ def _print_table(case: Case, results, expected: dict) -> None:
                 f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {format_ratio(gr.max_ratio):>10} "
                 f"{format_ratio(gr.max_ratio_order_free):>10} {gr.violations:>10}  {worst}"
             )
-            if gr.message and gr.verdict in ("error", "domain"):
+            if gr.message and gr.verdict in ("error", "domain", "unsupported"):
                 print(f"{'':<24} {gr.message}")
             if expected.get((r.backend, name)) is not None:
                 print(f"{'':<24} expected: {expected[(r.backend, name)].reason}")
@@ -267,18 +269,23 @@ def cmd_bounds(args) -> int:
 
 def cmd_backends(args) -> int:
     from .backends import all_backends
+    from .check import supports_of
 
     rows = []
     for b in all_backends().values():
         ok, reason = b.availability()
+        takes = supports_of(b)
         rows.append({"name": b.name, "available": ok, "reason": reason, "format": b.format.name,
-                     "device": b.device, "version": b.version() if ok else "", "accumulation": b.accumulation})
+                     "device": b.device, "version": b.version() if ok else "", "accumulation": b.accumulation,
+                     "supports": dataclasses.asdict(takes)})
     if args.json:
         print(json.dumps({"backends": rows}, indent=2))
         return EXIT_OK
     print(f"{'backend':<24} {'format':<9} {'device':<6} {'available':<9}  notes")
     for r in rows:
         notes = r["accumulation"] if r["available"] else r["reason"]
+        left_out = Supports(**r["supports"]).label
+        notes += f"; takes {left_out}" if left_out else ""
         print(f"{r['name']:<24} {r['format']:<9} {r['device']:<6} {'yes' if r['available'] else 'no':<9}  {notes}")
     print("\nAny emu-* name takes a shape gate, as libraries switch kernels by shape: emu-tf32@min-channels=32 "
           "computes like emu-tf32 where both channel counts are >= 32, like numpy-float32 elsewhere; emu-blocked-L "
@@ -353,7 +360,7 @@ def cmd_run(args) -> int:
         print(f"difftest run: profile {profile} ({PROFILES[profile].description}), {plural(len(backends), 'backend')} "
               f"({', '.join(b.name for b in backends)}), "
               + (f"budget {campaign.budget:g}s" if math.isfinite(campaign.budget) else "no time budget (bounded by --rounds)")
-              + f", seed {seed}, shard {args.shard}, {plural(min(config.jobs, len({b.format.name for b in backends})), 'job')} "
+              + f", seed {seed}, shard {args.shard}, {plural(min(config.jobs, len(campaign.groups(backends))), 'job')} "
               f"-> {out}" + (f"; settings from {', '.join(sources)}" if sources else ""),
               file=sys.stderr)
     interrupted, failure = False, None
@@ -383,7 +390,7 @@ def cmd_run(args) -> int:
 def _campaign_outputs(args, config, fail_on: str, expectations, junit, interrupted: bool, profile, seed) -> int:
     """After a campaign: its exit code, report, JUnit file, then the summary (files first: a closed
     stdout loses no file)."""
-    from .results import exit_code
+    from .results import cases_per_backend, exit_code
     from .store import read_campaign, read_results
     from .summary import format_summary, junit_xml, summary_doc
 
@@ -404,12 +411,16 @@ def _campaign_outputs(args, config, fail_on: str, expectations, junit, interrupt
                          encoding="utf-8")
     if args.json:
         doc = {"status": info.get("status") or "?", "cases": info.get("cases") or 0,
+               "cases_per_backend": info.get("cases_per_backend") or cases_per_backend(records),
                "duration_s": info.get("duration_s") or 0.0, "out": str(config.out),
                **summary_doc(records, replay_dir=config.out, expectations=expectations), "exit_code": code,
                "report": None if report is None else str(report), "junit": None if junit is None else str(junit)}
         print(json.dumps(jsonable(doc), indent=2))
         return code
     print(format_summary(records, replay_dir=config.out, expectations=expectations))
+    searched = info.get("cases_per_backend") or cases_per_backend(records)
+    if searched:
+        print("\ncases per backend: " + ", ".join(f"{b} {n}" for b, n in searched.items()))
     print(f"\n{info.get('status') or '?'}: {plural(info.get('cases') or 0, 'case')} in {info.get('duration_s') or 0:.1f}s; "
           f"results in {config.out}/results.jsonl")
     if report is not None:
@@ -458,6 +469,8 @@ def cmd_bench(args) -> int:
         doc["isolation"] = bench.isolation_cost(examples=args.campaign_examples or 150, repeat=args.repeat)
     elif args.layer == "emulations":
         doc["emulations"] = bench.time_to_precision(seed=args.seed)
+    elif args.layer == "first-run":
+        doc["first_run"] = bench.first_run(seed=args.seed)
     elif args.layer == "fingerprint":
         doc["fingerprint"] = bench.fingerprint_times()
     if args.json:
@@ -482,6 +495,13 @@ def cmd_bench(args) -> int:
               f"format, {plural(i['cases'], 'case')}, median of {i['repeat']}): in process {i['seconds_in_process']:.1f} s "
               f"= {i['cases_per_minute_in_process']:.0f} cases/min; each backend in a worker "
               f"{i['seconds_isolated']:.1f} s = {i['cases_per_minute_isolated']:.0f} cases/min ({i['ratio']:.2f}x)")
+    if "first_run" in doc:
+        f = doc["first_run"]
+        print(f"difftest run --seed {f['seed']}: first run (empty numba cache) {plural(f['cold']['cases'], 'case')} in "
+              f"{f['cold']['seconds']:.0f} s, next run {plural(f['warm']['cases'], 'case')} in {f['warm']['seconds']:.0f} s: "
+              f"{100 * f['ratio']:.0f} %")
+        for name in f["warm"]["cases_per_backend"]:
+            print(f"  {name:<26} {f['cold']['cases_per_backend'].get(name, 0):>6} {f['warm']['cases_per_backend'][name]:>6}")
     for row in doc.get("emulations", []):
         when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
                 if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
@@ -517,7 +537,7 @@ def cmd_model(args) -> int:
                              isolate=not args.no_isolate, backend_timeout=_backend_timeout(args, cfg),
                              overwrite=args.overwrite)
     expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
-                for layer in result.layers for r in layer.results for g, gr in r.gradients.items() if gr.verdict != "pass"}
+                for layer in result.layers for r in layer.results for g, gr in r.gradients.items() if is_finding(gr.verdict)}
     code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((layer.name, r.backend, g)) is None
                                for layer in result.layers for r in layer.results
                                for g, gr in r.gradients.items()) else EXIT_OK
@@ -698,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "references; an emu-* name takes a shape gate: emu-tf32@min-channels=32)")
     r.add_argument("--profile", default=None, choices=list(PROFILE_CHOICES),
                    help="case sizes and effort: quick (~1 min, the default), ci (~5 min), nightly (~1 h); "
-                        "hardware (30 min, nine cases in ten real layers with probes: for GPUs)")
+                        "hardware (30 min, 90 %% of the time on real layers with probes: for GPUs)")
     r.add_argument("--examples", type=int, metavar="N", help="hypothesis examples per search round (default: the profile's)")
     r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
     r.add_argument("--fingerprint", action="store_true",
@@ -707,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-shrink", action="store_true",
                    help="keep each finding as the first case that showed it (a GPU finding shrunk to a tiny shape "
                         "may leave the kernel that failed; with shrinking on, the largest such case is kept too)")
-    r.add_argument("--stop-on", action="append", choices=[v for v in VERDICTS if v != "pass"], metavar="VERDICT",
+    r.add_argument("--stop-on", action="append", choices=list(FINDINGS), metavar="VERDICT",
                    help="end the campaign at the first finding with this verdict (repeatable), e.g. --stop-on precision")
     r.add_argument("--rounds", type=int, metavar="R",
                    help="at most R search rounds per format (with --examples: a campaign bounded by work, not time)")
@@ -769,12 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "profile takes to find precision for each emu-* backend and shape-gated variants.")
     bn.add_argument("--layer", default="resnet50-conv2",
                     choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "isolation", "emulations",
-                             "fingerprint"],
+                             "first-run", "fingerprint"],
                     help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
                          "small: 8->8, 16x16; scaling: C->C for C = 8..128; jobs: a campaign in one process "
                          "and with --jobs = the cores; isolation: the quick campaign bounded by work with each "
                          "backend in a worker process and in process (--campaign-examples, --repeat); emulations: time to the first precision finding of each "
-                         "emu-* backend in the quick profile (no shrinking, stops there); fingerprint: the time "
+                         "emu-* backend in the quick profile (no shrinking, stops there); first-run: the cases the "
+                         "default difftest run searches with an empty numba cache and then with it filled; fingerprint: the time "
                          "difftest fingerprint takes per CPU backend at resnet50.layer1.0.conv2, 56x56")
     bn.add_argument("--model", metavar="MODEL", default=None,
                     help="time a whole-model check instead (difftest model MODEL): per stage, per layer (seconds per "
@@ -785,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--layers", metavar="REGEX", default=None, help="--model: only the convolutions matching REGEX")
     bn.add_argument("--max-memory", metavar="SIZE", default=None,
                     help="--model: refuse a layer estimated above SIZE (default auto: 60%% of this machine's memory)")
-    bn.add_argument("--seed", type=int, default=0, help="campaign seed (--layer emulations); --model: the model's seed")
+    bn.add_argument("--seed", type=int, default=0, help="campaign seed (--layer emulations, first-run); --model: the model's seed")
     bn.add_argument("--repeat", type=int, default=3, help="runs per stage (median), after one warm-up")
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
     bn.add_argument("--campaign-examples", type=int, metavar="N",

@@ -32,6 +32,13 @@ BASE_BYTES = 64 * 2**20
 #: Cases estimated above this many seconds are judged with progress lines.
 PROGRESS_SECONDS = 3.0
 
+#: A campaign's own work per searched case (hypothesis drawing it, its result lines), and per
+#: backend call (a worker's round trip), measured on the development machine (quick profile).
+CAMPAIGN_CASE_SECONDS = 0.008
+CALL_SECONDS = 0.002
+#: binary64's NF folds run in numpy, not compiled (:func:`difftest.replay.compiled`): this much slower.
+NUMPY_FOLDS_FACTOR = 2.5
+
 
 class CaseTooLarge(DifftestError):
     """The estimated peak memory of judging a case exceeds the limit."""
@@ -55,6 +62,21 @@ def estimate(g: Geometry, formats: int = 1) -> Estimate:
     entries = (g.N * g.C * g.H * g.W, g.O * g.Cg * g.kH * g.kW, g.N * g.O * g.out_h * g.out_w)
     seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_ENTRY * sum(entries)) * 1e-9
     return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_OPERAND_ENTRY * max(cols_x, *entries))
+
+
+def _entries(g: Geometry) -> int:
+    return g.N * g.C * g.H * g.W + g.O * g.Cg * g.kH * g.kW + g.N * g.O * g.out_h * g.out_w
+
+
+def campaign_case_seconds(g: Geometry, backends: int = 1, compiled: bool = True) -> float:
+    """What a campaign spends on one searched case of geometry ``g`` judged for ``backends``
+    backends of one format: the oracle and the model once, each backend's call and comparison
+    (one pass over the entries each), and the campaign's own work. ``compiled``: False for
+    binary64, whose folds run in numpy. For scheduling (how many real layers to draw, which
+    groups share a job), not for promises: relative costs matter there, not seconds."""
+    oracle = (NS_PER_MAC * g.macs + NS_PER_ENTRY * _entries(g)) * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
+    per_backend = CALL_SECONDS + NS_PER_ENTRY * _entries(g) * 1e-9
+    return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend
 
 
 def machine_memory() -> int | None:

@@ -14,8 +14,11 @@ declares such findings, each with the reason it is accepted, in the spirit of Py
     reason = "torch's CPU kernels flush bfloat16 subnormals to zero"
 
 A finding an entry matches is *expected*: shown as such, and it does not fail the exit code.
-Anything not declared fails as before. An entry that matched nothing in a run is reported as
-*not seen any more*, so the list stays true.
+Anything not declared fails as before. Each entry's *coverage* counts the searched cases it
+could have shown on (its backend, a requested gradient it names, its format and geometry): an
+entry that matched no finding in a run that searched at least :data:`REACHED_CASES` such cases
+is reported as *not seen any more*, so the list stays true; with fewer, as *not reached in this
+run* (a short random campaign is no evidence that a behaviour is gone).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DifftestError
-from .verdicts import VERDICTS, fails
+from .verdicts import FINDINGS, fails, is_finding
 
 GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding", "dilation", "groups")
+#: Searched cases an entry must have been able to show on before its absence says it is gone.
+REACHED_CASES = 100
 #: Fields an older record lacks, and the value they had there.
 GEOMETRY_DEFAULTS = {"dilation": 1, "groups": 1}
 
@@ -68,8 +73,8 @@ class Expected:
         for key in ("gradient", "format"):
             if key in d and (not isinstance(d[key], str) or not d[key].strip()):
                 raise DifftestError(f"{where}: '{key}' must be a non-empty string")
-        if d["verdict"] not in VERDICTS or d["verdict"] == "pass":
-            raise DifftestError(f"{where}: verdict must be one of {', '.join(VERDICTS[1:])}, got {d['verdict']!r}")
+        if not is_finding(d["verdict"]):
+            raise DifftestError(f"{where}: verdict must be one of {', '.join(FINDINGS)}, got {d['verdict']!r}")
         geometry = d.get("geometry", {})
         if not isinstance(geometry, dict) or set(geometry) - set(GEOMETRY_FIELDS):
             raise DifftestError(f"{where}: geometry keys must be among {', '.join(GEOMETRY_FIELDS)}")
@@ -81,7 +86,11 @@ class Expected:
                    format=d.get("format"), geometry=geometry)
 
     def matches(self, backend: str, gradient: str, verdict: str, fmt: str, geometry: dict) -> bool:
-        if verdict != self.verdict or not fnmatch.fnmatchcase(backend, self.backend):
+        return verdict == self.verdict and self.reaches(backend, gradient, fmt, geometry)
+
+    def reaches(self, backend: str, gradient: str, fmt: str, geometry: dict) -> bool:
+        """Whether a result of ``backend`` for ``gradient`` in ``fmt`` on ``geometry`` could show it."""
+        if not fnmatch.fnmatchcase(backend, self.backend):
             return False
         if not fnmatch.fnmatchcase(gradient, self.gradient) or (self.format and fmt != self.format):
             return False
@@ -162,19 +171,55 @@ class Expectations:
         verdict = record.gradients[gradient].verdict
         return fails(verdict, fail_on) and self.explain_record(record, gradient) is None
 
-    def not_seen(self, records) -> list[Expected]:
-        """Entries for backends (and formats) that ran but matched no non-``pass`` result: no longer
-        true, to be removed or fixed. Entries for backends that did not run are not judged."""
+    def coverage(self, records) -> list["Coverage"]:
+        """Per entry whose backend (and format) ran: the searched cases it could have shown on, and
+        the results that showed it (:class:`Coverage`). Entries for backends that did not run are
+        not judged."""
         ran = {(r.backend, r.format) for r in records}
-        seen = set()
+        shown: dict[Expected, int] = {}
+        cases: dict[Expected, set] = {}
         for r in records:
             for g, gr in r.gradients.items():
-                if gr.verdict != "pass":
+                if is_finding(gr.verdict):
                     e = self.explain(r.backend, g, gr.verdict, r.format, r.geometry)
                     if e is not None:
-                        seen.add(e)
-        return [e for e in self.entries if e not in seen and any(
-            fnmatch.fnmatchcase(b, e.backend) and (not e.format or f == e.format) for b, f in ran)]
+                        shown[e] = shown.get(e, 0) + 1
+                if r.phase == "search" and gr.verdict not in ("error", "unsupported"):
+                    for e in self.entries:
+                        if e.reaches(r.backend, g, r.format, r.geometry):
+                            cases.setdefault(e, set()).add(r.case_id)
+        return [Coverage(e, len(cases.get(e, ())), shown.get(e, 0)) for e in self.entries
+                if any(fnmatch.fnmatchcase(b, e.backend) and (not e.format or f == e.format) for b, f in ran)]
+
+    def not_seen(self, records) -> list[Expected]:
+        """Entries that a run searched enough (:data:`REACHED_CASES`) and that matched no finding: no
+        longer true, to be removed or fixed."""
+        return [c.entry for c in self.coverage(records) if c.state == "not seen any more"]
+
+    def not_reached(self, records) -> list["Coverage"]:
+        """Entries whose backend ran but on too few cases they could show on to tell."""
+        return [c for c in self.coverage(records) if c.state == "not reached"]
 
     def to_dict(self) -> dict:
         return {"source": self.source, "expected": [e.to_dict() for e in self.entries]}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How far a run reached one expected finding: ``cases``, the searched cases it could have shown
+    on (its backend, gradient, format and geometry, judged); ``shown``, the results that showed it."""
+
+    entry: Expected
+    cases: int
+    shown: int
+
+    @property
+    def state(self) -> str:
+        """``seen``; ``not seen any more`` (at least :data:`REACHED_CASES` cases and no finding);
+        ``not reached`` (fewer: no evidence either way)."""
+        if self.shown:
+            return "seen"
+        return "not seen any more" if self.cases >= REACHED_CASES else "not reached"
+
+    def describe(self) -> str:
+        return f"{self.entry.describe()} [{self.cases} matching cases, {self.shown} shown]"

@@ -1,6 +1,7 @@
-"""Parallel campaigns: format groups searched in separate processes, one result directory.
+"""Parallel campaigns: groups of backends searched in separate processes, one result directory.
 
-``difftest run --jobs N`` deals the campaign's format groups to ``N`` processes (started with
+``difftest run --jobs N`` deals the campaign's groups (:class:`difftest.search.Group`: one
+format and geometry each) to ``N`` processes, balancing their estimated cost per case (started with
 ``spawn``: no state shared with the parent, torch and numba start clean). Each job is an
 ordinary campaign over its groups, with the same seeds as a sequential run, its backends in
 worker processes of its own (:mod:`difftest.isolation`), writing into ``OUT/.jobs/job-<k>/``; the
@@ -8,9 +9,9 @@ parent appends their result lines, reproducers and environments to ``OUT`` as th
 (every half second) and at the end removes the job directories. A parent killed before that
 leaves ``.jobs/``: the next run on ``OUT`` salvages the lines it had not collected into that
 run's results (:mod:`difftest.store`). Ctrl-C reaches every job; each stops and keeps
-what it has, like a sequential campaign. A job runs its groups one after another with the
-whole time budget (the jobs run side by side), so a parallel run searches more cases in the
-same time; bounded by work (``--examples``/``--rounds``), it searches the same cases.
+what it has, like a sequential campaign. A job searches its groups with the whole time budget
+(the jobs run side by side), so a parallel run searches more cases in the same time; bounded by
+work (``--examples``/``--rounds``), it searches the same cases.
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ def _environment(values: dict):
                 os.environ[k] = v
 
 
-def plan(groups: dict[str, list], jobs: int) -> list[list[str]]:
-    """Format names per job: the groups with most backends first, each to the least loaded job."""
-    loads = [[] for _ in range(min(jobs, len(groups)))]
-    weight = [0] * len(loads)
-    for fmt in sorted(groups, key=lambda f: -len(groups[f])):
+def plan(groups: list, jobs: int) -> list[list]:
+    """The groups per job: the costliest per case first (``Group.cost``), each to the job whose
+    groups cost least per case together, so that every job's groups get comparable numbers of
+    cases in the same time."""
+    loads: list[list] = [[] for _ in range(min(jobs, len(groups)))]
+    weight = [0.0] * len(loads)
+    for group in sorted(groups, key=lambda g: -g.cost):
         k = weight.index(min(weight))
-        loads[k].append(fmt)
-        weight[k] += len(groups[fmt])
+        loads[k].append(group)
+        weight[k] += group.cost
     return loads
 
 
@@ -71,7 +74,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def _job_main(spec: dict) -> None:
-    """A job process: one campaign over some format groups (backends by name)."""
+    """A job process: one campaign over some groups (backends by name)."""
     from .backends import get_backend
     from .campaign import Campaign, CampaignConfig
 
@@ -107,7 +110,7 @@ class _Tail:
             return {}
 
 
-def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
+def run_jobs(campaign, groups: list, jobs: int) -> dict:
     """Search ``groups`` in ``jobs`` processes into the campaign's result directory; returns the
     totals of the jobs' campaign.json (cases, draws, findings, statuses), also kept as
     ``campaign.job_totals`` when the jobs are interrupted."""
@@ -118,10 +121,10 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
     procs, tails = [], []
     layout = plan(groups, jobs)
     threads = str(max(1, (os.cpu_count() or 1) // len(layout)))
-    for k, formats in enumerate(layout, start=1):
+    for k, share in enumerate(layout, start=1):
         out = root / f"job-{k}"
         spec = {
-            "backends": [b.name for f in formats for b in groups[f]], "profile": cfg.profile,
+            "backends": [name for g in share for name in g.names], "profile": cfg.profile,
             "examples": cfg.examples, "time_budget": campaign.budget if campaign.budget < float("inf") else None,
             "seed": cfg.seed, "shard": cfg.shard, "out": out, "database": cfg.database, "progress": False,
             "rounds": cfg.rounds, "shrink": cfg.shrink, "stop_on": cfg.stop_on, "parent": os.getpid(),
@@ -157,12 +160,12 @@ def run_jobs(campaign, groups: dict[str, list], jobs: int) -> dict:
         raise
     finally:
         drain()
-        campaign.job_totals = _totals(root, procs)
+        campaign.job_totals = _totals(root, procs, layout)
         shutil.rmtree(root, ignore_errors=True)
     return campaign.job_totals
 
 
-def _totals(root: Path, procs) -> dict:
+def _totals(root: Path, procs, layout: list) -> dict:
     out = {"cases": 0, "draws": 0, "findings": 0, "first_seen_s": {}, "jobs": []}
     for k, p in enumerate(procs, start=1):
         try:
@@ -172,6 +175,6 @@ def _totals(root: Path, procs) -> dict:
         for key in ("cases", "draws", "findings"):
             out[key] += info.get(key) or 0
         out["first_seen_s"].update(info.get("first_seen_s") or {})  # a job's own start: one process each
-        out["jobs"].append({"job": k, "formats": info.get("formats") or [], "status": info.get("status") or "crashed",
+        out["jobs"].append({"job": k, "groups": [g.label for g in layout[k - 1]], "status": info.get("status") or "crashed",
                             "exit_code": p.exitcode, "duration_s": info.get("duration_s")})
     return out

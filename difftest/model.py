@@ -47,6 +47,7 @@ from .estimate import Estimate, estimate, format_size, refuse_if_too_large
 from .explain import format_ratio, plural, reproduce_command
 from .geometry import GRADIENTS, Geometry
 from .outcome import BackendResult, FindingKey, jsonable
+from .verdicts import is_finding
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 #: The geometry keys of a layer in ``difftest model --json``.
@@ -468,7 +469,7 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
             # one line per layer and backend; a finding's line names the first layer that showed it
             # (a line holds one finding: a layer that shows several new ones repeats its line for each)
             new = [FindingKey(r.backend, name, gr.verdict) for r in rs for name, gr in r.gradients.items()
-                   if gr.verdict != "pass" and FindingKey(r.backend, name, gr.verdict) not in first_seen]
+                   if is_finding(gr.verdict) and FindingKey(r.backend, name, gr.verdict) not in first_seen]
             first_seen.update(new)
             recorder.record(case, rs, "layer", findings=new, case_file=rel)
             layer.results = [r.lightweight() for r in rs]

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import DifftestError
 from .geometry import GRADIENTS, gradient_subset
-from .verdicts import VERDICTS, worst_verdict
+from .verdicts import VERDICTS, is_finding, worst_verdict
 
 #: Version of the ``results.jsonl`` line layout (1: lines without a ``schema`` key).
 SCHEMA_VERSION = 2
@@ -407,8 +407,8 @@ class ResultRecord:
             f = mapping(kw["finding"], "finding")
             key = FindingKey(*(name_text(f.get(k), f"finding.{k}") for k in FindingKey._fields))
             if key.backend != kw["backend"] or kw["gradients"].get(key.gradient, None) is None \
-                    or kw["gradients"][key.gradient].verdict != key.verdict or key.verdict == "pass":
-                raise DifftestError(f"finding {' '.join(key)} is not a non-pass result of this line")
+                    or kw["gradients"][key.gradient].verdict != key.verdict or not is_finding(key.verdict):
+                raise DifftestError(f"finding {' '.join(key)} is not a finding of this line")
             kw["finding"] = key
         return cls(**kw)
 

@@ -151,6 +151,15 @@ def compiled(fmt: Format) -> bool:
     return fmt.vectorised and not fmt.is_binary64 and fmt.emin >= -511
 
 
+def _operand(a: np.ndarray) -> np.ndarray:
+    """A read-only, C-contiguous float64 view (a copy where needed) of an operand of the compiled
+    folds: one array type whatever the caller holds, so numba compiles each fold once (a writable
+    and a read-only argument are two specialisations, each compiled on a fresh machine)."""
+    v = np.ascontiguousarray(a, dtype=np.float64).view()
+    v.setflags(write=False)
+    return v
+
+
 def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     from . import kernels
 
@@ -158,9 +167,9 @@ def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndar
     acc, e = np.empty(last), np.empty(last)
     oi, di, vh = _slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
     oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
-    kernels.input_fold(np.ascontiguousarray(rt.grad_output), np.ascontiguousarray(rt.weight.transpose(0, 2, 3, 1)),
-                       oi, di, vh, oj, dj, vw, rt.format.prec, rt.format.emin, rt.eps_weight, rt.eps_grad_output,
-                       acc, e)
+    kernels.input_fold(_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)),
+                       oi, di, vh, oj, dj, vw, int(rt.format.prec), int(rt.format.emin), float(rt.eps_weight),
+                       float(rt.eps_grad_output), acc, e)
     e = kernels.inflate(e, g.Og * oi.shape[0] * oj.shape[0] + 1)
     return np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), np.ascontiguousarray(e.transpose(0, 3, 1, 2))
 
@@ -168,19 +177,20 @@ def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndar
 def _compiled_kernel(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     from . import kernels
 
-    d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
-    cols = np.ascontiguousarray(im2col(rt.input, g))
+    d = _operand(grad_output_rows(rt.grad_output, g))
+    cols = _operand(im2col(rt.input, g))
     acc, e = np.empty((g.O, g.Cg * g.kH * g.kW)), np.empty((g.O, g.Cg * g.kH * g.kW))
-    kernels.kernel_fold(cols, d, rt.format.prec, rt.format.emin, rt.eps_input, rt.eps_grad_output, acc, e)
+    kernels.kernel_fold(cols, d, int(rt.format.prec), int(rt.format.emin), float(rt.eps_input),
+                        float(rt.eps_grad_output), acc, e)
     return acc.reshape(g.weight_shape), kernels.inflate(e, d.shape[1]).reshape(g.weight_shape)
 
 
 def _compiled_bias(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     from . import kernels
 
-    d = np.ascontiguousarray(grad_output_rows(rt.grad_output, g))
+    d = _operand(grad_output_rows(rt.grad_output, g))
     acc, e = np.empty(g.O), np.empty(g.O)
-    kernels.bias_fold(d, rt.format.prec, rt.format.emin, rt.eps_grad_output, acc, e)
+    kernels.bias_fold(d, int(rt.format.prec), int(rt.format.emin), float(rt.eps_grad_output), acc, e)
     return acc, kernels.inflate(e, d.shape[1])
 
 

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .expectations import Expected, Expectations
+from .expectations import REACHED_CASES, Expected, Expectations
 from .explain import format_ratio, geometry_text, plural, ratios_text, reproduce_command, violations_text, worst_text
 from .geometry import GRADIENTS, Geometry
 from .outcome import EntryArrays, ResultRecord, as_float
 from .lock import holder_text, lock_holder
-from .results import findings, summarize
+from .results import cases_per_backend, findings, summarize
 from .store import (campaigns_of, confined, read_campaign, read_environments, read_expected, read_fingerprints,
                     read_model, read_results)
-from .verdicts import MEANING, SEVERITY, VERDICTS, worst_verdict
+from .verdicts import MEANING, SEVERITY, VERDICTS, is_finding, worst_verdict
 
-COLORS = {"pass": "#2e7d32", "order": "#f9a825", "domain": "#607d8b", "precision": "#c62828", "error": "#6a1b9a"}
+COLORS = {"pass": "#2e7d32", "order": "#f9a825", "domain": "#607d8b", "precision": "#c62828", "error": "#6a1b9a", "unsupported": "#9e9e9e"}
 
 
 def _plt():
@@ -204,7 +204,7 @@ class Baseline:
     @classmethod
     def read(cls, path: Path) -> "Baseline":
         records = read_results(path)
-        keys = {(r.backend, g, gr.verdict) for r in records for g, gr in r.gradients.items() if gr.verdict != "pass"}
+        keys = {(r.backend, g, gr.verdict) for r in records for g, gr in r.gradients.items() if is_finding(gr.verdict)}
         return cls(path, keys, {r.backend: r.format for r in records}, campaigns_of(read_campaign(path)),
                    {(r.backend, g) for r in records for g in r.gradients})
 
@@ -295,14 +295,16 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     base = Baseline.read(Path(baseline)) if baseline is not None else None
     if expectations is None:
         expectations = next((e for e in map(read_expected, dirs) if e.entries), Expectations())
+    coverage = expectations.coverage(records)
     table = summarize(records)
     backends = list(table)
     overview = []
+    searched = cases_per_backend(records)
     for b in backends:
         cells = table[b]
         worst = worst_verdict(c.worst_verdict for c in cells.values())
         env_ids = sorted({r.environment_id for r in records if r.backend == b and r.environment_id})
-        overview.append({"backend": b, "cells": cells, "worst": worst,
+        overview.append({"backend": b, "cells": cells, "worst": worst, "searched": searched.get(b, 0),
                          "format": next((r.format for r in records if r.backend == b), ""),
                          "environments": [envs.get(e, {}) for e in env_ids]})
 
@@ -327,7 +329,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     others = []
     for r in sorted(records, key=lambda r: -_worst_ratio(r)):
         for g, gr in r.gradients.items():
-            if gr.verdict != "pass" and (r.case_id, r.backend, g) not in shown:
+            if is_finding(gr.verdict) and (r.case_id, r.backend, g) not in shown:
                 shown.add((r.case_id, r.backend, g))
                 others.append(detail(r, g, False))
     for it in found:
@@ -348,7 +350,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
                     nf_use.append({"backend": b, "gradient": g, "cases": len(rs), "median": float(np.median(rs)),
                                    "p90": float(np.percentile(rs, 90)), "max": float(np.max(rs))})
 
-    exceeded = [o for o in overview if o["worst"] != "pass"]
+    exceeded = [o for o in overview if is_finding(o["worst"])]
     return {
         "records": records,
         "overview": overview,
@@ -366,14 +368,16 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "n_findings": len(found),
         "n_expected": sum(it.expected is not None for it in found),
         "expectations": expectations,
-        "not_seen": expectations.not_seen(records),
+        "not_seen": [c for c in coverage if c.state == "not seen any more"],
+        "not_reached": [c for c in coverage if c.state == "not reached"],
+        "reached_cases": REACHED_CASES,
         "n_new": sum(it.status == "new" for it in found),
         "n_not_in_baseline": sum(it.status == "not in baseline" for it in found),
         "comparison": base.differences(records, campaigns) if base else [],
         "plural": plural,
         "histograms": ratio_histograms(records, backends) if records else "",
         "nf_use": nf_use,
-        "passed": [o for o in overview if o["worst"] == "pass"],
+        "passed": [o for o in overview if not is_finding(o["worst"])],
         "exceeded": exceeded,
         "batch_extension": any(r.batch_extension for r in records),
         "general_extensions": sorted({e for r in records for e in r.extensions if e != "batch"}),

@@ -86,3 +86,13 @@ def exit_code(records: list[ResultRecord], fail_on: str, expectations: Expectati
     """1 when a verdict failing under ``fail_on`` occurred that no expectation declares, else 0."""
     e = expectations or Expectations()
     return int(any(e.fails(r, g, fail_on) for r in records for g in r.gradients))
+
+
+def cases_per_backend(records, backends=()) -> dict[str, int]:
+    """Searched cases per backend (the cases of its ``search`` lines), each of ``backends`` named
+    even with none."""
+    cases: dict[str, set] = {name: set() for name in backends}
+    for r in records:
+        if r.phase == "search":
+            cases.setdefault(r.backend, set()).add(r.case_id)
+    return {name: len(ids) for name, ids in cases.items()}

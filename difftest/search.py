@@ -1,6 +1,7 @@
 """Search rounds: hypothesis runs that judge drawn cases and shrink every new finding.
 
-A round searches one format group with up to ``examples`` drawn cases. Its test function
+A round searches one :class:`Group` (backends of one format that take the same geometry, judged
+on the same cases) with up to ``examples`` drawn cases. Its test function
 (:meth:`Round.probe`) has two jobs:
 
 * **search** (:meth:`Round.search_step`): judge every backend on the drawn case, record the
@@ -29,6 +30,8 @@ import contextlib
 import hashlib
 import math
 import time
+import dataclasses
+from dataclasses import dataclass
 
 from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings, target
 from hypothesis.control import current_build_context
@@ -37,7 +40,41 @@ from hypothesis.errors import HypothesisException
 
 from .errors import BudgetExhausted
 from .outcome import FindingKey
+from .formats import Format
 from .strategies import campaign_cases
+from .supports import ALL, Supports
+from .verdicts import is_finding
+
+
+@dataclass(frozen=True)
+class Group:
+    """Backends searched on the same cases: one format (the oracle and the NF model are computed once
+    per case for all of them) and one geometry they all take (``supports``); ``realistic``: the share
+    of draws that are real layers (:func:`difftest.strategies.campaign_cases`); ``cost``: the
+    estimated seconds of one of its cases, on average (what :mod:`difftest.jobs` balances).
+    ``kind`` (``"small"``, ``"real"``): the group searching only small cases or only real layers
+    (:meth:`only`), with seeds of its own."""
+
+    fmt: Format
+    backends: tuple
+    supports: Supports = ALL
+    realistic: float = 0.0
+    cost: float = 0.0
+    kind: str = ""
+
+    def only(self, kind: str) -> "Group":
+        """This group drawing only small cases (``"small"``) or only real layers (``"real"``)."""
+        return dataclasses.replace(self, realistic=1.0 if kind == "real" else 0.0, kind=kind)
+
+    @property
+    def label(self) -> str:
+        """The format's name, and what the backends leave out where they do (``binary32 (no dilation)``)."""
+        return self.fmt.name if not self.supports.label else f"{self.fmt.name} ({self.supports.label})"
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.backends]
+
 
 class Finding(Exception):
     """A ``(backend, gradient, verdict)`` not seen before, on ``case``."""
@@ -63,15 +100,16 @@ def derive_seed(*parts) -> int:
 
 
 class Round:
-    """One hypothesis run of one format group (see the module docstring).
+    """One hypothesis run of one :class:`Group` (see the module docstring).
 
     ``examples`` cases at most; ``segment`` numbers the runs of one round (a round goes on after
-    a finding); ``target``/``choices``: shrink that one key from the choices that drew it.
+    a finding, and an interleaved campaign searches it in slices); ``target``/``choices``: shrink
+    that one key from the choices that drew it.
     """
 
-    def __init__(self, campaign, fmt, backends, round_no: int, deadline: float, examples: int,
+    def __init__(self, campaign, group: Group, round_no: int, deadline: float, examples: int,
                  segment: int = 0, target=None, choices=None):
-        self.campaign, self.fmt, self.backends = campaign, fmt, backends
+        self.campaign, self.group, self.fmt, self.backends = campaign, group, group.fmt, list(group.backends)
         self.round_no, self.deadline, self.examples, self.segment = round_no, deadline, examples, segment
         self.target, self.choices = target, choices
         self.failing: dict[str, Finding] = {}  # case_id -> the finding it raised
@@ -115,9 +153,10 @@ class Round:
             c.recorded.add(case.case_id)
             case_file = c.recorder.record(case, results, "search", self.round_no)
             c.note_largest(case, results, case_file)
-            c.note_seen(case, results, tuple(current_build_context().data.choices), self.round_no)
+            c.note_seen(case, results, tuple(current_build_context().data.choices), self.round_no, self.group)
             c.progress.cases += 1
-            c.progress.update(f"[{self.fmt.name}, round {self.round_no}]")
+            c.group_cases[self.group.label] = c.group_cases.get(self.group.label, 0) + 1
+            c.progress.update(f"[{self.group.label}, round {self.round_no}]")
             for r in results:
                 for g, x in r.gradients.items():
                     if x.verdict in ("pass", "order") and x.max_ratio < float("inf"):
@@ -146,9 +185,11 @@ class Round:
         k, n = c.config.shard
         if self.target is None:
             database = DirectoryBasedExampleDatabase(str(c.config.database)) if c.config.database else None
-            phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target] + ([Phase.shrink] if c.config.shrink else [])
             names = ",".join(b.name for b in self.backends)
-            key = f"difftest|{c.profile.name}|{self.fmt.name}|{names}|{k}/{n}|{sorted(c.found)}"
+            key = f"difftest|{c.profile.name}|{self.group.label}{self.group.kind}|{names}|{k}/{n}|{sorted(c.found)}"
+            reuse = [Phase.reuse] if key not in c.replayed else []  # saved failures once, not every slice
+            c.replayed.add(key)
+            phases = [Phase.explicit, *reuse, Phase.generate, Phase.target] + ([Phase.shrink] if c.config.shrink else [])
         else:  # replay the choices that drew the target's case, then shrink them
             database, phases = InMemoryExampleDatabase(), [Phase.reuse, Phase.shrink]
             key = f"difftest-target|{self.target}"
@@ -161,15 +202,16 @@ class Round:
             verbosity=Verbosity.quiet,
             print_blob=False,
             phases=phases,
-        )(given(campaign_cases(self.fmt, c.profile.limits, c.profile.realistic, c.profile.max_macs))(self.probe))
+        )(given(campaign_cases(self.fmt, c.profile.limits, self.group.realistic, c.profile.max_macs,
+                               extensions=self.group.supports))(self.probe))
         # A stable database key: tomorrow's run of the same campaign replays today's failures first.
         test._hypothesis_internal_database_key = hashlib.sha256(key.encode()).digest()
         if self.target is not None:
             database.save(test._hypothesis_internal_database_key, choices_to_bytes(self.choices))
         # The seed as hypothesis.seed sets it, without the settings it also forces (database=None:
         # a seeded run would neither replay nor save failures).
-        test._hypothesis_internal_use_seed = derive_seed(c.config.seed, k, n, self.fmt.name, self.round_no,
-                                                         self.segment, self.target or "")
+        test._hypothesis_internal_use_seed = derive_seed(c.config.seed, k, n, self.group.label + self.group.kind,
+                                                         self.round_no, self.segment, self.target or "")
         return test
 
     def run(self) -> Finding | None:
@@ -186,7 +228,7 @@ class Round:
             raise
         except HypothesisException as exc:  # e.g. a flaky backend: keep what failed, unshrunk
             if self.last_failure is None:
-                self.campaign.progress.note(f"hypothesis stopped the {self.fmt.name} search: {exc}")
+                self.campaign.progress.note(f"hypothesis stopped the {self.group.label} search: {exc}")
             return self.last_failure
         return None
 
@@ -217,4 +259,4 @@ def _strategies_only():
 
 def _keys(result):
     """The non-``pass`` keys of one backend result."""
-    return [FindingKey(result.backend, g, gr.verdict) for g, gr in result.gradients.items() if gr.verdict != "pass"]
+    return [FindingKey(result.backend, g, gr.verdict) for g, gr in result.gradients.items() if is_finding(gr.verdict)]

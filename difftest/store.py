@@ -50,6 +50,7 @@ from .lock import LOCK, DirectoryInUse, DirectoryLock, holder_text, lock_holder
 from .outcome import (BackendResult, FindingKey, ResultRecord, environment_id, flag, geometry_of, integer, jsonable,
                       listing, mapping, name_text, number, optional, shard_text, text)
 from .results import choose_findings, findings
+from .verdicts import is_finding
 
 RESULTS = "results.jsonl"
 CASES = "cases"
@@ -175,6 +176,18 @@ def _str_numbers(v, name):
     return {text(k, name): number(x, f"{name}.{k}") for k, x in mapping(v, name).items()}
 
 
+def _str_counts(v, name):
+    return {name_text(k, name): integer(x, f"{name}.{k}", 0) for k, x in mapping(v, name).items()}
+
+
+def _group_info(v, name):
+    mapping(v, name)
+    return {"label": text(v.get("label"), f"{name}.label"),
+            "backends": listing(v.get("backends"), f"{name}.backends", name_text),
+            "real_layer_share": number(v.get("real_layer_share"), f"{name}.real_layer_share"),
+            "case_seconds": number(v.get("case_seconds"), f"{name}.case_seconds")}
+
+
 #: ``campaign.json``'s fields and their checks; a field a run did not write reads as None.
 _CAMPAIGN_FIELDS = {
     "version": text, "profile": text, "limits": mapping, "realistic": number, "max_macs": integer,
@@ -187,6 +200,7 @@ _CAMPAIGN_FIELDS = {
     "job_runs": lambda v, n: listing(v, n, mapping), "sources": lambda v, n: listing(v, n, text),
     "model": text, "input_shape": lambda v, n: listing(v, n, integer), "backend_timeout_s": optional(number),
     "isolate": flag, "error": text, "previous": text,
+    "groups": lambda v, n: listing(v, n, _group_info), "cases_per_backend": _str_counts,
 }
 
 
@@ -581,7 +595,7 @@ class Recorder:
         """One line per backend result on ``case`` (one per finding of that backend in ``findings``);
         the case file where a result is not ``pass`` (``case_file``: already written there), raw
         outputs as ``outputs`` says. Returns the case file, or None when all passed."""
-        failed = any(r.verdict != "pass" for r in results)
+        failed = any(is_finding(r.verdict) for r in results)
         pending = self._pending.pop(case.case_id, None)
         if failed:
             rel = case_file or pending or self.writer.save_case(case)
@@ -600,9 +614,9 @@ class Recorder:
                     timings={"backend_s": r.seconds,
                              "model_s": sum(r.timings.get(k, 0.0) for k in ("exact_s", "nf_and_torchlean_s", "order_free_s")),
                              **r.timings})
-                if r.verdict != "pass" or phase == "layer":
+                if is_finding(r.verdict) or phase == "layer":
                     rec.case_file = rel
-                save = key is not None if self.outputs == "findings" else r.verdict != "pass"
+                save = key is not None if self.outputs == "findings" else is_finding(r.verdict)
                 if save and r.outputs is not None:
                     rec.outputs_file = self.writer.save_outputs(case.case_id, r)
                 self.writer.write(rec)

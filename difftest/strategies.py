@@ -39,6 +39,7 @@ from .case import MAX_MAGNITUDE, Case
 from .errors import UnknownFormat
 from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, PRESETS, TF32, Format, get_format
 from .geometry import GRADIENTS, Geometry
+from .supports import ALL, SPEC, Supports
 
 __all__ = [
     "BINARY64", "BINARY32", "TF32", "BINARY16", "BFLOAT16", "Limits",
@@ -128,7 +129,16 @@ class Limits:
         return max(big, 1)
 
 
-def geometries(limits: Limits = Limits()) -> st.SearchStrategy[Geometry]:
+def _extensions(extensions) -> Supports:
+    """``extensions`` as a :class:`~difftest.supports.Supports`: True (all), False (the spec's own
+    geometry) or a Supports (what a backend takes)."""
+    if isinstance(extensions, Supports):
+        return extensions
+    _require(isinstance(extensions, bool), "extensions", "True, False or a difftest.supports.Supports", extensions)
+    return ALL if extensions else SPEC
+
+
+def geometries(limits: Limits = Limits(), extensions=True) -> st.SearchStrategy[Geometry]:
     """Valid geometries within ``limits``: non-square images and kernels, any stride and padding,
     and in one draw in three (hashed, see :func:`_spread_index`) the generalisations of real
     networks, each with probability 1/2 where ``limits`` allow it:
@@ -143,8 +153,12 @@ def geometries(limits: Limits = Limits()) -> st.SearchStrategy[Geometry]:
     unequal strides, with unequal paddings); hypothesis's generation, which favours simple
     choices, makes it about one in five in practice (quick profile's limits, 1,500 draws of
     :func:`cases`: 18-24 % non-plain, each generalisation in 7-12 %), so most cases still test
-    the spec's own geometry. Shrinking goes to it: no groups, no dilation, equal axes."""
-    return _geometries(_limits(limits))
+    the spec's own geometry. Shrinking goes to it: no groups, no dilation, equal axes.
+
+    ``extensions``: False draws the spec's own geometry only; a :class:`~difftest.supports.Supports`
+    draws what a backend takes (only the generalisations it allows, and a batch of one where it
+    takes no batch)."""
+    return _geometries(_limits(limits), _extensions(extensions))
 
 
 def _share(k: int, n: int) -> st.SearchStrategy[bool]:
@@ -153,28 +167,31 @@ def _share(k: int, n: int) -> st.SearchStrategy[bool]:
 
 
 @st.composite
-def _geometries(draw, limits: Limits) -> Geometry:
-    general = draw(_share(1, 3))
+def _geometries(draw, limits: Limits, takes: Supports = ALL) -> Geometry:
+    general = draw(_share(1, 3)) if (takes.groups or takes.dilation or takes.per_axis) else False
     kH = draw(st.integers(1, limits.max_kernel))
     kW = draw(st.integers(1, limits.max_kernel))
     ph = pw = draw(st.integers(0, limits.max_padding))
     sh = sw = draw(st.integers(1, limits.max_stride))
     dh = dw = groups = 1
     if general:
-        if limits.max_channels > 1 and draw(_share(1, 2)):
+        if takes.groups and limits.max_channels > 1 and draw(_share(1, 2)):
             groups = draw(st.integers(2, limits.max_channels))
-        if limits.max_dilation > 1 and max(kH, kW) > 1 and draw(_share(1, 2)):
+        if takes.dilation and limits.max_dilation > 1 and max(kH, kW) > 1 and draw(_share(1, 2)):
             d = draw(st.integers(2, limits.max_dilation))
             dh = d if kH > 1 else 1
-            dw = (draw(st.integers(1, limits.max_dilation)) if draw(_share(1, 2)) else d) if kW > 1 else 1
-        if limits.max_stride > 1 and draw(_share(1, 2)):  # unequal axes: shrinks to the next stride
+            apart = takes.per_axis and draw(_share(1, 2))
+            dw = (draw(st.integers(1, limits.max_dilation)) if apart else d) if kW > 1 else 1
+            if not takes.per_axis and dh != dw:  # one axis without taps: dilate it alike (no effect)
+                dh = dw = d
+        if takes.per_axis and limits.max_stride > 1 and draw(_share(1, 2)):  # unequal axes: shrinks to the next stride
             sw = 1 + (sh - 1 + draw(st.integers(1, limits.max_stride - 1))) % limits.max_stride
-        if limits.max_padding > 0 and draw(_share(1, 2)):
+        if takes.per_axis and limits.max_padding > 0 and draw(_share(1, 2)):
             pw = (ph + draw(st.integers(1, limits.max_padding))) % (limits.max_padding + 1)
     eh, ew = dh * (kH - 1) + 1, dw * (kW - 1) + 1  # the dilated kernel's reach
     H = draw(st.integers(max(1, eh - 2 * ph), max(limits.max_size, eh)))
     W = draw(st.integers(max(1, ew - 2 * pw), max(limits.max_size, ew)))
-    N = draw(st.integers(1, limits.max_batch))
+    N = draw(st.integers(1, limits.max_batch)) if takes.batch else 1
     per_group = limits.max_channels // groups
     C = groups * draw(st.integers(1, per_group))
     O = groups * draw(st.integers(1, per_group))
@@ -428,14 +445,20 @@ def _structured(draw, fmt: Format, g: Geometry, limits: Limits) -> tuple[np.ndar
     return x, w, d
 
 
-def cases(fmt: Format | str = BINARY32, geometry=None, tensor=None, limits: Limits = Limits()) -> st.SearchStrategy[Case]:
+def cases(fmt: Format | str = BINARY32, geometry=None, tensor=None, limits: Limits = Limits(),
+          extensions=True) -> st.SearchStrategy[Case]:
     """Whole cases of ``fmt``: a geometry and three tensors of representable values.
 
-    ``geometry`` is a strategy of :class:`Geometry` (default :func:`geometries`); ``tensor`` a
-    function ``(fmt, shape) -> strategy`` (default :func:`tensors`) or a value strategy.
+    ``geometry`` is a strategy of :class:`Geometry` (default :func:`geometries` with
+    ``extensions``: False for the spec's own geometry, or the :class:`~difftest.supports.Supports`
+    of a backend, ``backend.supports``); ``tensor`` a function ``(fmt, shape) -> strategy``
+    (default :func:`tensors`) or a value strategy.
     """
     fmt, limits = _format(fmt), _limits(limits)
-    geometry = geometries(limits) if geometry is None else _strategy(geometry, "geometry", "a strategy of Geometry")
+    if geometry is None:
+        geometry = geometries(limits, extensions)
+    else:
+        geometry = _strategy(geometry, "geometry", "a strategy of Geometry")
     ok = tensor is None or isinstance(tensor, st.SearchStrategy) or callable(tensor)
     _require(ok, "tensor", "a value strategy or a function (fmt, shape) -> strategy of arrays", tensor)
     return _cases(fmt, geometry, tensor, limits)
@@ -463,12 +486,13 @@ def _case(x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry, fmt: Format)
 
 # --- real layers with probes -------------------------------------------------------------------
 
-def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None) -> st.SearchStrategy[Geometry]:
+def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None, extensions=True) -> st.SearchStrategy[Geometry]:
     """Geometries of real layers (:mod:`difftest.catalogue`): a layer's channels, kernel, stride,
     padding, dilation and groups, a batch up to ``max_batch`` and an input size up to the largest
     (its own at most) at which one gradient costs at most ``max_macs`` multiply-adds; shrinking
     makes the input smaller. Layers too costly even at their smallest size are left out.
-    ``layers``: names (default: all).
+    ``layers``: names (default: all); ``extensions`` as in :func:`geometries` (False: the layers of
+    the spec's own geometry only; a backend's ``supports``: the layers it takes).
 
     The draw is stratified by what libraries switch kernels on: the depthwise, the grouped, the
     dilated and the asymmetric layers (:attr:`~difftest.catalogue.CatalogueLayer.family`) are a
@@ -476,14 +500,19 @@ def realistic_geometries(max_macs: int, max_batch: int = 2, layers=None) -> st.S
     32 to 127, 128 or more in the smaller of C and O); each class is as likely as any other, then
     a layer within it (the many 3×3 stride-1 layers do not crowd out 7×7, 11×11, strided, wide,
     depthwise or dilated ones)."""
-    from .catalogue import LAYERS, largest_size
+    from .catalogue import LAYERS, largest_size, smallest_size
 
     max_macs, max_batch = _integer(max_macs, "max_macs", 1), _integer(max_batch, "max_batch", 1)
     names = list(LAYERS) if layers is None else list(layers)
     for name in names:
         _require(name in LAYERS, "layers", "names of catalogue layers (difftest.catalogue.LAYERS)", name)
-    usable = [LAYERS[n] for n in names if largest_size(LAYERS[n], 1, max_macs) is not None]
-    _require(bool(usable), "max_macs", "large enough for one catalogue layer at its smallest size", max_macs)
+    takes = _extensions(extensions)
+    if not takes.batch:
+        max_batch = 1
+    usable = [LAYERS[n] for n in names if largest_size(LAYERS[n], 1, max_macs) is not None
+              and takes.takes(LAYERS[n].geometry(1, smallest_size(LAYERS[n])))]
+    _require(bool(usable), "max_macs", "large enough for one catalogue layer (that the extensions allow) at its "
+             "smallest size", max_macs)
     return _realistic_geometries(list(layer_classes(usable).values()), max_macs, max_batch)
 
 
@@ -533,15 +562,16 @@ def _realistic_geometries(draw, classes: list, max_macs: int, max_batch: int) ->
 
 
 def realistic_cases(fmt: Format | str = BINARY32, max_macs: int = 2_000_000, max_batch: int = 2,
-                    layers=None) -> st.SearchStrategy[Case]:
+                    layers=None, extensions=True) -> st.SearchStrategy[Case]:
     """Cases of a real layer's geometry (:func:`realistic_geometries`): ordinary values with
     adversarial probes (:mod:`difftest.probes`) in the folds of one to three gradients, every probe
     kind in a channel slice of its own (as many as there are channels), so one case tries every
     behaviour on every probed gradient.
     Large tensors cost a seed, not an element each: hypothesis draws the layer, size, background,
     the kinds' order, the probed gradients and, per gradient, the first channel, batch entry and position;
-    numpy fills the arrays. One case in ten has ordinary values only."""
-    return _realistic_cases(_format(fmt), realistic_geometries(max_macs, max_batch, layers))
+    numpy fills the arrays. One case in ten has ordinary values only. ``extensions`` as in
+    :func:`realistic_geometries`."""
+    return _realistic_cases(_format(fmt), realistic_geometries(max_macs, max_batch, layers, extensions))
 
 
 @st.composite
@@ -581,21 +611,23 @@ def requested_gradients() -> st.SearchStrategy[tuple[str, ...]]:
 
 
 def campaign_cases(fmt: Format | str, limits: Limits = Limits(), realistic: float = 0.0,
-                   max_macs: int = 2_000_000, subsets: bool = True) -> st.SearchStrategy[Case]:
+                   max_macs: int = 2_000_000, subsets: bool = True, extensions=True) -> st.SearchStrategy[Case]:
     """What a campaign draws: small fuzzed :func:`cases` within ``limits``, and a share
-    ``realistic`` (0 to 1) of :func:`realistic_cases` up to ``max_macs``; with ``subsets``, each
-    requesting the gradients of :func:`requested_gradients`. Shrinking moves a failure towards
-    the small cases where it still fails, and towards all three gradients."""
+    ``realistic`` (0 to 1, of the draws; in steps of 1/1000) of :func:`realistic_cases` up to
+    ``max_macs``; with ``subsets``, each requesting the gradients of :func:`requested_gradients`;
+    ``extensions`` as in :func:`cases`. Shrinking moves a failure towards the small cases where
+    it still fails, and towards all three gradients."""
     fmt, limits = _format(fmt), _limits(limits)
     _require(_is_finite(realistic) and 0 <= realistic <= 1, "realistic", "a number in [0, 1]", realistic)
-    small = cases(fmt, limits=limits)
-    if realistic == 0:
+    small = cases(fmt, limits=limits, extensions=extensions)
+    cut = round(1000 * (1 - realistic))
+    if cut == 1000:
         drawn = small
-    elif realistic == 1:
-        drawn = realistic_cases(fmt, max_macs)
+    elif cut == 0:
+        drawn = realistic_cases(fmt, max_macs, extensions=extensions)
     else:
-        cut, real = round(100 * (1 - realistic)), realistic_cases(fmt, max_macs)
-        drawn = _spread_index(100).flatmap(lambda r: small if r < cut else real)
+        real = realistic_cases(fmt, max_macs, extensions=extensions)
+        drawn = _spread_index(1000).flatmap(lambda r: small if r < cut else real)
     if not subsets:
         return drawn
     return st.tuples(drawn, requested_gradients()).map(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .expectations import Expectations
+from .expectations import REACHED_CASES, Expectations
 from .explain import (RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, largest_case_text, plural,
                       replay_path, reproduce_command)
 from .geometry import GRADIENTS
@@ -22,7 +22,10 @@ def summary_doc(records: list[ResultRecord], replay_dir=None, expectations: Expe
     ``gradient``, ``verdict``, ``max_ratio``, ``max_ratio_order_free``, ``shrunk``, ``expected``
     (the declared reason, or null), ``case_file`` — a path to replay, under ``replay_dir`` when
     given), ``cells`` (``{backend: {gradient: {"cases", "worst_ratio", "worst_ratio_order_free",
-    "counts"}}}``) and ``not_seen`` (declared findings that did not show)."""
+    "counts"}}}``), ``not_seen`` (declared findings that did not show, though the run reached
+    them), ``not_reached`` (those it did not reach often enough to tell) and ``expected`` (per
+    declaration whose backend ran: ``declared``, ``cases`` it could have shown on, ``shown``,
+    ``state``)."""
     e = expectations or Expectations()
     out = []
     for r in findings(records):
@@ -36,7 +39,12 @@ def summary_doc(records: list[ResultRecord], replay_dir=None, expectations: Expe
     cells = {b: {g: {"cases": c.cases, "worst_ratio": c.worst_ratio, "worst_ratio_order_free": c.worst_ratio_order_free,
                      "counts": dict(c.counts)} for g, c in row.items()}
              for b, row in summarize(records).items()}
-    return jsonable({"findings": out, "cells": cells, "not_seen": [x.describe() for x in e.not_seen(records)]})
+    coverage = e.coverage(records)
+    return jsonable({"findings": out, "cells": cells,
+                     "not_seen": [c.entry.describe() for c in coverage if c.state == "not seen any more"],
+                     "not_reached": [c.entry.describe() for c in coverage if c.state == "not reached"],
+                     "expected": [{"declared": c.entry.describe(), "cases": c.cases, "shown": c.shown, "state": c.state}
+                                  for c in coverage]})
 
 
 def junit_xml(records: list[ResultRecord], fail_on: str, replay_dir=None, duration_s: float = 0.0,
@@ -126,8 +134,13 @@ def format_summary(records: list[ResultRecord], replay_dir=None, expectations: E
             if x is not None:
                 lines.append(f"    expected: {x.reason}")
         lines.append(f"  ({RATIO_LEGEND})")
-    gone = e.not_seen(records)
+    coverage = e.coverage(records)
+    gone = [c for c in coverage if c.state == "not seen any more"]
     if gone:
         lines += ["", f"expected findings not seen any more (fix or remove them in {e.source}):"]
-        lines += [f"  {x.describe()}" for x in gone]
+        lines += [f"  {c.describe()}" for c in gone]
+    unreached = [c for c in coverage if c.state == "not reached"]
+    if unreached:
+        lines += ["", f"expected findings not reached in this run (fewer than {REACHED_CASES} cases they could show on):"]
+        lines += [f"  {c.describe()}" for c in unreached]
     return "\n".join(lines)

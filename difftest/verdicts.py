@@ -17,12 +17,14 @@ claiming a violation only where it is certain):
 4. else ``pass``.
 
 ``error`` (the backend raised, returned a wrong shape, crashed or hung in its worker process)
-replaces the whole judgement.
+replaces the whole judgement; ``unsupported`` (the backend declares it does not take the case's
+geometry, :mod:`difftest.supports`) stands where it was not run. Neither ``pass`` nor
+``unsupported`` is a finding (:func:`is_finding`).
 """
 
 from __future__ import annotations
 
-VERDICTS = ("pass", "order", "precision", "domain", "error")
+VERDICTS = ("pass", "order", "precision", "domain", "error", "unsupported")
 
 #: What each verdict means, word for word as the README's verdict table says it.
 MEANING = {
@@ -37,20 +39,31 @@ MEANING = {
     "inputs the backend's format cannot hold",
     "error": "the backend raised, returned a wrong shape, crashed (its worker process died: a signal, an abort, an "
     "exit) or hung past the backend timeout",
+    "unsupported": "not run: the backend declares it does not take the case's geometry (dilation, groups, per-axis "
+    "stride or padding, a batch); not a finding",
 }
 
 #: How bad a verdict is, for "the worst verdict" and for ``--fail-on``.
-SEVERITY = {"pass": 0, "order": 1, "domain": 2, "precision": 3, "error": 4}
+SEVERITY = {"unsupported": -1, "pass": 0, "order": 1, "domain": 2, "precision": 3, "error": 4}
+
+#: The verdicts that are findings: everything but ``pass`` and ``unsupported``.
+FINDINGS = ("order", "precision", "domain", "error")
 
 #: ``--fail-on`` choices: the least severe verdict that fails.
-FAIL_ON = {"order": SEVERITY["order"], "precision": SEVERITY["precision"], "never": len(SEVERITY)}
+FAIL_ON = {"order": SEVERITY["order"], "precision": SEVERITY["precision"], "never": max(SEVERITY.values()) + 1}
 
 FAIL_ON_HELP = "order = any verdict but pass (default); precision = precision or error; never = nothing"
 
 
 def worst_verdict(verdicts) -> str:
-    """The most severe of ``verdicts`` (``pass`` when there are none)."""
+    """The most severe of ``verdicts`` (``pass`` when there are none; ``unsupported`` when that is
+    all there is)."""
     return max(verdicts, key=SEVERITY.__getitem__, default="pass")
+
+
+def is_finding(verdict: str) -> bool:
+    """Whether a gradient's ``verdict`` is a finding (neither ``pass`` nor ``unsupported``)."""
+    return verdict in FINDINGS
 
 
 def fails(verdict: str, fail_on: str) -> bool:

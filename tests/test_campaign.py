@@ -177,8 +177,9 @@ def test_a_round_goes_on_after_a_finding_and_every_distinct_key_is_one_finding(t
 
 
 def test_the_same_seed_bounded_by_work_gives_the_same_reproducers(tmp_path):
+    # seed 1 finds two findings in its 50 draws (seeds 4-6 none since real layers take a share of the time, not of the draws)
     def reproducers(name):
-        _, records = run_campaign(tmp_path / name, ["numpy-float32", "nf-binary32"], seed=4, examples=25, rounds=2)
+        _, records = run_campaign(tmp_path / name, ["numpy-float32", "nf-binary32"], seed=1, examples=25, rounds=2)
         return sorted((tuple(r.finding), r.case_id) for r in findings(records))
 
     first = reproducers("a")

@@ -61,10 +61,10 @@ def test_campaign_items_pass_for_the_nf_reference_and_k_runs_one_campaign(pytest
 
 def test_campaign_failures_name_the_shrunk_reproducer_and_each_campaign_runs_once_under_xdist(pytester):
     # torch's bias gradient is `order` on structured cancellation: 3 rounds of 30 examples found it with
-    # every seed tried (0-3), seed 0 in its first round
+    # seeds 2-5 (and an example database), not with 0 and 1
     xml = pytester.path / "junit.xml"
     r = pytester.runpytest_subprocess(
-        *difftest_args(pytester, "torch-cpu-float32", "nf-binary32", examples=30, rounds=3),
+        *difftest_args(pytester, "torch-cpu-float32", "nf-binary32", examples=30, rounds=3, seed=2),
         "-n", "2", "--dist", "loadgroup", f"--junitxml={xml}", "-v",
     )
     outcomes = r.parseoutcomes()

@@ -45,7 +45,8 @@ def result_sets(tmp_path_factory):
     base = tmp_path_factory.mktemp("results")
     return {
         "pass-only": campaign(base / "pass", [get_backend("nf-binary16")], 15),
-        "mixed": campaign(base / "mixed", [get_backend("numpy-float32"), get_backend("nf-binary32")], 30, rounds=2),
+        # seed 1: numpy's orders show within its 60 draws
+        "mixed": campaign(base / "mixed", [get_backend("numpy-float32"), get_backend("nf-binary32")], 30, rounds=2, seed=1),
         "error": campaign(base / "error", [RaisingBackend(), get_backend("nf-binary32")], 10),
         "empty": campaign(base / "empty", [], 1),  # no backend: a campaign that checks no case
     }
