@@ -88,6 +88,17 @@ class Backend(ABC):
         }
 
 
+def missing_library(module: str, extra: str) -> str:
+    """Why ``module`` cannot be imported, and the extra that installs it ("" when it imports)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken install raising anything
+        return f"{module} is not importable ({type(exc).__name__}: {exc}); pip install -e '.[{extra}]'"
+    return ""
+
+
 def read_environment(backend) -> dict:
     """``backend.environment()``, or, where it cannot be read, the backend's name and why."""
     try:

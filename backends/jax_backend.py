@@ -23,7 +23,7 @@ import numpy as np
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, Format
 from difftest.geometry import GRADIENTS
 
-from .base import Backend
+from .base import Backend, missing_library
 
 _FORMATS = {"float32": BINARY32, "float16": BINARY16, "bfloat16": BFLOAT16}
 
@@ -35,11 +35,7 @@ def _jax():
 
 
 def jax_missing() -> str:
-    try:
-        _jax()
-    except Exception as exc:  # ImportError, or a broken install raising anything
-        return f"jax is not importable ({type(exc).__name__}: {exc}); pip install -e '.[jax]'"
-    return ""
+    return missing_library("jax", "jax")
 
 
 def _pair(v) -> tuple[int, int]:

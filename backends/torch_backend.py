@@ -16,7 +16,7 @@ import numpy as np
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
 from difftest.geometry import GRADIENTS
 
-from .base import Backend, cpu_flags
+from .base import Backend, cpu_flags, missing_library
 
 _FORMATS = {"float64": BINARY64, "float32": BINARY32, "float16": BINARY16, "bfloat16": BFLOAT16}
 
@@ -28,11 +28,7 @@ def _torch():
 
 
 def torch_missing() -> str:
-    try:
-        _torch()
-    except Exception as exc:  # ImportError, or a broken install raising anything
-        return f"torch is not importable ({type(exc).__name__}: {exc}); pip install 'difftest[torch]'"
-    return ""
+    return missing_library("torch", "torch")
 
 
 @contextlib.contextmanager
