@@ -93,6 +93,21 @@ variants of one property (so its file is that property's evidence).
 * ``deterministic`` — three runs of one ordinary case (:func:`difftest.probes.background`),
   bitwise.
 
+**Claims that verify themselves.** The order probe separates the candidates with at most
+:data:`ORDER_PAIRS` pairs, chosen to tell the candidates from *each other*: a backend outside the
+candidate set (sequential but for two swapped positions) can match one on every probe. So a
+claimed order (with its block) is then emulated exactly — in rational arithmetic, every sum
+rounded to ``W`` bits in the claimed rounding — on :data:`VERIFY_CASES` fresh cases whose slots
+(up to :data:`VERIFY_SLOTS` each) hold random values of the format at every usable position,
+operands rounded to the claimed ``product_bits``, and compared bit for bit with the
+backend (:func:`verify_order`). Products are rounded as the format multiplies or to ``W`` bits,
+or, within a chain, fused into the sum; a chain starts from its first product as it is or added
+to zero; a claimed ``pairwise`` is either pairwise candidate. The claim stands if one of these
+reproduces every entry, and the variants that did are kept. Otherwise the order is ``unknown``
+(``notes`` says how many entries differed), and the claims that may rest on the order
+(``product_bits``, ``fma``, ``subnormal_inputs``) are made again without it. An ``fma`` claim must
+agree with the variants that reproduced the order, else it is ``None`` with the reason in ``notes``.
+
 Evidence of a property whose variants fit in one case is that case. Where they need several
 (few channels), the evidence is a case of the decisive variants only, run again: the claim
 stands only when the evidence case gives it again. Claims that rest on other claims (``fma``
@@ -134,6 +149,12 @@ RUNS = 3
 ORDER_PAIRS = 24
 #: Seed of the ordinary background values.
 SEED = 0
+#: Fresh random cases, of at most ``VERIFY_SLOTS`` probed entries each, that must reproduce a
+#: claimed order bit for bit (:func:`verify_order`). Two adjacent terms swapped in a sequential
+#: binary32 fold of 64 normal values change about one result in twelve: 128 entries miss that
+#: with probability 0.92^128 < 10^-4.
+VERIFY_CASES = 8
+VERIFY_SLOTS = 16
 
 
 # --- geometry ------------------------------------------------------------------------------
@@ -488,6 +509,96 @@ def predict(cands: list[Order], V: np.ndarray, rnd) -> np.ndarray:
         if i not in chain:
             out[i] = c.fold(V, rnd)
     return out
+
+
+def round_bits(v: Fraction, W: int, mode: str) -> Fraction:
+    """``v`` rounded to ``W`` significant bits (``nearest``: ties to even; ``toward_zero``), no
+    exponent range: the accumulator of :func:`verify_order`'s emulation."""
+    if v == 0:
+        return v
+    sign, a = (1 if v > 0 else -1), abs(v)
+    e = a.numerator.bit_length() - a.denominator.bit_length()  # 2^e <= a < 2^(e+1), or one below
+    if a < Fraction(2) ** e:
+        e -= 1
+    scale = Fraction(2) ** (W - 1 - e)
+    q, r = divmod(a.numerator * scale.numerator, a.denominator * scale.denominator)
+    den = a.denominator * scale.denominator
+    if mode == "nearest" and (2 * r > den or (2 * r == den and q % 2)):
+        q += 1
+    return sign * Fraction(q) / scale
+
+
+def emulate(order: Order, terms: list[Fraction], rnd, leaf, fused: bool, first=None) -> Fraction:
+    """The fold of ``terms`` (exact products, in fold order) in ``order``: each chain (the whole
+    fold, a block) starts from its first term rounded on its own (``first``, default ``leaf``: a
+    kernel may hold the first product as the format computed it) and adds the others rounded on
+    their own (``leaf``) or, ``fused``, exactly, rounding each sum (``rnd``); block sums and pairwise
+    sums add rounded values."""
+    K = len(terms)
+    leaves = [leaf(t) for t in terms]
+    start = leaves if first is None else [first(t) for t in terms]
+
+    def chain(lo: int, hi: int) -> Fraction:
+        acc = start[lo]
+        for k in range(lo + 1, hi):
+            acc = rnd(acc + (terms[k] if fused else leaves[k]))
+        return acc
+
+    if order.name == "sequential":
+        return chain(0, K)
+    if order.name == "blocked":
+        acc = None
+        for s in range(0, K, order.block):
+            part = chain(s, min(s + order.block, K))
+            acc = part if acc is None else rnd(acc + part)
+        return acc
+    V = np.array([leaves], dtype=object)  # pairwise: sums of rounded leaves
+    return order.fold(V, np.vectorize(rnd, otypes=[object]))[0]
+
+
+def verify_order(backend, slots: Slots, fmt: Format, claims: dict, cases: int = VERIFY_CASES) -> tuple[set, str]:
+    """Emulate the claimed order (``claims``: ``order``, ``block``, ``accumulator_bits``,
+    ``rounding``, and ``product_bits`` ``q``: operands rounded to ``q`` bits, to nearest, before
+    they multiply) exactly on ``cases`` fresh cases of random values and compare every slot bit for
+    bit with the backend. Returns the variants (``(fused, leaf, start, candidate)``) that reproduced every entry,
+    and, when none did, why."""
+    W, mode = claims.get("accumulator_bits"), claims.get("rounding")
+    q = claims.get("product_bits") or fmt.prec
+    operand = (lambda v: Fraction(v)) if q >= fmt.prec else (lambda v: round_bits(Fraction(v), q, "nearest"))
+    # the claim names an order (and a block); pairwise is either candidate variant
+    orders = [c for c in order_candidates(slots.gradient, slots.geometry, slots.K)
+              if c.name == claims["order"] and c.block == claims.get("block")] or [Order(claims["order"], claims.get("block"))]
+    order = orders[0]
+    rng = np.random.default_rng(SEED + 1)
+    rnd = functools.partial(round_bits, W=W, mode=mode)
+    # a product rounded as the format multiplies, or to the accumulator's width; a chain started from
+    # it as it is (a register holding the first product), or from it added to zero (rounded to W)
+    leaves = {"format": fmt.round} if W == fmt.prec else {"format": fmt.round, "accumulator": rnd}
+    starts = ("leaf",) if W == fmt.prec else ("leaf", "added")
+    fused_too = slots.gradient != "grad_bias" and order.name != "pairwise"
+    variants = {(f, name, s, o) for f in ((False, True) if fused_too else (False,)) for name in leaves for s in starts
+                for o in range(len(orders))}
+    compared = differed = 0
+    for _ in range(cases):
+        values = fmt.round_array(rng.standard_normal((min(slots.count, VERIFY_SLOTS), slots.usable.size)))
+        values[values == 0] = 1.0
+        A = 1.0 if slots.gradient == "grad_bias" else float(fmt.round_array(np.array([rng.uniform(0.5, 2.0)]))[0])
+        rows = [slots.row(dict(enumerate(v))) for v in values]
+        out = _results(slots, _run(backend, build_case(slots, fmt, A, rows)), len(rows))
+        for row, got in zip(rows, out):
+            terms = [operand(A) * operand(float(b)) for b in row]
+            compared += 1
+            matched = {(f, name, s, o) for f, name, s, o in variants
+                       if _eq(float(got), emulate(orders[o], terms, rnd, leaves[name], f,
+                                                  None if s == "leaf" else (lambda t, lf=leaves[name]: rnd(lf(t)))))}
+            differed += not matched
+            variants &= matched
+    if variants:
+        return variants, ""
+    return set(), (f"{order.label} ({W} bits, {mode}, {q}-bit operands) did not reproduce the backend bit for bit on "
+                   "fresh random folds: "
+                   f"{differed} of {compared} entries differed from every variant (products rounded on their own"
+                   + (" or fused" if fused_too else "") + ")")
 
 
 def rounder(W: int, mode: str, units_bits: int):
@@ -1023,13 +1134,16 @@ class GradientPrint:
     claims: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)  # property -> Case
     paths: dict = field(default_factory=dict)  # property -> written file
+    notes: dict = field(default_factory=dict)  # property -> why a probe's claim was withdrawn
 
     def to_dict(self, base: Path | None = None) -> dict:
-        """The claims and the evidence files (relative to ``base`` where given: a result directory's
-        ``fingerprints.json`` names files inside it)."""
+        """The claims, the evidence files (relative to ``base`` where given: a result directory's
+        ``fingerprints.json`` names files inside it) and the notes on withdrawn claims."""
         out = {k: self.claims.get(k) for k in FIELDS}
         out["evidence"] = {k: Path(self.paths[k]).relative_to(base).as_posix() if base is not None else self.paths[k]
                            for k in PROPERTIES if k in self.paths}
+        if self.notes:
+            out["notes"] = dict(self.notes)
         return out
 
 
@@ -1054,6 +1168,7 @@ class _Prober:
         self.backend, self.fmt = backend, backend.format
         self.ctx = Context(self.fmt, slots_of(gradient, g))
         self.print = GradientPrint()
+        self.variants: set | None = None  # the emulation variants that reproduced the claimed order
 
     @property
     def slots(self) -> Slots:
@@ -1106,6 +1221,31 @@ class _Prober:
         if order == "unknown":
             self.print.evidence.pop("order", None)
 
+    def verify_order(self) -> bool:
+        """Emulate the claimed order on fresh random folds (:func:`verify_order`); where it does not
+        reproduce them, withdraw it (``unknown``, the reason in ``notes``) and return False."""
+        if self.ctx.claims.get("order") in (None, "unknown"):
+            return True
+        self.variants, why = verify_order(self.backend, self.slots, self.fmt, self.ctx.claims)
+        if self.variants:
+            return True
+        self.ctx.claims["order"], self.ctx.claims["block"] = "unknown", None
+        self.print.notes["order"] = why
+        self.print.evidence.pop("order", None)
+        return False
+
+    def check_fma(self) -> None:
+        """An ``fma`` claim must agree with the variants that reproduced the order."""
+        fma = self.ctx.claims.get("fma")
+        if fma is None or not self.variants or self.slots.gradient == "grad_bias":
+            return
+        if not any(fused == fma for fused, *_ in self.variants):
+            self.ctx.claims["fma"] = None
+            self.print.evidence.pop("fma", None)
+            self.print.notes["fma"] = (f"the probe said {'fused' if fma else 'unfused'}, but only "
+                                       f"{'unfused' if fma else 'fused'} products reproduced the claimed order "
+                                       "on fresh random folds")
+
     def probe_scaling(self) -> None:
         case, entries, levels = scaling_case(self.slots.gradient, self.fmt, self.slots.geometry)
         out = _run(self.backend, case)
@@ -1136,8 +1276,14 @@ class _Prober:
         self.probe_determinism()
         self.probe("rounding")
         self.probe_order()
-        for prop in ("product_bits", "fma", "subnormal_inputs"):
+        resting = ("product_bits", "fma", "subnormal_inputs")  # each may rest on the order
+        for prop in resting:
             self.probe(prop)
+        if not self.verify_order():
+            for prop in resting:  # made again without the withdrawn order
+                self.print.evidence.pop(prop, None)
+                self.probe(prop)
+        self.check_fma()
         self.print.claims = {k: self.ctx.claims.get(k) for k in FIELDS}
         return self.print
 

@@ -294,7 +294,8 @@ def read_fingerprints(d) -> dict:
         evidence = mapping(v.get("evidence", {}), f"{name}.evidence")
         for k, rel in evidence.items():
             confined(d, rel, f"{path}: {name}.evidence.{k}")
-        return out | {"evidence": evidence}
+        notes = {text(k, f"{name}.notes"): text(x, f"{name}.notes.{k}") for k, x in mapping(v.get("notes", {}), f"{name}.notes").items()}
+        return out | {"evidence": evidence, "notes": notes}
 
     def backend(v, name):
         mapping(v, name)

@@ -117,6 +117,57 @@ def test_an_order_outside_the_candidates_is_unknown_not_a_wrong_claim():
         assert got[g]["accumulator_bits"] == 24 and got[g]["rounding"] == "nearest"
 
 
+class NearlySequential(Backend):
+    """binary32 products and sums folded sequentially, but for two swapped positions in the middle
+    of each fold: on random data its results differ from a sequential fold's, yet the order probe's
+    pairs, chosen to tell the candidates apart, can all agree with ``sequential``."""
+
+    name = "nearly-sequential-binary32"
+    format = BINARY32
+    isolate = False
+
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS):
+        g = Geometry.of(x.shape, w.shape, stride, padding)
+        out = {}
+        for n, (a, b) in gemm_operands(x, w, d, g, gradients).items():
+            perm = np.arange(a.shape[-1])
+            m = perm.size // 2
+            perm[[m, m + 1]] = perm[[m + 1, m]]
+            out[n] = gemm_result_to_gradient(n, _fold(a[..., perm], b[..., perm, :], _mul32, _add_nearest(BINARY32)), g)
+        return out
+
+
+def test_a_claimed_order_is_emulated_on_fresh_random_folds_and_withdrawn_where_it_does_not_reproduce():
+    got = fp.fingerprint(NearlySequential(), SMALL)
+    for g in ("grad_bias", "grad_weight"):
+        gp = got.gradients[g]
+        assert gp.claims["order"] == "unknown" and gp.claims["block"] is None, (g, gp.claims)
+        assert "did not reproduce the backend bit for bit on fresh random folds" in gp.notes["order"]
+        assert "order" not in gp.evidence and gp.to_dict()["notes"]["order"] == gp.notes["order"]
+        assert gp.claims["accumulator_bits"] == 24 and gp.claims["rounding"] == "nearest"
+    # the order a claim rests on is gone, so fma False (which needed it) is not claimed
+    assert got.gradients["grad_weight"].claims["fma"] is None
+
+
+def test_a_true_claim_reproduces_bit_for_bit_in_every_variant_it_names():
+    slots = fp.slots_of("grad_weight", SMALL)
+    claims_ = {"order": "blocked", "block": 8, "accumulator_bits": 24, "rounding": "nearest"}
+    variants, why = fp.verify_order(get_backend("emu-blocked-8"), slots, BINARY32, claims_)
+    assert why == "" and (False, "format", "leaf", 0) in variants and (True, "format", "leaf", 0) not in variants
+    wrong, why = fp.verify_order(get_backend("emu-blocked-8"), slots, BINARY32, dict(claims_, block=16))
+    assert wrong == set() and "blocked-16 (24 bits, nearest, 24-bit operands) did not reproduce" in why
+
+
+def test_rounding_to_w_bits_is_exact():
+    from fractions import Fraction
+
+    assert fp.round_bits(Fraction(2**24 + 1), 24, "nearest") == 2**24  # a tie to even
+    assert fp.round_bits(Fraction(2**24 + 3), 24, "nearest") == 2**24 + 4
+    assert fp.round_bits(Fraction(-(2**24 + 3)), 24, "toward_zero") == -(2**24 + 2)
+    assert fp.round_bits(Fraction(1, 3), 2, "nearest") == Fraction(3, 8)
+    assert fp.round_bits(Fraction(0), 24, "nearest") == 0
+
+
 # --- the CPU libraries: what they are, and no false claim -------------------------------------------
 
 @pytest.mark.parametrize("name", CPU)
