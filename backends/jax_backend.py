@@ -38,6 +38,19 @@ def jax_missing() -> str:
     return missing_library("jax", "jax")
 
 
+def _cuda_plugin() -> bool:
+    """Whether a CUDA plugin of jaxlib is installed (found without importing JAX's backends)."""
+    import importlib.util
+
+    for name in ("jax_cuda12_plugin", "jax_cuda13_plugin"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
+
+
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list, np.ndarray)):
         return int(v[0]), int(v[1])
@@ -94,6 +107,8 @@ class JaxBackend(Backend):
         if missing:
             return False, missing
         if self.platform == "cuda":
+            if not _cuda_plugin():  # asked without one, JAX would start its CPU client in this process
+                return False, "no CUDA build of JAX here (no jax-cuda plugin installed; pip install 'jax[cuda12]')"
             try:
                 devices = _jax().devices("cuda")
             except RuntimeError as exc:

@@ -16,6 +16,13 @@ format, the same cases for the same seed on any machine.
 Each backend runs in a worker process of its own (:mod:`difftest.isolation`): one that crashes or
 hangs (``--difftest-backend-timeout``) gets ``error`` findings, and the session goes on.
 
+Settings come from where ``difftest run`` takes them (:mod:`difftest.config`): an option given on
+the command line, else its ``DIFFTEST_*`` variable, else ``[tool.difftest]`` in the nearest
+``pyproject.toml`` (``backends``, ``profile``, ``time_budget`` — the whole campaign's, shared
+among the backends —, ``seed``, ``fail_on``, ``database``, ``expected``, ``backend_timeout``), else
+the default. The result directories are the plugin's own (``--difftest-out``, default
+``reports/pytest``): ``out`` is ``run``'s.
+
 With pytest-xdist, a backend's items must stay on one worker, so that its campaign runs once. They
 share a scope (``difftest::<backend>``), which ``--dist loadscope`` and ``loadfile`` keep together.
 For ``--dist loadgroup`` each item's name carries its group, ``<gradient>@<backend>`` — the node id
@@ -43,7 +50,8 @@ def pytest_addoption(parser):
     g.addoption("--difftest", action="store_true", help="add the difftest campaign as test items (backend × gradient)")
     g.addoption("--difftest-backend", action="append", default=[], metavar="NAME",
                 help="backend to put on trial (repeatable; default every available CPU backend)")
-    g.addoption("--difftest-profile", default="quick", choices=list(PROFILE_NAMES), help="campaign profile")
+    g.addoption("--difftest-profile", default=None, choices=list(PROFILE_NAMES),
+                help="campaign profile (default: [tool.difftest] profile, else quick)")
     g.addoption("--difftest-time-budget", type=float, default=None, metavar="SECONDS",
                 help="time budget per backend (default: the profile's budget shared among the backends; "
                      "none with --difftest-rounds)")
@@ -52,12 +60,13 @@ def pytest_addoption(parser):
     g.addoption("--difftest-rounds", type=int, default=None, metavar="R",
                 help="at most R search rounds per format; without --difftest-time-budget the campaign is then "
                      "bounded by work (rounds × examples), not time")
-    g.addoption("--difftest-seed", type=int, default=0, help="campaign seed")
+    g.addoption("--difftest-seed", type=int, default=None, help="campaign seed (default: [tool.difftest] seed, else 0)")
     g.addoption("--difftest-out", default="reports/pytest", metavar="DIR",
                 help="result directories go here, one per backend: DIR/<backend>")
-    g.addoption("--difftest-fail-on", default="order", choices=["order", "precision"],
+    g.addoption("--difftest-fail-on", default=None, choices=["order", "precision"],
                 help="fail an item on: order = any verdict but pass (default); precision = precision or error")
-    g.addoption("--difftest-database", default=".difftest/hypothesis", metavar="DIR", help="hypothesis example database")
+    g.addoption("--difftest-database", default=None, metavar="DIR",
+                help="hypothesis example database (default: [tool.difftest] database, else .difftest/hypothesis)")
     g.addoption("--difftest-expected", default=None, metavar="FILE",
                 help="expected-findings file (TOML): declared findings pass, with the reason in the report")
     g.addoption("--difftest-backend-timeout", type=float, default=None, metavar="SECONDS",
@@ -94,13 +103,36 @@ def pytest_configure(config):
         )
 
 
+def _settings(config):
+    """``DIFFTEST_*`` and ``[tool.difftest]`` (:func:`difftest.config.load`), read once per session; a
+    bad value is a usage error naming where it came from."""
+    from .config import load
+    from .errors import DifftestError
+
+    if SETTINGS_KEY not in config.stash:
+        try:
+            config.stash[SETTINGS_KEY] = load()
+        except DifftestError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return config.stash[SETTINGS_KEY]
+
+
+def setting(config, option: str, key: str, default=None):
+    """``option`` where given, else the environment's or the file's ``key``, else ``default``."""
+    value = config.getoption(option)
+    if value is not None and value != []:
+        return value
+    return _settings(config).get(key, default)
+
+
 def _backend_names(config) -> list[str] | None:
-    """The ``--difftest-backend`` names (None: the default set; a spec ``MODULE:ATTR`` gives the names
-    of its backends); an unknown name is a usage error."""
+    """The backend names (``--difftest-backend``, else ``backends`` of :mod:`difftest.config`; None:
+    the default set; a spec ``MODULE:ATTR`` gives the names of its backends); an unknown name is a
+    usage error."""
     from .backends import all_backends, spec_backends
     from .errors import DifftestError
 
-    names = config.getoption("--difftest-backend")
+    names = setting(config, "--difftest-backend", "backends")
     if not names:
         return None
     known = all_backends()
@@ -158,26 +190,30 @@ class BackendCampaign(pytest.Collector):
 
 #: This session's campaigns, ``{backend name: (result directory, records) or the exception it raised}``.
 CAMPAIGNS_KEY = pytest.StashKey[dict]()
+SETTINGS_KEY = pytest.StashKey[object]()
 
 
 def campaign_config(config, backend, n_backends: int):
     """The :class:`~difftest.campaign.CampaignConfig` of ``backend``'s campaign from the options."""
     from .campaign import PROFILES, CampaignConfig
 
-    profile = PROFILES[config.getoption("--difftest-profile")]
+    profile = PROFILES[setting(config, "--difftest-profile", "profile", "quick")]
     rounds = config.getoption("--difftest-rounds")
-    budget = config.getoption("--difftest-time-budget")
-    if budget is None:
-        budget = math.inf if rounds is not None else profile.time_budget / n_backends
+    budget = config.getoption("--difftest-time-budget")  # per backend
+    if budget is None:  # run's time_budget is the whole campaign's: shared, as the profile's is
+        total = _settings(config).get("time_budget")
+        budget = (math.inf if rounds is not None else profile.time_budget / n_backends) if total is None \
+            else total / n_backends
     from .isolation import DEFAULT_TIMEOUT
     from .store import file_name
 
-    timeout = config.getoption("--difftest-backend-timeout")
+    timeout = setting(config, "--difftest-backend-timeout", "backend_timeout")
+    database = setting(config, "--difftest-database", "database", ".difftest/hypothesis")
     return CampaignConfig(
         backends=[backend], profile=profile, examples=config.getoption("--difftest-examples"), rounds=rounds,
-        time_budget=budget, seed=config.getoption("--difftest-seed"),
+        time_budget=budget, seed=setting(config, "--difftest-seed", "seed", 0),
         out=Path(config.getoption("--difftest-out")) / file_name(backend.name),
-        database=Path(config.getoption("--difftest-database")), progress=False, expectations=_expectations(config),
+        database=None if database is None else Path(database), progress=False, expectations=_expectations(config),
         isolate=not config.getoption("--difftest-no-isolate"),
         backend_timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
     )
@@ -186,7 +222,7 @@ def campaign_config(config, backend, n_backends: int):
 def _expectations(config):
     from .expectations import Expectations
 
-    path = config.getoption("--difftest-expected")
+    path = setting(config, "--difftest-expected", "expected")
     return Expectations.load(path) if path else Expectations()
 
 
@@ -225,7 +261,7 @@ class CampaignItem(pytest.Item):
         from .results import findings, summarize
 
         out, records = _campaign(self.config, self.backend, self.n_backends)
-        fail_on = self.config.getoption("--difftest-fail-on")
+        fail_on = setting(self.config, "--difftest-fail-on", "fail_on", "order")
         expectations = _expectations(self.config)
         cell = summarize(records).get(self.backend, {}).get(self.gradient)
         if cell is None or cell.cases == 0:

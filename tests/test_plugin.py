@@ -120,3 +120,27 @@ def test_assert_within_bounds_accepts_the_nf_reference_and_explains_a_failure(tm
     assert_within_bounds(case, "numpy-float32", bound="order-free")
     with pytest.raises(ValueError):
         assert_within_bounds(case, "numpy-float32", bound="loose")
+
+
+def test_the_plugin_takes_its_settings_from_tool_difftest_as_run_does(pytester):
+    """The configuration names two backends and fails on precision only: the plugin collects those
+    two (not every available backend) and passes numpy's order findings (seed 1 shows its bias order)."""
+    pytester.makepyprojecttoml("""
+[tool.difftest]
+backends = ["numpy-float32", "nf-binary32"]
+fail_on = "precision"
+seed = 1
+database = false
+""")
+    args = ["--difftest", "--difftest-examples", "30", "--difftest-rounds", "1", "--difftest-out",
+            str(pytester.path / "out"), "-p", "no:cacheprovider"]
+    collected = pytester.runpytest_subprocess(*args, "--collect-only", "-q")
+    assert "6 tests collected" in collected.stdout.str()
+    r = pytester.runpytest_subprocess(*args)
+    r.assert_outcomes(passed=6)
+    records = [json.loads(line) for line in (pytester.path / "out" / "numpy-float32" / "results.jsonl").read_text().splitlines()]
+    assert any(g["verdict"] == "order" for rec in records for g in rec["gradients"].values())  # seen, not failed
+    assert {rec["seed"] for rec in records} == {1} and not (pytester.path / ".difftest").exists()
+    # an option on the command line still wins
+    failing = pytester.runpytest_subprocess(*args, "--difftest-fail-on", "order", "--difftest-out", str(pytester.path / "o2"))
+    assert failing.parseoutcomes().get("failed", 0) >= 1

@@ -8,8 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow", reason="tensorflow is not installed (pip install -e '.[tensorflow]'; "
-                                              "not in .ci/run: README, Backends)")
+tf = pytest.importorskip("tensorflow", reason="tensorflow is not installed (pip install -e '.[tensorflow]', or '.[test]')")
 
 from difftest import Case, check_case  # noqa: E402
 from difftest.backends import get_backend  # noqa: E402
