@@ -112,8 +112,12 @@ class TensorFlowBackend(Backend):
         missing = missing_library("tensorflow", "tensorflow")
         if missing:
             return False, missing
-        if self.device == "cuda" and not _tf().config.list_physical_devices("GPU"):
-            return False, "no CUDA device for TensorFlow (tf.config.list_physical_devices('GPU') is empty)"
+        if self.device == "cuda":
+            tf = _tf()
+            if not tf.test.is_built_with_cuda():  # asked without CUDA, TensorFlow would start its runtime here
+                return False, "no CUDA build of TensorFlow here (tensorflow-cpu; pip install 'tensorflow[and-cuda]')"
+            if not tf.config.list_physical_devices("GPU"):
+                return False, "no CUDA device for TensorFlow (tf.config.list_physical_devices('GPU') is empty)"
         return True, ""
 
     def version(self) -> str:
