@@ -17,10 +17,11 @@ goes in *rounds*. A round is one hypothesis run whose test function judges every
 writes one result line per backend (and a reproducer for each non-``pass``), steers the search
 with ``hypothesis.target`` towards larger error/bound ratios, and fails on the first finding —
 a ``(backend, gradient, verdict)`` not found before. Hypothesis then shrinks that failure to a
-minimal case, which is saved as the finding's reproducer. The next round searches on (new
-seed) for findings not yet seen; a round that finds nothing new ends the group. The time budget
-ends the search wherever it is; nothing written is lost, and an interrupted shrink keeps the
-smallest failing case it had reached.
+minimal case, which is saved as the finding's reproducer, and the round goes on with the
+examples it has left (its own seed) for findings not yet seen; then the next round, with new
+seeds, until the time budget or the round limit. The time budget ends the search wherever it
+is; nothing written is lost, and an interrupted shrink keeps the smallest failing case it had
+reached.
 
 Nothing seen is lost. Each searched case is written to ``cases/`` before its backends run (and
 removed when all pass), so the case a crashing backend was on is kept. Every backend runs in a

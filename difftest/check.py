@@ -1,8 +1,10 @@
 """The one pipeline: exact spec once, NF model and bounds once per format, a verdict per gradient.
 
 :func:`check_case` is the only place where the oracle, the NF replay, the bounds and the
-comparison are put together; ``difftest check``, ``difftest run``, ``difftest bench``,
-:func:`difftest.assert_within_bounds` and the pytest plugin all judge through it. It returns
+comparison are put together; ``difftest check``, ``difftest run``, ``difftest model``,
+``difftest bench``, :func:`difftest.assert_within_bounds` and the pytest plugin all judge through
+it. A backend that does not take the case's geometry (:mod:`difftest.supports`) is not run:
+``unsupported``, and nothing is computed for it. It returns
 typed :class:`~difftest.outcome.BackendResult` objects; each records the seconds its stages
 took (``timings``: ``exact_s``, ``nf_and_torchlean_s``, ``order_free_s`` shared by the backends
 of one format, ``backend_s`` and ``comparison_s`` of its own).

@@ -1,4 +1,6 @@
-"""The ``difftest`` command line: a thin face over :mod:`difftest.check`."""
+"""The ``difftest`` command line: arguments, settings and printing over the library's faces
+(:mod:`difftest.check`, :mod:`difftest.campaign`, :mod:`difftest.model`, :mod:`difftest.fingerprint`,
+:mod:`difftest.store`, :mod:`difftest.report`, :mod:`difftest.bench`)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .store import REPORT
 from .supports import Supports
 from .geometry import GRADIENTS
 from .outcome import jsonable
-from .verdicts import FAIL_ON, FAIL_ON_HELP, FINDINGS, fails, is_finding
+from .verdicts import FAIL_ON, FAIL_ON_HELP, FINDINGS, is_finding
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROFILE_CHOICES = PROFILE_NAMES
@@ -200,7 +202,7 @@ def cmd_check(args) -> int:
     geometry = case.geometry.as_dict()
     expected = {(r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, geometry)
                 for r in results for g, gr in r.gradients.items() if is_finding(gr.verdict)}
-    code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((r.backend, g)) is None
+    code = EXIT_FINDING if any(expectations.fails_result(r.backend, g, gr.verdict, r.format, geometry, fail_on)
                                for r in results for g, gr in r.gradients.items()) else EXIT_OK
     args.exit_code = code  # the outcome, also if the reader of stdout goes away
     if args.json:
@@ -538,7 +540,8 @@ def cmd_model(args) -> int:
                              overwrite=args.overwrite)
     expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
                 for layer in result.layers for r in layer.results for g, gr in r.gradients.items() if is_finding(gr.verdict)}
-    code = EXIT_FINDING if any(fails(gr.verdict, fail_on) and expected.get((layer.name, r.backend, g)) is None
+    code = EXIT_FINDING if any(expectations.fails_result(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict(),
+                                                         fail_on)
                                for layer in result.layers for r in layer.results
                                for g, gr in r.gradients.items()) else EXIT_OK
     args.exit_code = code

@@ -51,13 +51,7 @@ from pathlib import Path
 from .errors import DifftestError
 from .verdicts import FAIL_ON
 
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    try:
-        import tomli as _toml
-    except ModuleNotFoundError:
-        _toml = None
+from . import tomlfile
 
 #: The campaign profiles (``difftest.campaign.PROFILES``; a test keeps the two equal).
 PROFILE_NAMES = ("quick", "ci", "nightly", "hardware")
@@ -187,15 +181,12 @@ def read_file(path: Path, notes: list[str] | None = None) -> dict[str, Setting]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DifftestError(f"cannot read {path}: {exc}; fix the file or run from another directory") from None
-    if _toml is None:  # pragma: no cover - Python 3.10 without tomli
+    if not tomlfile.AVAILABLE:  # pragma: no cover - Python 3.10 without tomli
         if "tool.difftest" in text and notes is not None:
             notes.append(f"{path} {TABLE} ignored: reading TOML needs Python >= 3.11 or the tomli package "
                          "(pip install tomli)")
         return {}
-    try:
-        doc = _toml.loads(text)
-    except _toml.TOMLDecodeError as exc:
-        raise DifftestError(f"{path} is not valid TOML ({exc}); fix it (difftest reads its {TABLE} table)") from None
+    doc = tomlfile.parse(text, str(path), f"; fix it (difftest reads its {TABLE} table)")
     table = doc.get("tool", {}).get("difftest") if isinstance(doc.get("tool"), dict) else None
     if table is None:
         return {}

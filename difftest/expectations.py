@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import tomlfile
 from .errors import DifftestError
 from .verdicts import FINDINGS, fails, is_finding
 
@@ -36,17 +37,6 @@ GEOMETRY_FIELDS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding", "di
 REACHED_CASES = 100
 #: Fields an older record lacks, and the value they had there.
 GEOMETRY_DEFAULTS = {"dilation": 1, "groups": 1}
-
-
-def _load_toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise DifftestError(f"{path} is not valid TOML: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -133,7 +123,7 @@ class Expectations:
         if not path.is_file():
             raise DifftestError(f"expectations file {str(path)!r} does not exist")
         if path.suffix != ".json":
-            return cls.from_data(_load_toml(path), str(path), str(path))
+            return cls.from_data(tomlfile.parse(path.read_text(encoding="utf-8"), str(path)), str(path), str(path))
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -163,13 +153,18 @@ class Expectations:
         return self.explain(record.backend, gradient, record.gradients[gradient].verdict, record.format,
                             record.geometry)
 
+    def fails_result(self, backend: str, gradient: str, verdict: str, fmt: str, geometry: dict, fail_on: str) -> bool:
+        """The one rule for "does this result fail the run" (``check``, ``run``, ``model``, ``merge``
+        and the plugin): a verdict failing under ``fail_on`` that nothing declares."""
+        return fails(verdict, fail_on) and self.explain(backend, gradient, verdict, fmt, geometry) is None
+
     def fails(self, record, gradient: str, fail_on: str) -> bool:
-        """Whether this gradient of a result fails the run: a failing verdict nothing declares
-        (a gradient not requested of the backend was not judged, and fails nothing)."""
+        """Whether this gradient of a result line fails the run (:meth:`fails_result`; a gradient not
+        requested of the backend was not judged, and fails nothing)."""
         if gradient not in record.gradients:
             return False
-        verdict = record.gradients[gradient].verdict
-        return fails(verdict, fail_on) and self.explain_record(record, gradient) is None
+        return self.fails_result(record.backend, gradient, record.gradients[gradient].verdict, record.format,
+                                 record.geometry, fail_on)
 
     def coverage(self, records) -> list["Coverage"]:
         """Per entry whose backend (and format) ran: the searched cases it could have shown on, and

@@ -144,7 +144,7 @@ def test_check_takes_fail_on_from_the_configuration_and_the_command_line_wins(mo
 
 def test_without_a_toml_reader_the_file_is_ignored_with_a_note(tmp_path, monkeypatch, capsys):
     pyproject(tmp_path, '[tool.difftest]\nfail_on = "never"\n')
-    monkeypatch.setattr(config, "_toml", None)  # Python 3.10 without tomli
+    monkeypatch.setattr(config.tomlfile, "AVAILABLE", False)  # Python 3.10 without tomli
     cfg = config.load(environ={})
     assert cfg.settings == {} and "ignored" in cfg.notes[0] and "tomli" in cfg.notes[0]
     assert main(["check", str(CANCELLATION), "--backend", "numpy-float32"]) == 1
