@@ -49,6 +49,14 @@ sure upper bound: any float64 evaluation of a sum of ``K`` products satisfies
 ``(1 + a)(1 + b) - 1 = a + b + a·b``, from the exact ``u``: no ``1 + u`` is ever rounded, and it
 stays accurate for the ``u = 2^-53`` of binary64. This and every other operation is rounded
 upward (+inf only where ``(1 + u)^k`` passes the float64 range).
+
+binary64's ``η = 2^-1075`` is not a float64: rounded up to ``2^-1074`` it would double the term
+``n·(1 + u)^(n-1)·η``, so that a backend ``n/2`` quanta of ``2^-1074`` beyond the bound in every
+order went unseen (64 products of ``2^-1074·2^-1074``: bound 66·2^-1074 where the true one is
+32.0…·2^-1074). The term is computed as ``t = n·(1 + u)^(n-1)·2^(emin)`` rounded up (``2^emin``
+is a float64 for every format here) and then halved upward (:func:`times_eta_up`): ``t/2`` is
+exact where ``t`` is normal, else rounded up to the next multiple of ``2^-1074``, so the term is
+at most one quantum above its exact value (33·2^-1074 there).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ import numpy as np
 
 from .case import RuntimeInputs
 from .formats import Format
-from .fparith import add_up, half_ulp_up, mul_up
+from .fparith import add_up, mul_up
 from .geometry import GRADIENTS, Geometry, gemm_shape, gradient_operand, gradient_product
 
 
@@ -117,8 +125,17 @@ def _compose_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return add_up(add_up(a, b), mul_up(a, b))
 
 
-def _eta_up(fmt: Format) -> float:
-    return 0.0 if fmt.emin is None else float(half_ulp_up(np.int64(fmt.emin)))
+def halve_up(v: np.ndarray) -> np.ndarray:
+    """``v / 2`` rounded up, for ``v >= 0`` (exact but where ``v/2`` falls between subnormals)."""
+    h = np.asarray(v, dtype=np.float64) * 0.5
+    return np.where(h * 2.0 < v, np.nextafter(h, np.inf), h)  # h·2 is exact: no overflow below v
+
+
+def times_eta_up(fmt: Format, x: np.ndarray) -> np.ndarray:
+    """``x·η`` (``η = β^emin / 2``) rounded up, for ``x >= 0``; 0 for a format without ``emin``."""
+    if fmt.emin is None:
+        return np.zeros(np.shape(x))
+    return halve_up(mul_up(np.asarray(x, dtype=np.float64), np.float64(np.ldexp(1.0, fmt.emin))))
 
 
 def product_bound(
@@ -131,7 +148,7 @@ def product_bound(
     n = count_gemm(a, b, product)
     below = add_up(1.0, growth_up(fmt, np.maximum(n - 1, 0)))  # (1 + u)^(n-1), above each η'
     with np.errstate(invalid="ignore"):
-        bound = add_up(mul_up(growth_up(fmt, n), s), mul_up(mul_up(n, below), np.float64(_eta_up(fmt))))
+        bound = add_up(mul_up(growth_up(fmt, n), s), times_eta_up(fmt, mul_up(n, below)))
     bound = np.where(np.isnan(bound), np.inf, bound)
     if e_a or e_b:
         m = count_gemm(ma, mb, product)
