@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import DifftestError
 from .geometry import GRADIENTS, gradient_subset
-from .verdicts import VERDICTS, is_finding, worst_verdict
+from .verdicts import VERDICTS, Verdict, is_finding, worst_verdict
 
 #: Version of the ``results.jsonl`` line layout (1: lines without a ``schema`` key).
 SCHEMA_VERSION = 2
@@ -181,7 +181,7 @@ class EntryArrays:
 class GradientResult:
     """How one backend's gradient compares with the exact spec."""
 
-    verdict: str
+    verdict: Verdict
     max_ratio: float = 0.0
     max_ratio_order_free: float = 0.0
     violations: int = 0
@@ -311,7 +311,7 @@ class FindingKey(NamedTuple):
 
     backend: str
     gradient: str
-    verdict: str
+    verdict: Verdict
 
     def to_dict(self) -> dict:
         return self._asdict()

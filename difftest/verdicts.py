@@ -24,7 +24,12 @@ geometry, :mod:`difftest.supports`) stands where it was not run. Neither ``pass`
 
 from __future__ import annotations
 
-VERDICTS = ("pass", "order", "precision", "domain", "error", "unsupported")
+from typing import Literal, get_args
+
+#: A verdict, as a type (checked against :data:`VERDICTS` by a test).
+Verdict = Literal["pass", "order", "precision", "domain", "error", "unsupported"]
+
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 
 #: What each verdict means, word for word as the README's verdict table says it.
 MEANING = {
@@ -55,7 +60,7 @@ FAIL_ON = {"order": SEVERITY["order"], "precision": SEVERITY["precision"], "neve
 FAIL_ON_HELP = "order = any verdict but pass (default); precision = precision or error; never = nothing"
 
 
-def worst_verdict(verdicts) -> str:
+def worst_verdict(verdicts) -> Verdict:
     """The most severe of ``verdicts`` (``pass`` when there are none; ``unsupported`` when that is
     all there is)."""
     return max(verdicts, key=SEVERITY.__getitem__, default="pass")
