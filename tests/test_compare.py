@@ -17,7 +17,7 @@ from difftest.fparith import add_up
 from difftest.oracles import SlicedExactOracle
 from difftest.backends import get_backend
 
-from strategies import cases, format_values
+from suite_strategies import cases, format_values
 
 
 @given(st.integers(-(2**120), 2**120), st.integers(-1200, 100), st.floats(allow_nan=False, allow_infinity=False))

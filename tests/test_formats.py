@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from difftest.errors import UnknownFormat
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, PRESETS, TF32, Format, get_format
 
-from strategies import format_values
+from suite_strategies import format_values
 
 VECTORISED = list(PRESETS.values())
 DEC = Format(radix=10, prec=3, emin=-5, name="dec3")

@@ -12,7 +12,7 @@ from difftest.fparith import (
     add_up, half_ulp_of_product, half_ulp_of_sum, mag_of_product, mag_of_sum, mul_up, nf_add, nf_mul, sub_down, two_sum,
 )
 
-from strategies import format_values
+from suite_strategies import format_values
 
 FORMATS = list(PRESETS.values())
 

@@ -22,7 +22,7 @@ from difftest.errors import CaseFileError, InvalidCase
 from difftest.formats import BINARY16, BINARY32
 from difftest.geometry import GRADIENTS, Geometry
 
-from strategies import cases, geometries
+from suite_strategies import cases, geometries
 
 
 def general_case(geometry: Geometry, seed: int = 0, fmt=BINARY32) -> Case:

@@ -15,7 +15,7 @@ from difftest.exact import ExactTensor, dyadic_to_float
 from difftest.formats import BINARY16, BINARY32, BINARY64
 from difftest.oracles import MpmathOracle, SlicedExactOracle, exact_matmul
 
-from strategies import cases, format_values, spread_values
+from suite_strategies import cases, format_values, spread_values
 
 WIDE64 = st.one_of(
     format_values(BINARY64, lo=-1074, hi=-1000),  # float64 subnormals and tiny normals

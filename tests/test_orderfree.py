@@ -11,7 +11,7 @@ from difftest.case import Case
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64
 from difftest.orderfree import abs_gemm_up, growth_up, order_free_bounds, product_bound
 
-from strategies import format_values
+from suite_strategies import format_values
 
 FORMATS = [BINARY16, BFLOAT16, BINARY32]
 FOLDS = ["random", "left", "right"]

@@ -12,7 +12,7 @@ from difftest.case import Case
 from difftest.formats import BINARY16, PRESETS
 from difftest.replay import compiled, compiled_replay, numpy_replay, replay
 
-from strategies import cases, format_values, spread_values
+from suite_strategies import cases, format_values, spread_values
 
 FORMATS = list(PRESETS.values())
 TOL = Fraction(1, 10**9)

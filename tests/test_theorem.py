@@ -14,7 +14,7 @@ from difftest.oracles import SlicedExactOracle
 from difftest.orderfree import order_free_bounds
 from difftest.replay import replay
 
-from strategies import cases, geometries, spread_values
+from suite_strategies import cases, geometries, spread_values
 
 FORMATS = list(PRESETS.values())
 

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for the test suite: adversarial values of a format, and small cases."""
+"""The suite's own hypothesis strategies (named apart from difftest.strategies, whose functions of the same
+names take other arguments): adversarial values of a format, and small cases."""
 
 from __future__ import annotations
 
