@@ -458,7 +458,7 @@ class Campaign:
         try:
             jobs = self._jobs(groups)
             if jobs > 1:
-                crashed = [j for j in run_jobs(self, groups, jobs)["jobs"] if j["status"] != "complete"]
+                crashed = [j for j in run_jobs(self, groups, jobs, job_campaign)["jobs"] if j["status"] != "complete"]
                 if crashed and not self.interrupted:
                     j = crashed[0]
                     raise DifftestError(f"job {j['job']} ({', '.join(j['groups'])}) ended {j['status']} (exit code "
@@ -534,6 +534,14 @@ class Campaign:
             self.progress.update("", force=True)
             self.progress.done()
         return records
+
+
+def job_campaign(spec: dict) -> None:
+    """One job of a parallel campaign (:func:`difftest.jobs.run_jobs`): a campaign over the backends
+    ``spec`` names, with the other fields of :class:`CampaignConfig`."""
+    from .backends import get_backend
+
+    Campaign(CampaignConfig(**{**spec, "backends": [get_backend(n) for n in spec["backends"]]})).run()
 
 
 def default_backends() -> list:

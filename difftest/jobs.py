@@ -73,15 +73,12 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _job_main(spec: dict) -> None:
-    """A job process: one campaign over some groups (backends by name)."""
-    from .backends import get_backend
-    from .campaign import Campaign, CampaignConfig
-
+def _job(work, spec: dict) -> None:
+    """A job process: watch the parent, then ``work(spec)`` (a campaign over some groups); Ctrl-C
+    ends it with 130."""
     threading.Thread(target=_watch_parent, args=(spec.pop("parent"),), daemon=True).start()
-    spec["backends"] = [get_backend(n) for n in spec["backends"]]
     try:
-        Campaign(CampaignConfig(**spec)).run()
+        work(spec)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
@@ -110,10 +107,13 @@ class _Tail:
             return {}
 
 
-def run_jobs(campaign, groups: list, jobs: int) -> dict:
+def run_jobs(campaign, groups: list, jobs: int, work) -> dict:
     """Search ``groups`` in ``jobs`` processes into the campaign's result directory; returns the
     totals of the jobs' campaign.json (cases, draws, findings, statuses), also kept as
-    ``campaign.job_totals`` when the jobs are interrupted."""
+    ``campaign.job_totals`` when the jobs are interrupted. ``work(spec)`` runs in each job (a
+    module-level function, for ``spawn``): a campaign over the backends ``spec`` names, with the
+    campaign's settings, into its own directory. This module knows processes, directories and
+    result lines only."""
     cfg = campaign.config
     root = Path(cfg.out) / JOBS
     shutil.rmtree(root, ignore_errors=True)
@@ -130,7 +130,7 @@ def run_jobs(campaign, groups: list, jobs: int) -> dict:
             "rounds": cfg.rounds, "shrink": cfg.shrink, "stop_on": cfg.stop_on, "parent": os.getpid(),
             "isolate": cfg.isolate, "backend_timeout": cfg.backend_timeout, "overwrite": True,
         }
-        p = ctx.Process(target=_job_main, args=(spec,), name=f"difftest-job-{k}")
+        p = ctx.Process(target=_job, args=(work, spec), name=f"difftest-job-{k}")
         with _environment({var: threads for var in THREAD_VARIABLES}):  # the jobs share the cores
             p.start()
         procs.append(p)
