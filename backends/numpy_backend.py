@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
-from difftest.geometry import GRADIENTS, Geometry, col2im_add, grad_output_rows, im2col
+from difftest.geometry import GRADIENTS, Geometry
+from difftest.layouts import col2im_add, grad_output_rows, im2col
 
 from .base import Backend
 

@@ -228,10 +228,11 @@ def first_run(seed: int = 0, extra: tuple = ()) -> dict:
     the cache that run left (every later run). Both without an example database (the second would
     replay the first's failures) or a report; ``extra``: more ``run`` arguments. The cases each
     searched, and their ratio."""
-    import json
     import os
     import subprocess
     import tempfile
+
+    from .store import read_campaign
 
     out: dict = {"seed": seed, "arguments": list(extra)}
     with tempfile.TemporaryDirectory() as d:
@@ -244,7 +245,7 @@ def first_run(seed: int = 0, extra: tuple = ()) -> dict:
             r = subprocess.run(argv, env=env, capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"difftest run exited {r.returncode}: {r.stderr.strip()[-2000:]}")
-            info = json.loads((target / "campaign.json").read_text())
+            info = read_campaign(target)
             out[name] = {"cases": info["cases"], "cases_per_backend": info.get("cases_per_backend") or {},
                          "seconds": time.perf_counter() - t0}
     out["ratio"] = out["cold"]["cases"] / max(out["warm"]["cases"], 1)

@@ -9,7 +9,7 @@ case (a :class:`~difftest.case.Case`, saved as ``DIR/<backend>/<gradient>-<prope
 re-derives the claim.
 
 **Slots.** Every gradient entry is a fold (a sum) along its GEMM's inner dimension
-(:func:`difftest.geometry.gemm_operands`: ``(n, i, j)`` for ``grad_weight`` and ``grad_bias``,
+(:func:`difftest.layouts.gemm_operands`: ``(n, i, j)`` for ``grad_weight`` and ``grad_bias``,
 ``(di, dj, o)`` for ``grad_input``). Setting one operand of an entry's fold to a constant ``A``
 makes the entry sum a pattern ``A·B[k]`` written into the other operand, in fold order:
 
@@ -128,7 +128,8 @@ import numpy as np
 from .case import Case
 from .errors import BackendCrashed, BackendTimedOut
 from .formats import Format
-from .geometry import (GRADIENTS, Geometry, grad_output_rows, im2col, im2col_transposed, weight_rows)
+from .geometry import GRADIENTS, Geometry
+from .layouts import grad_output_rows, im2col, im2col_transposed, weight_rows
 from .probes import background
 
 __all__ = ["FIELDS", "PROPERTIES", "Fingerprint", "Order", "Slots", "default_geometry", "derive", "fingerprint",

@@ -41,7 +41,7 @@ with ``m`` the number of structural positions. For the bias (sums of δ only: ex
 most ``n - 1`` sums on a path, no ``η``): ``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ``.
 
 Computation. Counts are exact GEMMs of 0/1 matrices. ``Σ|a b|`` comes from a float64 GEMM
-``c`` of absolute values (:func:`difftest.geometry.gradient_product`: the input gradient tap by
+``c`` of absolute values (:func:`difftest.layouts.gradient_product`: the input gradient tap by
 tap, each partial sum added in float64 — another order of the same ``K`` terms), inflated to a
 sure upper bound: any float64 evaluation of a sum of ``K`` products satisfies
 ``c >= S(1 - γ_K) - K·2^-1075``, so ``S <= (c + K·2^-1074)·(1 + K·2^-52)`` for
@@ -68,7 +68,8 @@ import numpy as np
 from .case import RuntimeInputs
 from .formats import Format
 from .fparith import add_up, mul_up
-from .geometry import GRADIENTS, Geometry, gemm_shape, gradient_operand, gradient_product
+from .geometry import GRADIENTS, Geometry
+from .layouts import gemm_shape, gradient_operand, gradient_product
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def product_bound(
 def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, OrderFree]:
     """Order-free bounds of ``gradients`` (default all three) for the runtime values ``rt``;
     each is computed alone, so a subset equals the full computation's. The sums come from
-    :func:`~difftest.geometry.gradient_product` on the compact tensors (the spec's terms, any
+    :func:`~difftest.layouts.gradient_product` on the compact tensors (the spec's terms, any
     float64 order)."""
     fmt = rt.format
     out: dict[str, OrderFree] = {}

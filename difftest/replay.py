@@ -25,7 +25,8 @@ from .case import RuntimeInputs
 from .errors import UnsupportedFormat
 from .formats import Format
 from .fparith import add_up, half_ulp_of, half_ulp_of_product, half_ulp_of_sum, mul_up, nf_add, nf_mul
-from .geometry import GRADIENTS, Geometry, grad_output_rows, grouped_rows, im2col
+from .geometry import GRADIENTS, Geometry
+from .layouts import grad_output_rows, grouped_rows, im2col
 
 
 class Fold:

@@ -17,7 +17,8 @@ import math
 import numpy as np
 
 from difftest.exact import ExactTensor
-from difftest.geometry import GRADIENTS, Geometry, gemm_shape, gradient_operand, gradient_product
+from difftest.geometry import GRADIENTS, Geometry
+from difftest.layouts import gemm_shape, gradient_operand, gradient_product
 
 
 def slice_width(k: int) -> int:
@@ -81,7 +82,7 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
 
 class SlicedExactOracle:
     """Fast exact spec gradients: each gradient's sums over exact digit slices (see
-    :func:`difftest.geometry.gradient_product`: batched over groups, the input gradient tap by
+    :func:`difftest.layouts.gradient_product`: batched over groups, the input gradient tap by
     tap)."""
 
     name = "exact"
@@ -92,7 +93,7 @@ class SlicedExactOracle:
 
         The digits are cut from the compact tensors: every product of two digit tensors is a
         sum of at most ``inner`` (the gradient's steps per entry) products of ``width``-bit
-        integers, below 2^53, so :func:`~difftest.geometry.gradient_product` computes it exactly
+        integers, below 2^53, so :func:`~difftest.layouts.gradient_product` computes it exactly
         in any order. An entry no window reads only adds an unused digit level."""
         out = {}
         operands = {"grad_input": (d, w), "grad_weight": (d, x), "grad_bias": (d, np.ones(1))}

@@ -14,7 +14,8 @@ from difftest.backends.emu_backend import _add_nearest, _fold, _mul32
 from difftest.case import Case
 from difftest.cli import main
 from difftest.formats import BINARY32
-from difftest.geometry import GRADIENTS, Geometry, gemm_operands, gemm_result_to_gradient
+from difftest.geometry import GRADIENTS, Geometry
+from difftest.layouts import gemm_operands, gemm_result_to_gradient
 
 #: Small enough that the emulations' Python folds are quick, large enough for 16 slots per case.
 SMALL = Geometry(N=1, C=16, H=8, W=8, O=16, kH=3, kW=3, stride=1, padding=1)

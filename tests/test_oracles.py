@@ -162,7 +162,7 @@ def test_levels_next_to_a_rounding_midpoint_are_decided_exactly():
 def test_the_tap_by_tap_product_sums_exactly_the_dense_gemms_terms(case):
     """``gradient_product`` (the input gradient tap by tap, groups batched) sums the same terms as
     the dense GEMM layouts of ``gemm_operands``: on small integers both are exact and equal."""
-    from difftest.geometry import gemm_operands, gemm_result_to_gradient, gradient_product
+    from difftest.layouts import gemm_operands, gemm_result_to_gradient, gradient_product
 
     g = case.geometry
     ints = [np.round(t * 7) % 5 - 2 for t in (case.input, case.weight, case.grad_output)]
