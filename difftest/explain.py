@@ -93,9 +93,7 @@ def geometry_text(g: dict) -> str:
     """A geometry (``Geometry.as_dict()``, or an older record's without dilation and groups) in one line."""
     from .geometry import Geometry
 
-    geometry = Geometry.from_dict(g)
-    return (f"input {g['N']}×{g['C']}×{g['H']}×{g['W']}, weight {'×'.join(map(str, geometry.weight_shape))}, "
-            f"{geometry.text()}")
+    return Geometry.from_dict(g).case_text()
 
 
 def largest_case_text(largest: dict, backend: str, replay_dir=None) -> str:

@@ -229,13 +229,23 @@ class Geometry:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
 
     def text(self) -> str:
-        """``stride 2, padding 1`` plus what is not the default: ``dilation 2, groups 32``."""
+        """``stride 2, padding 1`` plus what is not the default: ``dilation 2, groups 32``. The one
+        place a geometry becomes words (:meth:`layer_text`, :meth:`case_text` build on it)."""
         parts = [f"stride {_axis_text(self.stride)}", f"padding {_axis_text(self.padding)}"]
         if self.dilation != 1:
             parts.append(f"dilation {_axis_text(self.dilation)}")
         if self.groups != 1:
             parts.append(f"groups {self.groups}")
         return ", ".join(parts)
+
+    def layer_text(self) -> str:
+        """``1×64×56×56 → 64, 3×3, stride 1, padding 1``: a layer (input, output channels, kernel)."""
+        return f"{self.N}×{self.C}×{self.H}×{self.W} → {self.O}, {self.kH}×{self.kW}, {self.text()}"
+
+    def case_text(self) -> str:
+        """``input 1×3×8×8, weight 4×3×3×3, stride 1, padding 1``: a case's tensors."""
+        return (f"input {'×'.join(map(str, self.input_shape))}, weight {'×'.join(map(str, self.weight_shape))}, "
+                f"{self.text()}")
 
     def as_dict(self) -> dict:
         """Plain JSON: the shapes, ``stride``/``padding``/``dilation`` (an integer or ``[h, w]``),

@@ -321,8 +321,7 @@ def case_filename(name: str) -> str:
 
 def geometry_text(g: Geometry) -> str:
     """``1×64×56×56 → 64, 3×3, stride 1, padding 1`` and, outside TorchLean's spec, ``(extension: …)``."""
-    text = f"{g.N}×{g.C}×{g.H}×{g.W} → {g.O}, {g.kH}×{g.kW}, {g.text()}"
-    return text + (f" (extension: {', '.join(g.extensions)})" if g.extensions else "")
+    return g.layer_text() + (f" (extension: {', '.join(g.extensions)})" if g.extensions else "")
 
 
 @dataclass

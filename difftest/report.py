@@ -237,19 +237,9 @@ class Baseline:
         return out
 
 
-def _axis(v) -> str:
-    return "×".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-
 def layer_geometry_text(g: dict) -> str:
-    """``1×64×56×56 → 64, 3×3, stride 1, padding 1`` (dilation and groups where not 1)."""
-    text = (f"{g['N']}×{g['C']}×{g['H']}×{g['W']} → {g['O']}, {g['kH']}×{g['kW']}, stride {_axis(g['stride'])}, "
-            f"padding {_axis(g['padding'])}")
-    if g.get("dilation", 1) != 1:
-        text += f", dilation {_axis(g['dilation'])}"
-    if g.get("groups", 1) != 1:
-        text += f", groups {g['groups']}"
-    return text
+    """A layer's geometry record in words (:meth:`Geometry.layer_text`)."""
+    return Geometry.from_dict(g).layer_text()
 
 
 def model_layers(dirs: list[Path], records: list[ResultRecord], origin: dict, backends: list[str]) -> list[dict]:
