@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .case import Case
-from .errors import DifftestError
+from .errors import DifftestError, os_error_text, os_reason
 from .explain import format_ratio, legend, plural
 from .config import PROFILE_NAMES
 from .formats import PRESETS
@@ -42,32 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
 # --- environment: paths to write, errors to explain ------------------------------------------------
 
-_HINTS = {
-    errno.ENOTDIR: "a part of that path is a file, not a directory; choose another path",
-    errno.EACCES: "you may not write there; fix the permissions or choose another path",
-    errno.EPERM: "you may not write there; fix the permissions or choose another path",
-    errno.EROFS: "the file system is read-only; choose another path",
-    errno.ENOSPC: "the disk is full; free some space or choose another path",
-    errno.EFBIG: "the file grew beyond what this process may write (ulimit -f) or the file system holds; raise "
-                 "the limit, free space or choose another path",
-    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another path",
-    errno.EEXIST: "something is in the way; remove it or choose another path",
-    errno.EISDIR: "it is a directory; give a file path",
-    errno.ENOENT: "check that the path exists",
-    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
-}
-
-
-def _os_reason(exc: OSError) -> str:
-    """``what went wrong; what to do`` for an error of the operating system."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    return f"{what}; {_HINTS.get(exc.errno, 'check the path and its permissions, then try again')}"
-
-
-def _os_error_text(exc: OSError) -> str:
-    """``PATH: what went wrong; what to do``."""
-    where = "" if exc.filename is None else f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") + ": "
-    return where + _os_reason(exc)
 
 
 def _prepare_dir(path, what: str) -> Path:
@@ -78,7 +51,7 @@ def _prepare_dir(path, what: str) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DifftestError(f"{what} {p}: cannot create this directory: {_os_reason(exc)}") from exc
+        raise DifftestError(f"{what} {p}: cannot create this directory: {os_reason(exc)}") from exc
     if not os.access(p, os.W_OK | os.X_OK):
         raise DifftestError(f"{what} {p} is not writable; fix its permissions or choose another directory")
     return p
@@ -458,7 +431,7 @@ def cmd_bench(args) -> int:
         shape = mdl.parse_input_shape(args.input_shape) if args.input_shape is not None else mdl.DEFAULT_INPUT_SHAPE
         backends = _available_backends(args.backend or ["torch-cpu-float32"])
         doc["model"] = bench.bench_model(args.model, backends, shape, seed=args.seed, layers=args.layers,
-                                         max_memory=_max_memory(args), progress=lambda text: print(f"difftest: {text}", file=sys.stderr, flush=True))
+                                         max_memory=_max_memory(args), progress=_say)
     elif args.layer in bench.LAYERS:
         doc["layer"] = bench.bench_layer(bench.LAYERS[args.layer], args.repeat)
         if args.layer == "small":
@@ -914,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
                 "this needs more memory than the machine has; try smaller cases (--profile quick) or a bigger machine")
         return _error(f"out of memory{f' ({exc})' if str(exc) else ''}: {what}", debug)
     except OSError as exc:  # PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError, ENOSPC, ...
-        return _error(_os_error_text(exc), debug)
+        return _error(os_error_text(exc), debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class DifftestError(Exception):
     """Base class of every error difftest raises on purpose (CLI exit code 2)."""
@@ -66,3 +68,32 @@ class MalformedResults(DifftestError):
 class BudgetExhausted(BaseException):
     """A campaign's time is up: raised inside its search (and by a backend call it abandons) to end it
     on time. A BaseException, so that hypothesis and ``except Exception`` let it through."""
+
+
+#: What to do about an error of the operating system, by its errno.
+_OS_HINTS = {
+    errno.ENOTDIR: "a part of that path is a file, not a directory; choose another path",
+    errno.EACCES: "you may not write there; fix the permissions or choose another path",
+    errno.EPERM: "you may not write there; fix the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOSPC: "the disk is full; free some space or choose another path",
+    errno.EFBIG: "the file grew beyond what this process may write (ulimit -f) or the file system holds; raise "
+                 "the limit, free space or choose another path",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another path",
+    errno.EEXIST: "something is in the way; remove it or choose another path",
+    errno.EISDIR: "it is a directory; give a file path",
+    errno.ENOENT: "check that the path exists",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """``what went wrong; what to do`` for an error of the operating system."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}; {_OS_HINTS.get(exc.errno, 'check the path and its permissions, then try again')}"
+
+
+def os_error_text(exc: OSError) -> str:
+    """``PATH: what went wrong; what to do``."""
+    where = "" if exc.filename is None else f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") + ": "
+    return where + os_reason(exc)
