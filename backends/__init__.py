@@ -34,10 +34,10 @@ from .base import Backend
 from .emu_backend import EmulatedBackend, FFTBackend, GatedBackend, emulated_backends, emulated_by_name
 from .function_backend import FunctionBackend
 from .jax_backend import JaxBackend, jax_backends
-from .tf_backend import TensorFlowBackend, tf_backends
 from .nf_backend import NFBackend, nf_backends
 from .numpy_backend import NumpyBackend, numpy_backends
 from .onnx_backend import OnnxRuntimeBackend, onnx_backends
+from .tf_backend import TensorFlowBackend, tf_backends
 from .torch_backend import TorchBackend, torch_backends
 
 _FACTORIES = (numpy_backends, torch_backends, onnx_backends, jax_backends, tf_backends, nf_backends, emulated_backends)

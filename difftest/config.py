@@ -48,10 +48,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import tomlfile
 from .errors import DifftestError
 from .verdicts import FAIL_ON
-
-from . import tomlfile
 
 #: The campaign profiles (``difftest.campaign.PROFILES``; a test keeps the two equal).
 PROFILE_NAMES = ("quick", "ci", "nightly", "hardware")

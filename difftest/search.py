@@ -27,10 +27,10 @@ far more than a small one, and hypothesis may try tens of thousands). A campaign
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import time
-import dataclasses
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings, target
@@ -39,8 +39,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase, InMemoryExampleDa
 from hypothesis.errors import HypothesisException
 
 from .errors import BudgetExhausted
-from .outcome import FindingKey
 from .formats import Format
+from .outcome import FindingKey
 from .strategies import campaign_cases
 from .supports import ALL, Supports
 from .verdicts import is_finding
