@@ -133,7 +133,7 @@ from .layouts import grad_output_rows, im2col, im2col_transposed, weight_rows
 from .probes import background
 
 __all__ = ["FIELDS", "PROPERTIES", "Fingerprint", "Order", "Slots", "default_geometry", "derive", "fingerprint",
-           "layer_geometry", "order_candidates", "parse_geometry", "replay", "slots_of", "table", "to_json", "write"]
+           "layer_geometry", "order_candidates", "parse_geometry", "rederive", "slots_of", "table", "to_json", "write"]
 
 #: The properties, in the order of the JSON fields (``block`` goes with ``order``).
 PROPERTIES = ("product_bits", "accumulator_bits", "rounding", "fma", "subnormal_inputs", "subnormal_outputs",
@@ -1304,7 +1304,7 @@ def fingerprint(backend, geometry: Geometry | None = None, gradients=GRADIENTS) 
     return fp
 
 
-# --- evidence: files and replays --------------------------------------------------------------------
+# --- evidence: files and re-derivations --------------------------------------------------------------
 
 def write(prints: list[Fingerprint], out: str | Path, failed=()) -> Path:
     """Write each claim's evidence case to ``out/<backend>/<gradient>-<property>.npz`` and
@@ -1352,8 +1352,9 @@ def derive(prop: str, gradient: str, case: Case, output: np.ndarray, claims: dic
     return infer(ctx, obs).value
 
 
-def replay(path: str | Path, backend, prop: str, gradient: str, claims: dict | None = None):
-    """Load an evidence case, run ``backend`` on it and re-derive ``prop`` (see :func:`derive`)."""
+def rederive(path: str | Path, backend, prop: str, gradient: str, claims: dict | None = None):
+    """Load an evidence case, run ``backend`` on it and re-derive ``prop`` (see :func:`derive`). (Not
+    "replay": that word is the NF model's, :mod:`difftest.replay`.)"""
     if isinstance(backend, str):
         from .backends import get_backend
 

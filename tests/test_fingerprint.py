@@ -1,5 +1,5 @@
 """Arithmetic fingerprints: the probes identify every emulation exactly, fingerprint the CPU
-libraries as what they are without a false claim, and every claim replays from its evidence file."""
+libraries as what they are without a false claim, and every claim is re-derived from its evidence file."""
 
 import json
 import math
@@ -228,16 +228,16 @@ def _replay_all(prints: dict, exclude=()):
             for prop, path in gp.paths.items():
                 assert Path(path).name == f"{grad}-{prop}.npz" and Path(path).parent.name == name
                 want = (c["order"], c["block"]) if prop == "order" else c[prop]
-                assert fp.replay(path, name, prop, grad, c) == want, (name, grad, prop)
+                assert fp.rederive(path, name, prop, grad, c) == want, (name, grad, prop)
                 checked += 1
     return checked
 
 
-def test_every_emulation_claim_replays_from_its_evidence_file(emulation_prints):
+def test_every_emulation_claim_is_rederived_from_its_evidence_file(emulation_prints):
     assert _replay_all(emulation_prints) > 150
 
 
-def test_every_cpu_library_claim_replays_from_its_evidence_file(cpu_prints):
+def test_every_cpu_library_claim_is_rederived_from_its_evidence_file(cpu_prints):
     if not cpu_prints:
         pytest.skip("no CPU library available")
     assert _replay_all(cpu_prints) >= 21 * len(cpu_prints)
@@ -261,7 +261,7 @@ def test_evidence_tells_backends_apart(source, prop, grad, other, theirs, emulat
     context = dict(gp.claims)
     if prop == "fma":
         context["order"], context["block"] = "sequential", None
-    assert fp.replay(gp.paths[prop], other, prop, grad, context) == theirs
+    assert fp.rederive(gp.paths[prop], other, prop, grad, context) == theirs
 
 
 def test_an_evidence_file_replays_with_difftest_check(emulation_prints, capsys):
