@@ -115,8 +115,13 @@ def _whole_case(backend, case: Case, verdict: str, message: str, env: dict, **kw
 
 
 def supports_of(backend) -> Supports:
-    """What ``backend`` takes (:mod:`difftest.supports`; everything where it does not say)."""
-    supports = getattr(backend, "supports", ALL)
+    """What ``backend`` takes (:mod:`difftest.supports`): everything where it does not say, or says
+    something else than a :class:`Supports`, or raises saying it (a backend is untrusted code: it
+    is then run, and what it does is its verdict)."""
+    try:
+        supports = getattr(backend, "supports", ALL)
+    except Exception:  # noqa: BLE001 - a property of the backend's that raised
+        return ALL
     return supports if isinstance(supports, Supports) else ALL
 
 

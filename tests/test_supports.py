@@ -113,3 +113,25 @@ def test_a_campaign_over_a_backend_that_refuses_dilation_and_groups_draws_none_a
     general = [r for r in records if r.backend == "nf-binary32" and not SPEC.takes(Geometry.from_dict(r.geometry))]
     assert general
     assert exit_code(records, "precision") == 0 and not [f for f in findings(records) if f.finding.verdict == "error"]
+
+
+class SaysNothingUsable(Backend):
+    """A backend whose ``supports`` raises: untrusted code, run as taking everything."""
+
+    name = "says-nothing-usable"
+    format = BINARY32
+    isolate = False
+
+    @property
+    def supports(self):
+        raise RuntimeError("no idea")
+
+    def conv2d_backward(self, x, w, d, stride, padding, gradients=GRADIENTS, dilation=1, groups=1):
+        return get_backend("numpy-float32").conv2d_backward(x, w, d, stride, padding, gradients, dilation, groups)
+
+
+def test_a_backend_whose_supports_raises_is_run_as_taking_everything(tmp_path):
+    (r,) = check_case(_dilated_case(), [SaysNothingUsable()])
+    assert r.verdict in ("pass", "order")
+    cfg = CampaignConfig([SaysNothingUsable()], out=tmp_path, database=None, progress=False, examples=5, rounds=1)
+    assert Campaign(cfg).groups(cfg.backends)[0].supports == ALL
