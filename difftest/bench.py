@@ -361,7 +361,7 @@ MODEL_STAGES = (("exact_spec", "exact_s", "layer"), ("nf_and_torchlean", "nf_and
 
 
 def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 224, 224), seed: int = 0,
-                layers: str | None = None, progress=None, max_memory="auto") -> dict:
+                layers: str | None = None, progress=None, max_memory="auto", sample: int | None = None) -> dict:
     """The cost of ``difftest model``: one whole-model check (every ``nn.Conv2d``, three
     gradients) judged by ``backends``, its stages summed over the layers, its peak memory and
     its ratio to torch's own float64 forward and backward of the whole model in this process.
@@ -381,7 +381,7 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
     check_case(warm, bs)  # loads (or compiles) the folds and the libraries
     with tempfile.TemporaryDirectory() as d:
         result = check_model(spec, bs, input_shape, layers=layers, seed=seed, out=Path(d) / "model", progress=progress,
-                             max_memory=max_memory)
+                             max_memory=max_memory, sample=sample)
     stages = {name: 0.0 for name, _, _ in MODEL_STAGES}
     rows = []
     for layer in result.layers:
@@ -407,6 +407,7 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
     return {
         "model": spec,
         "input_shape": list(input_shape),
+        "sample": sample,
         "backends": [b.name for b in bs],
         "convolutions": result.convolutions,
         "layers_judged": len(judged),
@@ -421,6 +422,73 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
                      for v in VERDICTS},
         "layers": rows,
     }
+
+
+def command_cost(argv: list[str], poll: float = 0.05) -> dict:
+    """Wall seconds, exit code and peak memory of a command in a fresh process: the resident set
+    sizes of its whole process tree (the command and its backend workers) summed, read from
+    ``/proc`` every ``poll`` seconds (Linux; elsewhere the largest single process's, from
+    ``getrusage``)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(poll)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"argv": argv, "seconds": seconds, "returncode": proc.returncode, "stdout": out, "stderr": err,
+            "peak_rss_mib": max(peak, children) / 2**20,
+            "peak_memory_source": "the process tree's resident set sizes summed, read from /proc every "
+                                  f"{poll:g} s (at least the largest process's getrusage ru_maxrss)"}
+
+
+def _tree_rss(pid: int) -> int:
+    """Bytes resident in ``pid`` and its descendants now (0 where /proc cannot tell)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+#: The real-shape layer of ``difftest bench --layer sampled``: pytorch#163539's 16 -> 16 channels at
+#: 1282 × 722 (2.1 G multiply-adds per gradient), a 3 × 3 kernel.
+SAMPLED_LAYER = Geometry(1, 16, 1282, 722, 16, 3, 3, 1, 1)
+
+
+def sampled_check(n: int = 20000, backend: str = "torch-cpu-float32", seed: int = 0) -> dict:
+    """``difftest check`` of :data:`SAMPLED_LAYER` (normal binary32 values) with ``--sample n``,
+    as a user runs it (a fresh process, the backend in its worker): wall seconds and peak memory
+    (:func:`command_cost`), and what it judged."""
+    import json
+    import tempfile
+
+    g = SAMPLED_LAYER
+    with tempfile.TemporaryDirectory() as d:
+        rng = np.random.default_rng(seed)
+        r = lambda *s: rng.standard_normal(s).astype(np.float32).astype(np.float64)  # noqa: E731
+        case = Case(r(*g.input_shape), r(*g.weight_shape) * 0.125, r(*g.grad_output_shape) * 2.0**-4, stride=g.stride,
+                    padding=g.padding)
+        path = case.save(Path(d) / "layer.npz")
+        cost = command_cost([sys.executable, "-m", "difftest", "check", str(path), "--backend", backend,
+                             "--sample", str(n), "--seed", str(seed), "--json"])
+    if cost["returncode"] not in (0, 1):
+        raise RuntimeError(f"difftest check exited {cost['returncode']}: {cost['stderr'].strip()[-2000:]}")
+    doc = json.loads(cost.pop("stdout"))
+    result = doc["results"][0]
+    return {**cost, "geometry": g.as_dict(), "macs_per_gradient": g.macs, "backend": backend, "sample": n,
+            "verdicts": {k: v["verdict"] for k, v in result["gradients"].items()},
+            "sampled": {k: v.get("sampled") for k, v in result["gradients"].items()}}
 
 
 def print_model(r: dict, out=None) -> None:

@@ -46,9 +46,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypothesis import reject
+
 from . import __version__
 from .check import check_case, supports_of
 from .errors import BudgetExhausted, DifftestError
+from .estimate import CaseTooLarge
 from .expectations import Expectations
 from .isolation import DEFAULT_TIMEOUT, Workers
 from .jobs import run_jobs
@@ -75,6 +78,10 @@ class Profile:
     shrink_steps: int = 300  # cap on the cases judged while shrinking one finding (work, not time)
     realistic: float = 0.0  # share of the search's time for real layers with probes (difftest.probes)
     max_macs: int = 2_000_000  # multiply-adds of one gradient of a real-layer case, at most
+    real_batch: int = 2  # batch of a real-layer case, at most
+    #: Entries judged per gradient (difftest.sampling; None: every entry). Small cases are covered
+    #: whole; a real layer at its real size and batch is judged at this sample.
+    sample: int | None = None
 
     @property
     def description(self) -> str:
@@ -82,8 +89,10 @@ class Profile:
         small = f"fuzzed cases up to {lim.max_channels} channels, {lim.max_size}×{lim.max_size}"
         if not self.realistic:
             return small
+        judged = f", judged at {self.sample} sampled entries per gradient" if self.sample else ""
         return (f"{round(100 * (1 - self.realistic))} % of the time {small}; {round(100 * self.realistic)} % real "
-                f"layers (difftest.catalogue) with probes, up to {self.max_macs / 1e6:g} M multiply-adds")
+                f"layers (difftest.catalogue) with probes, batches up to {self.real_batch}, up to "
+                f"{self.max_macs / 1e6:g} M multiply-adds{judged}")
 
     def real_layer_share(self, fmt, supports, backends: int) -> float:
         """The share of draws that are real layers so that they take ``realistic`` of the time: a
@@ -109,14 +118,14 @@ class Profile:
         half = lambda n: (n + 1) // 2  # noqa: E731
         small = campaign_case_seconds(Geometry(half(lim.max_batch), half(lim.max_channels), half(lim.max_size),
                                                half(lim.max_size), half(lim.max_channels), half(lim.max_kernel),
-                                               half(lim.max_kernel)), backends, fast)
+                                               half(lim.max_kernel)), backends, fast, self.sample)
         costs = []
         for layer in LAYERS.values():
             top = largest_size(layer, 1, self.max_macs)
             low = smallest_size(layer)
             if top is None or not supports.takes(layer.geometry(1, low)):
                 continue
-            costs.append(sum(campaign_case_seconds(layer.geometry(1, size), backends, fast)
+            costs.append(sum(campaign_case_seconds(layer.geometry(1, size), backends, fast, self.sample)
                              for size in (top, (low + top) // 2)) / 2)
         return small, (sum(costs) / len(costs) if costs else small)
 
@@ -128,9 +137,10 @@ PROFILES = {
                   realistic=0.3, max_macs=8_000_000),
     "nightly": Profile("nightly", Limits(max_batch=4, max_channels=16, max_size=16, max_kernel=5), 2000, 3600.0, 120.0,
                        realistic=0.3, max_macs=20_000_000),
-    # For GPUs (the nightly GPU job): vendors pick tensor-core, Winograd and FFT kernels by shape.
+    # For GPUs (the nightly GPU job): vendors pick tensor-core, Winograd and FFT kernels by shape, so
+    # real layers run at their real input sizes with training batches, judged at sampled entries.
     "hardware": Profile("hardware", Limits(max_batch=2, max_channels=6, max_size=10, max_kernel=3), 400, 1800.0, 120.0,
-                        realistic=0.9, max_macs=50_000_000),
+                        realistic=0.9, max_macs=10_000_000_000, real_batch=32, sample=4096),
 }
 
 
@@ -206,6 +216,7 @@ class Campaign:
         self.first_seen: dict[FindingKey, float] = {}  # non-pass key -> seconds from the start to the case that showed it
         self.group_cases: dict[str, int] = {}  # group label -> cases searched (difftest.search.Group)
         self.replayed: set[str] = set()  # database keys whose saved failures a round has replayed
+        self.too_large = 0  # drawn cases refused for memory (difftest.estimate.CaseTooLarge), not judged
 
     # --- what the rounds ask --------------------------------------------------------------
 
@@ -214,7 +225,11 @@ class Campaign:
         ``stop(result)`` ends the judgement early (shrinking needs only one answer)."""
         if case.case_id in self._judged:
             return self._judged[case.case_id]
-        results = check_case(case, backends, stop=stop)
+        try:
+            results = check_case(case, backends, stop=stop, sample=self.profile.sample, seed=self.config.seed)
+        except CaseTooLarge:  # a real layer too large for this machine's memory even sampled: not drawn
+            self.too_large += 1
+            reject()
         if len(results) == len(backends):
             if len(self._judged) >= _CACHE_SIZE:
                 self._judged.clear()
@@ -249,6 +264,8 @@ class Campaign:
                 if is_finding(key.verdict) and case_file and macs > self.largest.get(key, {}).get("macs", -1):
                     self.largest[key] = {"case_id": case.case_id, "case_file": case_file,
                                          "geometry": case.geometry.as_dict(), "macs": macs}
+                    if gr.sampled:  # judged at sampled entries: its replay samples the same ones
+                        self.largest[key]["sample"] = {"size": gr.sampled["size"], "seed": gr.sampled["seed"]}
 
     def save_finding(self, key: FindingKey, case, result, round_no: int, phase: str = "shrunk") -> None:
         self.found.add(key)
@@ -510,6 +527,7 @@ class Campaign:
         """Write the campaign's outcome (``campaign.json``); its finding count is the result lines'."""
         if self.job_totals:
             self.draws = self.job_totals["draws"]
+            self.too_large = self.job_totals.get("too_large", 0)
             info["job_runs"] = self.job_totals["jobs"]
             self.first_seen_s = self.job_totals["first_seen_s"]
         try:
@@ -524,6 +542,7 @@ class Campaign:
             "duration_s": round(time.monotonic() - t0, 3),
             "cases": self.progress.cases,
             "draws": self.draws,
+            "too_large": self.too_large,
             "findings": self.progress.findings,
             "stopped_on": self.stopped_on.to_dict() if self.stopped_on else None,
             "first_seen_s": self.first_seen_s or {" ".join(k): round(s, 3) for k, s in sorted(self.first_seen.items())},

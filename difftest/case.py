@@ -101,6 +101,16 @@ class Case:
         in ``fmt`` and the case was not made with ``round_inputs``.
         """
         fmt = self.format if fmt is None else get_format(fmt)
+        cache = self.__dict__.setdefault("_runtimes", {})  # a case is immutable: round it once per format
+        if fmt not in cache:
+            cache[fmt] = self._runtime(fmt)
+        return cache[fmt]
+
+    def __getstate__(self) -> dict:
+        """What a copy or a pickle holds: the case, not its cached runtime values."""
+        return {k: v for k, v in self.__dict__.items() if k != "_runtimes"}
+
+    def _runtime(self, fmt: Format) -> RuntimeInputs:
         if not fmt.vectorised:
             raise UnsupportedFormat(
                 f"format {fmt.name} cannot be emulated exactly in float64 (radix 2, precision <= 26 "

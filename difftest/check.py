@@ -12,6 +12,11 @@ of one format, ``backend_s`` and ``comparison_s`` of its own).
 Only the case's requested gradients (``case.gradients``) are asked of a backend, computed by
 the oracle and the model, and judged; a result holds a verdict for each of them and records
 them (``requested``).
+
+A sampled check (``sample=N``, :mod:`difftest.sampling`) runs the backends whole and judges
+chosen entries of each gradient: the oracle, the NF replay and both bounds of those entries
+only (each entry's own terms, the same values as the full check's there), the verdict rule
+unchanged; each gradient's result says it was sampled (``sampled``).
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from .formats import Format
 from .fparith import add_up
 from .orderfree import OrderFree, order_free_bounds
 from .outcome import BackendResult, GradientResult, verdict_only
-from .replay import replay
+from .replay import replay, replay_entries
+from .sampling import Sample, choose
 from .supports import ALL, Supports
 
-__all__ = ["BackendResult", "FormatModel", "GradientResult", "bounds_arrays", "check_case", "exact_gradients", "model_for"]
+__all__ = ["BackendResult", "BackendRun", "FormatModel", "GradientResult", "Judgement", "bounds_arrays", "check_case",
+           "exact_gradients", "judge_runs", "model_for", "run_backend"]
 
 
 @dataclass
@@ -53,19 +60,24 @@ class FormatModel:
     order_free: dict[str, OrderFree] = field(default_factory=dict)
     unrepresentable: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    #: The judged entries of a sampled check (the arrays above hold those only); None: all.
+    sample: Sample | None = None
 
 
-def model_for(case: Case, fmt: Format) -> FormatModel:
+def model_for(case: Case, fmt: Format, sample: Sample | None = None) -> FormatModel:
     """NF reference, TorchLean bound and order-free bound of ``case`` in ``fmt``, for the
-    case's requested gradients."""
+    case's requested gradients (at the entries of ``sample`` only, where given)."""
     try:
         rt = case.runtime(fmt)
     except NotRepresentable as exc:
-        return FormatModel(fmt, None, unrepresentable=str(exc))
+        return FormatModel(fmt, None, unrepresentable=str(exc), sample=sample)
     t0 = time.perf_counter()
-    rep = replay(rt, case.geometry, case.gradients)
+    if sample is None:
+        rep = replay(rt, case.geometry, case.gradients)
+    else:
+        rep = {g: replay_entries(rt, case.geometry, g, sample[g].index) for g in case.gradients}
     t1 = time.perf_counter()
-    of = order_free_bounds(rt, case.geometry, case.gradients)
+    of = order_free_bounds(rt, case.geometry, case.gradients, sample)
     t2 = time.perf_counter()
     return FormatModel(
         format=fmt,
@@ -74,6 +86,7 @@ def model_for(case: Case, fmt: Format) -> FormatModel:
         bound={k: b for k, (_, b) in rep.items()},
         order_free=of,
         timings={"nf_and_torchlean_s": t1 - t0, "order_free_s": t2 - t1},
+        sample=sample,
     )
 
 
@@ -108,10 +121,28 @@ def _beyond_capacity(backend, rt: RuntimeInputs) -> str:
     return ""
 
 
-def _whole_case(backend, case: Case, verdict: str, message: str, env: dict, **kw) -> BackendResult:
-    """One verdict for each requested gradient (``domain`` without running, ``error``)."""
-    return BackendResult(backend.name, backend.format.name, {g: verdict_only(verdict, message) for g in case.gradients},
-                         environment=env, requested=case.gradients, **kw)
+@dataclass
+class BackendRun:
+    """What a backend did on a case, before any judgement: its raw outputs (float64, the
+    requested gradients' shapes), or the verdict of the whole case where it was not run or
+    failed (``unsupported``, ``domain``, ``error``). Plain data: it travels to where the
+    judging runs (:mod:`difftest.distributed`)."""
+
+    backend: str
+    format: Format
+    environment: dict
+    outputs: dict[str, np.ndarray] | None = None
+    seconds: float = 0.0
+    verdict: str = ""  # a whole-case verdict; "" where there are outputs to judge
+    message: str = ""
+    error: str = ""  # the details of an error (a traceback, a worker's last output)
+
+    def whole_case(self, case: Case) -> BackendResult:
+        """One verdict for each requested gradient (``unsupported``, ``domain``, ``error``)."""
+        return BackendResult(self.backend, self.format.name, {g: verdict_only(self.verdict, self.message)
+                                                              for g in case.gradients},
+                             environment=self.environment, requested=case.gradients, seconds=self.seconds,
+                             error=self.error)
 
 
 def supports_of(backend) -> Supports:
@@ -125,22 +156,25 @@ def supports_of(backend) -> Supports:
     return supports if isinstance(supports, Supports) else ALL
 
 
-def run_backend(backend, case: Case, model: FormatModel | None, exact: dict[str, ExactTensor] | None) -> BackendResult:
-    """Run one backend on the case's requested gradients and judge those; a raising backend
+def run_backend(backend, case: Case) -> BackendRun:
+    """Run one backend on the case's requested gradients, judging nothing: a raising backend
     gives ``error`` and nothing else stops; one that does not take the case's geometry is not run
-    (``unsupported``). What it returns beyond the request is dropped."""
+    (``unsupported``), nor one whose format cannot hold the case's values (``domain``). What it
+    returns beyond the request is dropped."""
     from .backends.base import backward
 
     env = environment_of(backend)
+    fmt = backend.format
     why = supports_of(backend).why_not(case.geometry)
     if why:
-        return _whole_case(backend, case, "unsupported", f"{backend.name} does not take {why}", env)
-    rt = model.runtime
-    if rt is None:
-        return _whole_case(backend, case, "domain", model.unrepresentable, env)
+        return BackendRun(backend.name, fmt, env, verdict="unsupported", message=f"{backend.name} does not take {why}")
+    try:
+        rt = case.runtime(fmt)
+    except NotRepresentable as exc:
+        return BackendRun(backend.name, fmt, env, verdict="domain", message=str(exc))
     reason = _beyond_capacity(backend, rt)
     if reason:
-        return _whole_case(backend, case, "domain", reason, env)
+        return BackendRun(backend.name, fmt, env, verdict="domain", message=reason)
     t0 = time.perf_counter()
     try:
         out = backward(backend, rt.input, rt.weight, rt.grad_output, case.stride, case.padding, case.gradients,
@@ -155,33 +189,88 @@ def run_backend(backend, case: Case, model: FormatModel | None, exact: dict[str,
                 raise DifftestError(f"{backend.name} returned {g} of shape {a.shape}, expected {want}")
             outputs[g] = a
     except BackendFailed as exc:  # in its worker: it crashed, hung or raised there
-        return _whole_case(backend, case, "error", str(exc), env, seconds=time.perf_counter() - t0,
-                           error=exc.details)
+        return BackendRun(backend.name, fmt, env, seconds=time.perf_counter() - t0, verdict="error", message=str(exc),
+                          error=exc.details)
     except Exception as exc:  # the backend is on trial: whatever it raises is its verdict
-        return _whole_case(backend, case, "error", f"{type(exc).__name__}: {exc}", env,
-                           seconds=time.perf_counter() - t0, error=traceback.format_exc(limit=3))
-    seconds = time.perf_counter() - t0
+        return BackendRun(backend.name, fmt, env, seconds=time.perf_counter() - t0, verdict="error",
+                          message=f"{type(exc).__name__}: {exc}", error=traceback.format_exc(limit=3))
+    return BackendRun(backend.name, fmt, env, outputs, time.perf_counter() - t0)
+
+
+def judge_run(run: BackendRun, case: Case, model: FormatModel | None, exact: dict[str, ExactTensor] | None) -> BackendResult:
+    """The verdicts of a backend's run (:func:`run_backend`) against the exact spec and the
+    model of its format (at the model's sampled entries, where it has them)."""
+    if run.verdict:
+        return run.whole_case(case)
     t1 = time.perf_counter()
     results = {}
+    sample = model.sample
     for g in case.gradients:
         of = model.order_free[g]
         reach = add_up(of.abs_sum, of.bound)
-        results[g] = compare_gradient(outputs[g], exact[g], model.bound[g], of.bound, reach, rt.format)
-    timings = {"backend_s": seconds, "comparison_s": time.perf_counter() - t1}
-    return BackendResult(backend.name, backend.format.name, results, seconds=seconds, environment=env,
-                         outputs=outputs, timings=timings, requested=case.gradients)
+        chosen = None if sample is None else sample[g]
+        values = run.outputs[g] if chosen is None else run.outputs[g].ravel()[chosen.index]
+        results[g] = compare_gradient(values, exact[g], model.bound[g], of.bound, reach, run.format, chosen,
+                                      run.outputs[g].shape)
+    timings = {"backend_s": run.seconds, "comparison_s": time.perf_counter() - t1}
+    return BackendResult(run.backend, run.format.name, results, seconds=run.seconds, environment=run.environment,
+                         outputs=run.outputs, timings={**model.timings, **timings}, requested=case.gradients)
 
 
-def exact_gradients(case: Case, oracle: str = "exact") -> dict[str, ExactTensor]:
-    """The exact spec gradients of the case's spec values (its requested gradients)."""
+class Judgement:
+    """The judging of one case: the oracle once (when a first run needs it), the model once per
+    format, each run compared; ``say`` hears each stage."""
+
+    def __init__(self, case: Case, oracle: str = "exact", sample: Sample | None = None, say=None):
+        self.case, self.oracle, self.sample = case, oracle, sample
+        self.say = say if say is not None else (lambda text: None)
+        self.exact: dict[str, ExactTensor] | None = None
+        self.shared: dict[str, float] = {}
+        self.models: dict[str, FormatModel] = {}
+
+    def judge(self, run: BackendRun) -> BackendResult:
+        if run.verdict:
+            return run.whole_case(self.case)
+        if self.exact is None:
+            self.say("exact spec")
+            t0 = time.perf_counter()
+            self.exact = exact_gradients(self.case, self.oracle, self.sample)
+            self.shared = {"exact_s": time.perf_counter() - t0}
+        if run.format.name not in self.models:
+            self.say(f"NF model and bounds in {run.format.name}")
+            self.models[run.format.name] = model_for(self.case, run.format, self.sample)
+        r = judge_run(run, self.case, self.models[run.format.name], self.exact)
+        r.timings = {**self.shared, **r.timings}
+        return r
+
+
+def judge_runs(case: Case, runs: list[BackendRun], oracle: str = "exact", sample: Sample | None = None) -> list[BackendResult]:
+    """Every run of ``case`` judged (:class:`Judgement`): the half of :func:`check_case` that
+    needs no backend, only numbers (it runs where :mod:`difftest.distributed` sends it)."""
+    judgement = Judgement(case, oracle, sample)
+    return [judgement.judge(run) for run in runs]
+
+
+def exact_gradients(case: Case, oracle: str = "exact", sample: Sample | None = None) -> dict[str, ExactTensor]:
+    """The exact spec gradients of the case's spec values (its requested gradients; at the
+    entries of ``sample`` only, where given)."""
     from .oracles import get_oracle
 
     return get_oracle(oracle).spec_gradients(case.input, case.weight, case.grad_output, case.geometry,
-                                             case.gradients)
+                                             case.gradients, sample=sample)
+
+
+def sample_of(case: Case, size: int | None, seed: int = 0) -> Sample | None:
+    """The entries a check with ``sample=size`` judges (:func:`difftest.sampling.choose`), or
+    None where it judges every entry (no ``size``, or one that covers every requested gradient)."""
+    if size is None:
+        return None
+    chosen = choose(case.geometry, case.gradients, size, seed, grad_output=case.grad_output)
+    return None if all(s.whole for s in chosen.gradients.values()) else chosen
 
 
 def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max_memory="auto",
-               progress=None) -> list[BackendResult]:
+               progress=None, sample: int | None = None, seed: int = 0) -> list[BackendResult]:
     """Judge each backend on ``case``'s requested gradients: the oracle runs once, the model
     once per format.
 
@@ -190,58 +279,63 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     case's format) or a ``(function, format)`` pair. ``stop(result)``, when given, is asked
     after each backend; a true answer ends the judgement there (the results so far are returned).
 
+    ``sample=N`` judges at most ``N`` entries of each gradient, chosen from ``seed``
+    (:mod:`difftest.sampling`); every entry where ``N`` covers the gradients.
+
     Before any work the cost is estimated (:mod:`difftest.estimate`): above ``max_memory`` bytes
     (``"auto"``: 60 % of the machine's memory; ``None``: no limit) the case is refused with
-    :class:`~difftest.estimate.CaseTooLarge`. ``progress(text)``, when given, hears each stage of
-    a case estimated to take more than a few seconds.
+    :class:`~difftest.estimate.CaseTooLarge`, which suggests a sample where the full check is too
+    large. ``progress(text)``, when given, hears each stage of a case estimated to take more
+    than a few seconds.
     """
     from .backends import as_backend
-    from .estimate import PROGRESS_SECONDS, estimate, refuse_if_too_large
+    from .estimate import PROGRESS_SECONDS, estimate
 
     backends = [as_backend(b, case.format) for b in backends]
-    cost = estimate(case.geometry, formats=len({b.format.name for b in backends}))
-    refuse_if_too_large(cost, max_memory)
+    chosen = sample_of(case, sample, seed)
+    cost = affordable(case, len({b.format.name for b in backends}), chosen, max_memory, sample)
     say = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else (lambda text: None)
-    exact, shared = None, {}
-    models: dict[str, FormatModel] = {}
+    judgement = Judgement(case, oracle, chosen, lambda text: say(text if judgement.exact else f"{cost.describe()}; {text}"))
     results = []
     for b in backends:
-        if not supports_of(b).takes(case.geometry):  # not run: nothing to compute for it
-            results.append(run_backend(b, case, None, None))
-            if stop is not None and stop(results[-1]):
-                break
-            continue
-        if exact is None:
-            say(f"{cost.describe()}; exact spec")
-            t0 = time.perf_counter()
-            exact = exact_gradients(case, oracle)
-            shared = {"exact_s": time.perf_counter() - t0}
-        if b.format.name not in models:
-            say(f"NF model and bounds in {b.format.name}")
-            models[b.format.name] = model_for(case, b.format)
-        model = models[b.format.name]
         say(f"running {b.name}")
-        r = run_backend(b, case, model, exact)
-        r.timings = {**shared, **model.timings, **r.timings}
-        results.append(r)
-        if stop is not None and stop(r):
+        results.append(judgement.judge(run_backend(b, case)))
+        if stop is not None and stop(results[-1]):
             break
     return results
 
 
-def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", max_memory="auto") -> dict[str, np.ndarray]:
-    """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each requested gradient
-    ``g`` of the case (``max_memory`` as in :func:`check_case`)."""
+def affordable(case: Case, formats: int, chosen: Sample | None, max_memory, size: int | None):
+    """The estimate of judging ``case`` (its ``chosen`` entries, where sampled), refused with
+    :class:`~difftest.estimate.CaseTooLarge` above ``max_memory``; a full check that is refused
+    suggests a sample (of ``size``, else :data:`difftest.sampling.DEFAULT_SIZE`) and its estimate."""
     from .estimate import estimate, refuse_if_too_large
+    from .sampling import DEFAULT_SIZE
 
-    refuse_if_too_large(estimate(case.geometry), max_memory)
+    cost = estimate(case.geometry, formats, chosen)
+    suggest = size or DEFAULT_SIZE
+    sampled = None if chosen is not None else estimate(case.geometry, formats, choose(case.geometry, case.gradients, suggest))
+    refuse_if_too_large(cost, max_memory, sampled, suggest)
+    return cost
+
+
+def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", max_memory="auto",
+                  sample: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """``g_exact``, ``g_nf``, ``g_bound``, ``g_bound_order_free`` for each requested gradient
+    ``g`` of the case (``max_memory``, ``sample`` and ``seed`` as in :func:`check_case`); a
+    sampled one holds its judged entries only, 1-D, with ``g_index``: their flat indices in the
+    gradient (C order)."""
+    chosen = sample_of(case, sample, seed)
+    affordable(case, 1, chosen, max_memory, sample)
     fmt = case.format if fmt is None else fmt
-    model = model_for(case, fmt)
+    model = model_for(case, fmt, chosen)
     if model.runtime is None:
         raise DifftestError(model.unrepresentable)
-    exact = exact_gradients(case, oracle)
+    exact = exact_gradients(case, oracle, chosen)
     out: dict[str, np.ndarray] = {}
     for g in case.gradients:
+        if chosen is not None:
+            out[f"{g}_index"] = chosen[g].index
         out[f"{g}_exact"] = exact[g].nearest
         out[f"{g}_nf"] = model.nf[g]
         out[f"{g}_bound"] = model.bound[g]

@@ -27,6 +27,7 @@ from .store import REPORT
 from .supports import Supports
 from .geometry import GRADIENTS
 from .outcome import jsonable
+from .sampling import sample_text
 from .verdicts import FAIL_ON, FAIL_ON_HELP, FINDINGS, is_finding
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -82,6 +83,22 @@ def _gradients(args) -> tuple[str, ...] | None:
         return gradient_subset(text)
     except DifftestError as exc:
         raise DifftestError(f"--gradients {text}: {exc}") from None
+
+
+def _sample_size(text: str) -> int:
+    """``--sample N``: a whole number of entries >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number of entries >= 1, got {text!r}")
+    return n
+
+
+def _sample(args, cfg) -> int | None:
+    """--sample, DIFFTEST_SAMPLE or [tool.difftest] sample; None: judge every entry."""
+    return args.sample if args.sample is not None else cfg.get("sample")
 
 
 def _config():
@@ -167,7 +184,8 @@ def cmd_check(args) -> int:
     backends = _available_backends(args.backend)
     out = _prepare_dir(args.save, "--save") if args.save else None
     with _judges(backends, args, cfg) as judges:
-        results = check_case(case, judges, oracle=args.oracle, max_memory=_max_memory(args), progress=_say)
+        results = check_case(case, judges, oracle=args.oracle, max_memory=_max_memory(args), progress=_say,
+                             sample=_sample(args, cfg), seed=args.seed)
     if out is not None:
         for r in results:
             if r.outputs is not None:
@@ -213,6 +231,7 @@ def _print_table(case: Case, results, expected: dict) -> None:
             print(
                 f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {format_ratio(gr.max_ratio):>10} "
                 f"{format_ratio(gr.max_ratio_order_free):>10} {gr.violations:>10}  {worst}"
+                + (f"  {gr.sampled_text}" if gr.sampled else "")
             )
             if gr.message and gr.verdict in ("error", "domain", "unsupported"):
                 print(f"{'':<24} {gr.message}")
@@ -222,6 +241,11 @@ def _print_table(case: Case, results, expected: dict) -> None:
     for line in legend(gr.verdict for r in results for gr in r.gradients.values()):
         print(line)
     print("max_ratio = max |backend - exact| / torchlean bound; ratio_of = the same against the order-free bound")
+    sampled = {name: gr.sampled for r in results for name, gr in r.gradients.items() if gr.sampled}
+    if sampled:
+        print("sampled: judged / total entries; pass = no certain violation among the judged entries")
+        for name, sm in sampled.items():
+            print(f"  {sample_text(name, sm)}")
 
 
 def cmd_bounds(args) -> int:
@@ -229,14 +253,19 @@ def cmd_bounds(args) -> int:
 
     case = _load_case(args)
     out = _prepare_file(args.out, "--out")
-    arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args))
+    arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args), sample=_sample(args, _config()),
+                           seed=args.seed)
     with open(out, "wb") as f:
         np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1),
                  extensions=np.array(case.geometry.extensions, dtype=str))
-    print(f"wrote {out}: " + ", ".join(f"{g}_{{exact,nf,bound,bound_order_free}}" for g in case.gradients))
+    sampled = any(f"{g}_index" in arrays for g in case.gradients)
+    names = "exact,nf,bound,bound_order_free" + (",index" if sampled else "")
+    print(f"wrote {out}: " + ", ".join(f"{g}_{{{names}}}" for g in case.gradients))
     for g in case.gradients:
+        judged = (f", sampled: {arrays[g + '_index'].size:,} / {int(np.prod(case.geometry.shape_of(g))):,} entries"
+                  if sampled else "")
         print(f"  {g:<12} linf torchlean bound {arrays[g + '_bound'].max():.6g}, "
-              f"order-free {arrays[g + '_bound_order_free'].max():.6g}")
+              f"order-free {arrays[g + '_bound_order_free'].max():.6g}{judged}")
     if case.geometry.extensions:
         print(f"note: {case.geometry.extension_note()}")
     return EXIT_OK
@@ -431,7 +460,7 @@ def cmd_bench(args) -> int:
         shape = mdl.parse_input_shape(args.input_shape) if args.input_shape is not None else mdl.DEFAULT_INPUT_SHAPE
         backends = _available_backends(args.backend or ["torch-cpu-float32"])
         doc["model"] = bench.bench_model(args.model, backends, shape, seed=args.seed, layers=args.layers,
-                                         max_memory=_max_memory(args), progress=_say)
+                                         max_memory=_max_memory(args), progress=_say, sample=args.sample)
     elif args.layer in bench.LAYERS:
         doc["layer"] = bench.bench_layer(bench.LAYERS[args.layer], args.repeat)
         if args.layer == "small":
@@ -446,6 +475,8 @@ def cmd_bench(args) -> int:
         doc["emulations"] = bench.time_to_precision(seed=args.seed)
     elif args.layer == "first-run":
         doc["first_run"] = bench.first_run(seed=args.seed)
+    elif args.layer == "sampled":
+        doc["sampled"] = bench.sampled_check(args.sample or 20000, (args.backend or ["torch-cpu-float32"])[0], args.seed)
     elif args.layer == "fingerprint":
         doc["fingerprint"] = bench.fingerprint_times()
     if args.json:
@@ -477,6 +508,14 @@ def cmd_bench(args) -> int:
               f"{100 * f['ratio']:.0f} %")
         for name in f["warm"]["cases_per_backend"]:
             print(f"  {name:<26} {f['cold']['cases_per_backend'].get(name, 0):>6} {f['warm']['cases_per_backend'][name]:>6}")
+    if "sampled" in doc:
+        r = doc["sampled"]
+        g = r["geometry"]
+        print(f"difftest check of a {g['N']}×{g['C']}×{g['H']}×{g['W']}, {g['kH']}×{g['kW']} layer "
+              f"({r['macs_per_gradient'] / 1e9:.1f} G multiply-adds per gradient) with --sample {r['sample']}, "
+              f"{r['backend']}: {r['seconds']:.1f} s wall, peak {r['peak_rss_mib'] / 1024:.2f} GiB ({r['peak_memory_source']})")
+        for name, sm in r["sampled"].items():
+            print(f"  {r['verdicts'][name]:<10} {sample_text(name, sm) if sm else name + ': every entry judged'}")
     for row in doc.get("emulations", []):
         when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
                 if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
@@ -509,6 +548,7 @@ def cmd_model(args) -> int:
     out = _prepare_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
     result = mdl.check_model(args.model, backends, shape, layers=args.layers, seed=args.seed, out=out,
                              max_memory=_max_memory(args), progress=_say, expectations=expectations,
+                             sample=_sample(args, cfg),
                              isolate=not args.no_isolate, backend_timeout=_backend_timeout(args, cfg),
                              overwrite=args.overwrite)
     expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
@@ -651,6 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "auto: 60%% of this machine's memory); the estimate is in the message")
         sp.add_argument("--oracle", default="exact", choices=["exact", "mpmath"],
                         help="exact-spec oracle: 'exact' (fast, sliced GEMMs) or 'mpmath' (the slow reference)")
+        sample_arg(sp, "")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the sampled entries (default 0)")
+
+    def sample_arg(sp, more: str):
+        sp.add_argument("--sample", type=_sample_size, metavar="N", default=None,
+                        help="judge at most N entries of each gradient (and at most N x 4096 terms: corners, "
+                             "edges, tile boundaries, planted probes, the rest at random; the backends still "
+                             "compute everything); pass means no certain violation among those" + more)
 
     c = command("check", help="run backends on a case and print a verdict per gradient",
                        description="Run backends on a case file and judge each gradient against the exact spec: "
@@ -765,14 +813,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "profile takes to find precision for each emu-* backend and shape-gated variants.")
     bn.add_argument("--layer", default="resnet50-conv2",
                     choices=["resnet50-conv2", "strided", "small", "scaling", "jobs", "isolation", "emulations",
-                             "first-run", "fingerprint"],
+                             "first-run", "fingerprint", "sampled"],
                     help="resnet50-conv2: 64->64, 56x56, 3x3, stride 1, pad 1 (default); strided: 64->128, stride 2; "
                          "small: 8->8, 16x16; scaling: C->C for C = 8..128; jobs: a campaign in one process "
                          "and with --jobs = the cores; isolation: the quick campaign bounded by work with each "
                          "backend in a worker process and in process (--campaign-examples, --repeat); emulations: time to the first precision finding of each "
                          "emu-* backend in the quick profile (no shrinking, stops there); first-run: the cases the "
                          "default difftest run searches with an empty numba cache and then with it filled; fingerprint: the time "
-                         "difftest fingerprint takes per CPU backend at resnet50.layer1.0.conv2, 56x56")
+                         "difftest fingerprint takes per CPU backend at resnet50.layer1.0.conv2, 56x56; sampled: "
+                         "difftest check of a 1x16x1282x722, 3x3 layer with --sample (default 20000) in a fresh "
+                         "process, wall time and the peak memory of its process tree")
     bn.add_argument("--model", metavar="MODEL", default=None,
                     help="time a whole-model check instead (difftest model MODEL): per stage, per layer (seconds per "
                          "multiply-add), peak memory, and the ratio to torch's float64 forward+backward of the model")
@@ -787,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--campaign-seconds", type=float, default=20.0, help="length of the campaign-rate run (--layer small)")
     bn.add_argument("--campaign-examples", type=int, metavar="N",
                     help="the campaign-rate run checks N cases (bounded by work) instead of --campaign-seconds")
+    sample_arg(bn, "; --layer sampled: default 20000; --model: every layer sampled")
     bn.add_argument("--json", action="store_true", help="print JSON")
     bn.set_defaults(func=cmd_bench)
 
@@ -833,8 +884,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
     md.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML), as for check")
     md.add_argument("--max-memory", metavar="SIZE",
-                    help="refuse a layer whose estimated peak memory is above SIZE (default auto: 60%% of this "
+                    help="judge a layer whose full check is estimated above SIZE at sampled entries (--sample, "
+                         "default 4096), and refuse one whose sample is too (default auto: 60%% of this "
                          "machine's memory)")
+    sample_arg(md, "; default: only the layers whose full check is above --max-memory, at 4096")
     md.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
     isolation_args(md)
     overwrite_arg(md)

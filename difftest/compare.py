@@ -57,11 +57,16 @@ def compare_gradient(
     bound_order_free: np.ndarray,
     reach: np.ndarray,
     fmt: Format,
+    sample=None,
+    shape: tuple[int, ...] | None = None,
 ) -> GradientResult:
     """Verdict for one gradient (the rule: :mod:`difftest.verdicts`), with its per-entry arrays.
 
     ``reach`` is an upper bound of every partial result's magnitude in any order; where it
     reaches the format's largest finite value a non-finite output is outside the model.
+    With a ``sample`` (:class:`difftest.sampling.GradientSample` of a gradient of ``shape``) the
+    arrays hold its entries only, in the order of its indices: the worst entry is named by its
+    index in the whole gradient, and the result says it was sampled.
     """
     err = error_bounds(values, exact)
     out_of_model = ~err.finite & (reach >= fmt.max_finite)
@@ -84,8 +89,9 @@ def compare_gradient(
     # the worst entry by the ratio that decides the verdict: order-free for precision
     deciding = ratio_of if verdict == "precision" else ratio
     idx = np.unravel_index(int(np.argmax(deciding)) if deciding.size else 0, deciding.shape)
+    where = idx if sample is None else np.unravel_index(int(sample.index[idx[0]]), shape)
     worst = {
-        "index": [int(i) for i in idx],
+        "index": [int(i) for i in where],
         "backend": float(values[idx]),
         "exact": float(exact.nearest[idx]),
         "error": float(err.approx[idx]),
@@ -106,5 +112,6 @@ def compare_gradient(
         worst=worst,
         message=message,
         out_of_model=int(out_of_model.sum()),
+        sampled=None if sample is None else sample.as_dict(),
         entries=entries,
     )

@@ -22,6 +22,8 @@ Keys (the file's name, the variable's name, what it holds):
 ``expected``    ``DIFFTEST_EXPECTED``  expected-findings file (TOML, see :mod:`difftest.expectations`)
 ``backend_timeout`` ``DIFFTEST_BACKEND_TIMEOUT`` seconds one backend call may take (> 0; ``check``,
                 ``run``, ``model``, ``fingerprint``)
+``sample``      ``DIFFTEST_SAMPLE``    entries judged per gradient (an integer >= 1; ``check``,
+                                       ``bounds``, ``model``; see :mod:`difftest.sampling`)
 =============== ====================== ==========================================================
 
 The file's keys may also be spelled with hyphens (``time-budget``, ``fail-on``). Relative paths
@@ -66,6 +68,7 @@ ENV_VARS = {
     "database": "DIFFTEST_DATABASE",
     "expected": "DIFFTEST_EXPECTED",
     "backend_timeout": "DIFFTEST_BACKEND_TIMEOUT",
+    "sample": "DIFFTEST_SAMPLE",
 }
 KEYS = tuple(ENV_VARS)
 TABLE = "[tool.difftest]"
@@ -132,14 +135,15 @@ def _check(key: str, value, source: str, from_text: bool, base: Path | None):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise bad("a number of seconds > 0")
         return float(value)
-    if key == "seed":
+    if key in ("seed", "sample"):
+        want = "an integer" if key == "seed" else "a whole number of entries >= 1"
         if from_text:
             try:
                 value = int(value)
             except ValueError:
-                raise bad("an integer") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
+                raise bad(want) from None
+        if isinstance(value, bool) or not isinstance(value, int) or (key == "sample" and value < 1):
+            raise bad(want)
         return value
     if key == "backends":
         if from_text:

@@ -49,15 +49,33 @@ class Estimate:
     macs: int  # multiply-adds of one gradient's GEMM
     seconds: float
     peak_bytes: int
+    #: A sampled check (:mod:`difftest.sampling`): the terms its judged entries sum, all gradients.
+    sampled_terms: int | None = None
 
     def describe(self) -> str:
-        return (f"{self.macs / 1e6:.1f} M multiply-adds per gradient, estimated {self.seconds:.1f} s and "
+        judged = "" if self.sampled_terms is None else f", sampled: {self.sampled_terms / 1e6:.1f} M terms judged"
+        return (f"{self.macs / 1e6:.1f} M multiply-adds per gradient{judged}, estimated {self.seconds:.1f} s and "
                 f"{format_size(self.peak_bytes)} peak memory")
 
 
-def estimate(g: Geometry, formats: int = 1) -> Estimate:
-    """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats."""
+#: A sampled check, per term its judged entries sum (gathered, not GEMMs: slower than a GEMM's
+#: multiply-add), per entry of the tensors it holds whole (inputs, the backends' gradients), and
+#: the bytes it holds per such entry and per gathered block.
+NS_PER_SAMPLED_TERM = 100.0
+NS_PER_HELD_ENTRY = 60.0
+BYTES_PER_HELD_ENTRY = 6 * 8
+BLOCK_BYTES = 24 * 8 * 2**22
+
+
+def estimate(g: Geometry, formats: int = 1, sample=None) -> Estimate:
+    """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats; with a
+    ``sample`` (:class:`difftest.sampling.Sample`), of judging its entries only."""
     macs = g.macs
+    if sample is not None:
+        terms = sum(s.judged * s.terms for s in sample.gradients.values())
+        held = _entries(g) + g.N * g.C * g.H * g.W + g.O * g.Cg * g.kH * g.kW  # inputs, δ and the gradients
+        seconds = FIXED_SECONDS + formats * NS_PER_SAMPLED_TERM * terms * 1e-9 + NS_PER_HELD_ENTRY * held * 1e-9
+        return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_HELD_ENTRY * held + BLOCK_BYTES, terms)
     cols_x = g.N * g.out_h * g.out_w * g.C * g.kH * g.kW  # im2col of all groups
     entries = (g.N * g.C * g.H * g.W, g.O * g.Cg * g.kH * g.kW, g.N * g.O * g.out_h * g.out_w)
     seconds = FIXED_SECONDS + formats * (NS_PER_MAC * macs + NS_PER_ENTRY * sum(entries)) * 1e-9
@@ -68,12 +86,23 @@ def _entries(g: Geometry) -> int:
     return g.N * g.C * g.H * g.W + g.O * g.Cg * g.kH * g.kW + g.N * g.O * g.out_h * g.out_w
 
 
-def campaign_case_seconds(g: Geometry, backends: int = 1, compiled: bool = True) -> float:
+def campaign_case_seconds(g: Geometry, backends: int = 1, compiled: bool = True, sample: int | None = None) -> float:
     """What a campaign spends on one searched case of geometry ``g`` judged for ``backends``
     backends of one format: the oracle and the model once, each backend's call and comparison
     (one pass over the entries each), and the campaign's own work. ``compiled``: False for
-    binary64, whose folds run in numpy. For scheduling (how many real layers to draw, which
-    groups share a job), not for promises: relative costs matter there, not seconds."""
+    binary64, whose folds run in numpy; ``sample``: judged at at most that many entries per
+    gradient (:mod:`difftest.sampling`: the oracle and the model cost the judged terms only). For
+    scheduling (how many real layers to draw, which groups share a job), not for promises:
+    relative costs matter there, not seconds."""
+    if sample is not None:
+        from .sampling import choose
+
+        chosen = choose(g, n=sample)
+        if not all(s.whole for s in chosen.gradients.values()):
+            terms = sum(s.judged * s.terms for s in chosen.gradients.values())
+            oracle = NS_PER_SAMPLED_TERM * terms * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
+            per_backend = CALL_SECONDS + NS_PER_HELD_ENTRY * _entries(g) * 1e-9
+            return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend
     oracle = (NS_PER_MAC * g.macs + NS_PER_ENTRY * _entries(g)) * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
     per_backend = CALL_SECONDS + NS_PER_ENTRY * _entries(g) * 1e-9
     return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend
@@ -111,15 +140,28 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
-def refuse_if_too_large(e: Estimate, max_memory) -> None:
-    """Raise :class:`CaseTooLarge` with the estimate when it exceeds ``max_memory`` (bytes;
-    ``"auto"``: :func:`default_max_memory`; ``None``: no limit)."""
+def too_large(e: Estimate, max_memory) -> bool:
+    """Whether ``e`` is above ``max_memory`` (bytes; ``"auto"``: :func:`default_max_memory`;
+    ``None``: no limit)."""
     if max_memory == "auto":
         max_memory = default_max_memory()
-    if max_memory is not None and e.peak_bytes > max_memory:
-        raise CaseTooLarge(
-            f"judging this case needs about {format_size(e.peak_bytes)} of memory ({e.macs / 1e6:.1f} M multiply-adds "
-            f"per gradient, about {e.seconds:.0f} s), above the "
-            f"limit of {format_size(max_memory)}; use a smaller case, or raise the limit with --max-memory "
-            "(max_memory= in Python) if this machine has the memory"
-        )
+    return max_memory is not None and e.peak_bytes > max_memory
+
+
+def refuse_if_too_large(e: Estimate, max_memory, sampled: Estimate | None = None, size: int | None = None) -> None:
+    """Raise :class:`CaseTooLarge` with the estimate when it exceeds ``max_memory`` (as in
+    :func:`too_large`); ``sampled``, the estimate of a sample of ``size`` entries, is suggested."""
+    if not too_large(e, max_memory):
+        return
+    limit = default_max_memory() if max_memory == "auto" else max_memory
+    what = "judging this case" if e.sampled_terms is None else f"judging {size} sampled entries per gradient"
+    hint = ""
+    if sampled is not None and not too_large(sampled, max_memory):
+        hint = (f"; or judge sampled entries of each gradient with --sample {size} (sample= in Python): about "
+                f"{sampled.seconds:.0f} s and {format_size(sampled.peak_bytes)}")
+    raise CaseTooLarge(
+        f"{what} needs about {format_size(e.peak_bytes)} of memory ({e.macs / 1e6:.1f} M multiply-adds "
+        f"per gradient, about {e.seconds:.0f} s), above the "
+        f"limit of {format_size(limit)}; use a smaller case, or raise the limit with --max-memory "
+        f"(max_memory= in Python) if this machine has the memory{hint}"
+    )

@@ -36,12 +36,22 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
-def reproduce_command(case_file, backend: str, requested=GRADIENTS) -> str:
+def reproduce_command(case_file, backend: str, requested=GRADIENTS, sampled: dict | None = None) -> str:
     """The one command that replays a result; with ``--gradients`` where fewer than all three
-    were requested (the case file keeps them too: the option says so where it is read)."""
+    were requested (the case file keeps them too: the option says so where it is read), and
+    ``--sample N --seed S`` where it was judged at sampled entries (``GradientResult.sampled``)."""
     cmd = f"difftest check {shlex.quote(str(case_file))} --backend {shlex.quote(backend)}"
     requested = tuple(requested)
-    return cmd if requested == GRADIENTS else f"{cmd} --gradients {','.join(requested)}"
+    if requested != GRADIENTS:
+        cmd += f" --gradients {','.join(requested)}"
+    if sampled and sampled.get("size"):
+        cmd += f" --sample {sampled['size']} --seed {sampled.get('seed', 0)}"
+    return cmd
+
+
+def sampled_of(gradients: dict) -> dict | None:
+    """The sample of a result's gradients (one per result: the first sampled gradient's), or None."""
+    return next((gr.sampled for gr in gradients.values() if gr.sampled), None)
 
 
 def ratios_text(gr: GradientResult) -> str:

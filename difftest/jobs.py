@@ -166,13 +166,13 @@ def run_jobs(campaign, groups: list, jobs: int, work) -> dict:
 
 
 def _totals(root: Path, procs, layout: list) -> dict:
-    out = {"cases": 0, "draws": 0, "findings": 0, "first_seen_s": {}, "jobs": []}
+    out = {"cases": 0, "draws": 0, "findings": 0, "too_large": 0, "first_seen_s": {}, "jobs": []}
     for k, p in enumerate(procs, start=1):
         try:
             info = read_campaign(root / f"job-{k}")
         except DifftestError:  # torn by the job's death
             info = {}
-        for key in ("cases", "draws", "findings"):
+        for key in ("cases", "draws", "findings", "too_large"):
             out[key] += info.get(key) or 0
         out["first_seen_s"].update(info.get("first_seen_s") or {})  # a job's own start: one process each
         out["jobs"].append({"job": k, "groups": [g.label for g in layout[k - 1]], "status": info.get("status") or "crashed",

@@ -161,7 +161,7 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, 
     """grad_input: entries (n, h, w, c) (``acc_out``/``e_out`` are channels-last ``(N, H, W, C)``,
     ``wt`` is the weight as ``(O, kH, kW, C/G)``); for each group the Lean fold over all (o, oi,
     oj, di, dj) of its ``O/G`` output channels, visiting only the contributing steps (slots from
-    :func:`difftest.replay._slots`) and adding each run of ``z`` zero steps as ``z·ulp(acc)/2``.
+    :func:`difftest.layouts.input_slots`) and adding each run of ``z`` zero steps as ``z·ulp(acc)/2``.
     The steps of an entry depend on (h, w) only, so the inner loop runs over the group's
     channels, contiguous."""
     N, O, oh, ow = d.shape
@@ -213,6 +213,71 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, 
                 if z > 0:
                     for c in range(Cg):
                         e[c] += z * _half_ulp_of(acc[c], p, emin)
+
+
+@njit(parallel=True, cache=True)
+def pair_fold(drows, cols, p, emin, ex, ed, acc_out, e_out):
+    """grad_weight at chosen entries (a sampled check): entry ``e`` folds ``cols[e, k]·drows[e, k]``
+    over k, the same steps as :func:`kernel_fold` takes for it (``cols`` its im2col column,
+    ``drows`` its output channel's row)."""
+    E, K = drows.shape
+    for e in prange(E):
+        acc = 0.0
+        err = 0.0
+        for k in range(K):
+            x = cols[e, k]
+            d = drows[e, k]
+            prod = x * d
+            acc, err = _step(acc, err, _round(prod, p, emin), _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
+        acc_out[e] = acc
+        e_out[e] = err
+
+
+@njit(parallel=True, cache=True)
+def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
+    """grad_input at chosen entries ``(en[e], ec[e], eh[e], ew[e])`` (a sampled check): the same
+    steps, zero runs included, as :func:`input_fold` takes for each (``wt`` the weight as ``(O,
+    kH, kW, C/G)``, ``groups`` the layer's)."""
+    N, O, oh, ow = d.shape
+    kH, kW, Cg = wt.shape[1], wt.shape[2], wt.shape[3]
+    Og = O // groups
+    A, B = oi_t.shape[0], oj_t.shape[0]
+    total = Og * oh * ow * kH * kW
+    for e in prange(en.shape[0]):
+        n = en[e]
+        h = eh[e]
+        x = ew[e]
+        gi = ec[e] // Cg
+        c = ec[e] % Cg
+        acc = 0.0
+        err = 0.0
+        last = -1
+        for ol in range(Og):
+            o = gi * Og + ol
+            for a in range(A):
+                if not vh[a, h]:
+                    continue
+                oi = oi_t[a, h]
+                di = di_t[a, h]
+                for b in range(B):
+                    if not vw[b, x]:
+                        continue
+                    oj = oj_t[b, x]
+                    dj = dj_t[b, x]
+                    idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
+                    z = idx - last - 1
+                    dv = d[n, o, oi, oj]
+                    if z > 0:
+                        err += z * _half_ulp_of(acc, p, emin)
+                    wv = wt[o, di, dj, c]
+                    prod = dv * wv
+                    acc, err = _step(acc, err, _round(prod, p, emin), _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
+                    last = idx
+        z = total - 1 - last
+        if z > 0:
+            err += z * _half_ulp_of(acc, p, emin)
+        acc_out[e] = acc
+        e_out[e] = err
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:

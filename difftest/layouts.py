@@ -214,3 +214,112 @@ def gemm_result_to_gradient(name: str, r: np.ndarray, g: Geometry) -> np.ndarray
     if name == "grad_input":
         return r.reshape(g.groups, g.N, g.H, g.W, g.Cg).transpose(1, 0, 4, 2, 3).reshape(g.input_shape)
     return r.reshape(g.shape_of(name))
+
+
+# --- the sums of chosen entries only (a sampled check: difftest.sampling) --------------------------
+
+#: Elements one gathered block of :func:`entry_product` may hold (its operands are this large).
+ENTRY_BLOCK = 1 << 20
+
+
+def entry_operand(name: str, b: np.ndarray, g: Geometry) -> np.ndarray:
+    """``b`` as :func:`entry_product` uses it: the weight gradient's input padded once (where
+    many products share it), the tensor itself otherwise."""
+    return pad(b, g) if name == "grad_weight" and b.shape == g.input_shape else b
+
+
+def entry_terms(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry, index: np.ndarray,
+                block: int = ENTRY_BLOCK):
+    """The terms of the entries ``index`` (flat, of the gradient's shape) of gradient ``name``, in
+    blocks: yields ``(rows, ta, tb)`` with ``ta``, ``tb`` of shape ``(len(rows), steps)`` such that
+    entry ``index[rows[e]]`` is ``Σ_k ta[e, k]·tb[e, k]`` over exactly the spec's terms, in the
+    spec's fold order (zeros where a padded or non-matching step reads nothing); ``tb`` is None
+    for ``grad_bias`` (sums of ``a`` alone).
+
+    * ``grad_bias[o]``: ``δ[n, o, i, j]`` over ``(n, i, j)``;
+    * ``grad_weight[o, c, di, dj]``: ``δ[n, o, i, j]·x̃[n, c', i·sh + di·dh, j·sw + dj·dw]`` over
+      ``(n, i, j)``, ``c'`` the input channel of ``o``'s group, ``b`` the padded input
+      (:func:`entry_operand`);
+    * ``grad_input[n, c, h, w]``: ``δ[n, o, oi, oj]·w[o, c mod C/G, di, dj]`` over the group's
+      ``o`` ascending, then the slots ``oi``, ``oj`` of :func:`input_slots` ascending.
+
+    A block holds at most ``block`` terms per operand (one entry at least).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if name == "grad_bias":
+        steps = g.N * g.out_h * g.out_w
+        rows_d = a.transpose(1, 0, 2, 3).reshape(g.O, steps)
+        for rows in _blocks(index.size, steps, block):
+            yield rows, rows_d[index[rows]], None
+        return
+    if name == "grad_weight":
+        o, c, di, dj = np.unravel_index(index, g.weight_shape)
+        cin = (o // g.Og) * g.Cg + c
+        steps = g.N * g.out_h * g.out_w
+        i = np.arange(g.out_h) * g.sh
+        j = np.arange(g.out_w) * g.sw
+        for rows in _blocks(index.size, steps, block):
+            r = (di[rows] * g.dh)[:, None, None] + i[None, :, None]
+            q = (dj[rows] * g.dw)[:, None, None] + j[None, None, :]
+            tb = b[:, cin[rows][:, None, None], r, q]  # (N, E, oh, ow)
+            ta = a[:, o[rows]]  # (N, E, oh, ow)
+            yield rows, _entries_first(ta), _entries_first(tb)
+        return
+    n, c, h, w = np.unravel_index(index, g.input_shape)
+    group, local = np.divmod(c, g.Cg)
+    oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
+    A, B = oi.shape[0], oj.shape[0]
+    steps = g.Og * A * B
+    ol = np.arange(g.Og)
+    for rows in _blocks(index.size, steps, block):
+        hh, ww = h[rows], w[rows]
+        o = (group[rows] * g.Og)[:, None, None, None] + ol[None, :, None, None]  # (E, Og, 1, 1)
+        r = oi[:, hh].T[:, None, :, None]  # (E, 1, A, 1)
+        q = oj[:, ww].T[:, None, None, :]  # (E, 1, 1, B)
+        valid = (vh[:, hh].T[:, None, :, None] & vw[:, ww].T[:, None, None, :])
+        ta = np.where(valid, a[n[rows][:, None, None, None], o, r, q], 0.0)
+        tb = np.where(valid, b[o, local[rows][:, None, None, None], di[:, hh].T[:, None, :, None],
+                               dj[:, ww].T[:, None, None, :]], 0.0)
+        yield rows, ta.reshape(rows.size, steps), tb.reshape(rows.size, steps)
+
+
+def _entries_first(t: np.ndarray) -> np.ndarray:
+    """``(N, E, oh, ow)`` -> ``(E, N·oh·ow)``: each entry's terms in ``(n, i, j)`` order."""
+    return np.ascontiguousarray(t.transpose(1, 0, 2, 3)).reshape(t.shape[1], -1)
+
+
+def _blocks(count: int, steps: int, block: int):
+    """Row ranges of at most ``block`` elements of ``steps`` terms each (one row at least)."""
+    per = max(1, block // max(1, steps))
+    for start in range(0, count, per):
+        yield np.arange(start, min(count, start + per))
+
+
+def entry_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry, index: np.ndarray) -> np.ndarray:
+    """The sums ``Σ a·b`` of the entries ``index`` of gradient ``name`` (:func:`entry_terms`), in
+    float64 in some order: exact where the operands are integers whose sums stay below 2^53
+    (the exact oracle's digit slices), one float64 evaluation otherwise."""
+    out = np.empty(np.asarray(index).size)
+    for rows, ta, tb in entry_terms(name, a, b, g, index):
+        out[rows] = ta.sum(axis=1) if tb is None else np.einsum("ek,ek->e", ta, tb)
+    return out
+
+
+def input_slots(n_in: int, n_out: int, k: int, s: int, p: int, dil: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each input row ``h``, the output rows ``oi`` (ascending) with ``oi·s + di·dil = h + p``
+    for a tap ``0 <= di < k`` (at most one tap per ``oi``).
+
+    Returns ``(oi, di, valid)`` shaped ``(slots, n_in)``.
+    """
+    h = np.arange(n_in)
+    reach = (k - 1) * dil
+    lo = np.maximum(0, -((reach - h - p) // s))  # ceil((h + p - reach) / s), at least 0
+    hi = np.minimum(n_out - 1, (h + p) // s)
+    count = int(max(0, np.max(hi - lo + 1)))
+    oi = lo[None, :] + np.arange(count)[:, None]
+    off = h[None, :] + p - oi * s  # di·dil where valid
+    valid = (oi <= hi[None, :]) & (off % dil == 0)
+    oi = np.where(valid, oi, 0)
+    di = np.where(valid, off // dil, 0)
+    return oi, di, valid

@@ -43,17 +43,18 @@ import numpy as np
 
 from .case import Case
 from .errors import DifftestError
-from .estimate import Estimate, estimate, format_size, refuse_if_too_large
+from .estimate import Estimate, estimate, format_size, refuse_if_too_large, too_large
 from .explain import format_ratio, plural, reproduce_command
 from .geometry import GRADIENTS, Geometry
 from .outcome import BackendResult, FindingKey, jsonable
+from .sampling import DEFAULT_SIZE, choose
 from .verdicts import is_finding
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 #: The geometry keys of a layer in ``difftest model --json``.
 GEOMETRY_KEYS = ("N", "C", "H", "W", "O", "kH", "kW", "stride", "padding", "dilation", "groups")
 #: Per-result fields of ``difftest model --json``.
-GRADIENT_KEYS = ("verdict", "max_ratio", "max_ratio_order_free", "violations", "violations_order_free")
+GRADIENT_KEYS = ("verdict", "max_ratio", "max_ratio_order_free", "violations", "violations_order_free", "sampled")
 
 
 # --- building the model --------------------------------------------------------------------
@@ -375,7 +376,8 @@ def _eta(seconds: float) -> str:
 
 def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, layers: str | None = None,
                 seed: int = 0, out: Path | None = None, max_memory="auto", progress=None, expectations=None,
-                isolate: bool = True, backend_timeout: float | None = None, overwrite: bool = False) -> ModelResult:
+                isolate: bool = True, backend_timeout: float | None = None, overwrite: bool = False,
+                sample: int | None = None) -> ModelResult:
     """Capture every convolution of model ``spec`` (``layers``: a regular expression its
     qualified name must contain, :func:`re.search`) and judge each with ``backends`` through
     :func:`difftest.check.check_case`, each backend in a worker process unless ``isolate`` is
@@ -384,7 +386,12 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
     kept as ``<out>.previous`` unless ``overwrite``) through :class:`difftest.store.Recorder`: a
     case file per layer (written before its backends run), ``results.jsonl``, ``model.json``,
     ``campaign.json`` and the ``expectations`` it was judged with. ``progress(text)`` hears the
-    estimate and each layer, with the time left."""
+    estimate and each layer, with the time left.
+
+    ``sample=N`` judges at most ``N`` entries of each gradient of every layer (from ``seed``,
+    :mod:`difftest.sampling`); without it a layer whose full check is above ``max_memory`` is
+    judged at a sample of :data:`~difftest.sampling.DEFAULT_SIZE` entries instead (and says so),
+    every other layer whole."""
     from .check import check_case
     from .isolation import DEFAULT_TIMEOUT, Workers
     from .store import MODEL, Recorder, holds_run
@@ -417,12 +424,19 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
 
     formats = len({b.format.name for b in backends})
     judged = [c for c in captures if not c.skipped]
-    costs = {c.name: estimate(c.geometry, formats=formats) for c in judged}
+    samples: dict[str, int | None] = {}
+    costs: dict[str, Estimate] = {}
     for c in judged:
+        samples[c.name], costs[c.name] = layer_plan(c.geometry, formats, sample, max_memory)
         try:
-            refuse_if_too_large(costs[c.name], max_memory)
+            refuse_if_too_large(costs[c.name], max_memory, size=samples[c.name])
         except DifftestError as exc:
             raise type(exc)(f"layer {c.name}: {exc}; or leave it out with --layers") from None
+    if sample is None and any(samples.values()):
+        big = [n for n, v in samples.items() if v]
+        _say(progress, f"{plural(len(big), 'layer')} above the memory limit judged at a sample of {DEFAULT_SIZE} "
+                       f"entries per gradient (--sample N samples every layer): {', '.join(big[:4])}"
+                       + (", …" if len(big) > 4 else ""))
     total_s = sum(e.seconds for e in costs.values())
     held = sum(a.nbytes for c in judged for a in (c.input, c.weight, c.grad_output))
     if costs:
@@ -461,7 +475,7 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
             _say(progress, f"[{k}/{len(captures)}] {c.name}: {geometry_text(g)}, {g.macs / 1e6:.1f} M MACs "
                            f"(estimated {cost.seconds:.1f} s)")
             t0 = time.perf_counter()
-            rs = check_case(case, judges, max_memory=max_memory,
+            rs = check_case(case, judges, max_memory=max_memory, sample=samples[c.name], seed=seed,
                             progress=None if progress is None else (lambda text, n=c.name: progress(f"  {n}: {text}")))
             seconds = time.perf_counter() - t0
             layer = LayerResult(c.name, g, str(out / rel), [], seconds, cost)
@@ -504,6 +518,20 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         finally:
             recorder.close()
     return result
+
+
+def layer_plan(g: Geometry, formats: int, sample: int | None, max_memory) -> tuple[int | None, Estimate]:
+    """How ``difftest model`` judges a layer: with ``sample``, at that sample; else whole, or at
+    :data:`~difftest.sampling.DEFAULT_SIZE` where the whole check is above ``max_memory``. The
+    sample size (None: whole) and its estimate."""
+    full = estimate(g, formats=formats)
+    size = sample if sample is not None else (DEFAULT_SIZE if too_large(full, max_memory) else None)
+    if size is None:
+        return None, full
+    chosen = choose(g, GRADIENTS, size)
+    if all(s.whole for s in chosen.gradients.values()):
+        return None, full
+    return size, estimate(g, formats=formats, sample=chosen)
 
 
 def _verdicts_text(layer: LayerResult) -> str:
@@ -554,7 +582,8 @@ def table(result: ModelResult, expected: dict | None = None) -> str:
             cells = []
             for g in GRADIENTS:
                 gr = r.gradients.get(g)
-                v = "-" if gr is None else gr.verdict + ("*" if expected.get((layer.name, r.backend, g)) else "")
+                v = "-" if gr is None else (gr.verdict + ("~" if gr.sampled else "")
+                                            + ("*" if expected.get((layer.name, r.backend, g)) else ""))
                 cells.append(f"{v:<9}")
             worst = max((gr.max_ratio for gr in r.gradients.values()), default=0.0)
             worst_of = max((gr.max_ratio_order_free for gr in r.gradients.values()), default=0.0)
@@ -570,6 +599,9 @@ def table(result: ModelResult, expected: dict | None = None) -> str:
                      f"{note}")
     if any(expected.values()):
         lines.append("*: an expected finding (--expected)")
+    if any(gr.sampled for x in result.layers for r in x.results for gr in r.gradients.values()):
+        lines.append("~: judged at sampled entries (--sample; results.jsonl and the report say how many); "
+                     "pass there = no certain violation among them")
     verdicts = [gr.verdict for x in result.layers for r in x.results for gr in r.gradients.values()]
     from .explain import legend
 

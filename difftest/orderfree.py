@@ -69,7 +69,7 @@ from .case import RuntimeInputs
 from .formats import Format
 from .fparith import add_up, mul_up
 from .geometry import GRADIENTS, Geometry
-from .layouts import gemm_shape, gradient_operand, gradient_product
+from .layouts import entry_operand, entry_product, gemm_shape, gradient_operand, gradient_product
 
 
 @dataclass(frozen=True)
@@ -161,28 +161,39 @@ def product_bound(
     return OrderFree(bound=bound, abs_sum=s, terms=n)
 
 
-def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[str, OrderFree]:
+def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS, sample=None) -> dict[str, OrderFree]:
     """Order-free bounds of ``gradients`` (default all three) for the runtime values ``rt``;
     each is computed alone, so a subset equals the full computation's. The sums come from
     :func:`~difftest.layouts.gradient_product` on the compact tensors (the spec's terms, any
-    float64 order)."""
+    float64 order); with a ``sample`` (:class:`difftest.sampling.Sample`), of its entries only
+    (:func:`~difftest.layouts.entry_product`: the same terms, another float64 order), as 1-D
+    arrays in the order of its indices."""
     fmt = rt.format
     out: dict[str, OrderFree] = {}
     for name in gradients:
-        if name == "grad_bias":
+        index = None if sample is None else sample[name].index
+        if name == "grad_bias" and index is None:
             out[name] = _bias_bound(fmt, rt.grad_output, rt.eps_grad_output, g)
             continue
+        if name == "grad_bias":
+            out[name] = _bias_bound(fmt, rt.grad_output[:, index], rt.eps_grad_output, g)
+            continue
         b, e_b = (rt.weight, rt.eps_weight) if name == "grad_input" else (rt.input, rt.eps_input)
-        # laid out once (the weight gradient's im2col); |·| and != 0 commute with the layout
-        b, mb = gradient_operand(name, b, g), gradient_operand(name, np.ones(b.shape), g)
-        product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
+        # laid out once (the weight gradient's im2col or padded input); |·| and != 0 commute with it
+        if index is None:
+            b, mb = gradient_operand(name, b, g), gradient_operand(name, np.ones(b.shape), g)
+            product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
+        else:
+            b, mb = entry_operand(name, b, g), entry_operand(name, np.ones(b.shape), g)
+            product = lambda p, q, name=name, index=index: entry_product(name, p, q, g, index)  # noqa: E731
         out[name] = product_bound(fmt, rt.grad_output, b, np.ones(rt.grad_output.shape), mb,
                                   rt.eps_grad_output, e_b, product, gemm_shape(name, g)[2])
     return out
 
 
 def _bias_bound(fmt: Format, d: np.ndarray, eps: float, g: Geometry) -> OrderFree:
-    """``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ`` per output channel, ``m = N·oh·ow``."""
+    """``((1+u)^(n-1) - 1)·Σ|δ| + m·epsδ`` per output channel of ``d`` (all of them, or the
+    chosen ones of a sample), ``m = N·oh·ow``."""
     m = g.N * g.out_h * g.out_w
     s = abs_gemm_up(d, None, lambda p, q: gradient_product("grad_bias", p, q, g), m)
     n = np.count_nonzero(d, axis=(0, 2, 3)).astype(np.float64)

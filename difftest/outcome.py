@@ -149,6 +149,18 @@ def _worst(v, name: str) -> dict | None:
             for k, x in v.items()}
 
 
+def _sampled(v, name: str) -> dict:
+    mapping(v, name)
+    judged, total = integer(v.get("judged"), f"{name}.judged", 0), integer(v.get("total"), f"{name}.total", 0)
+    if judged > total:
+        raise _bad(f"{name}.judged", f"at most total ({total})", judged)
+    strata = {name_text(k, f"{name}.strata"): integer(x, f"{name}.strata.{k}", 0)
+              for k, x in mapping(v.get("strata", {}), f"{name}.strata").items()}
+    return {"judged": judged, "total": total, "strata": strata, "by_cost": flag(v.get("by_cost", False), f"{name}.by_cost"),
+            "terms": integer(v.get("terms", 0), f"{name}.terms", 0), "size": integer(v.get("size", 0), f"{name}.size", 0),
+            "seed": integer(v.get("seed", 0), f"{name}.seed")}
+
+
 def _known(d: dict, cls) -> dict:
     return {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
 
@@ -190,10 +202,22 @@ class GradientResult:
     worst: dict | None = None
     message: str = ""
     out_of_model: int = 0
+    #: Judged at chosen entries only (``--sample``, :mod:`difftest.sampling`): ``{"judged",
+    #: "total", "strata", "by_cost", "terms", "size", "seed"}`` (``size``: the sample's N); None where every entry was judged. ``pass`` then means no
+    #: certain violation among the judged entries.
+    sampled: dict | None = None
     entries: EntryArrays | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "entries" and not (f.name == "sampled" and self.sampled is None)}
+
+    @property
+    def sampled_text(self) -> str:
+        """``sampled: judged / total`` (empty where every entry was judged)."""
+        if self.sampled is None:
+            return ""
+        return f"sampled: {self.sampled['judged']:,} / {self.sampled['total']:,}"
 
     @classmethod
     def from_dict(cls, d: dict, name: str = "gradient") -> "GradientResult":
@@ -212,6 +236,7 @@ class GradientResult:
             worst=_worst(d.get("worst"), f"{name}.worst"),
             message=text(d.get("message", ""), f"{name}.message"),
             out_of_model=integer(d.get("out_of_model", 0), f"{name}.out_of_model", 0),
+            sampled=optional(_sampled)(d.get("sampled"), f"{name}.sampled"),
         )
 
 
@@ -348,7 +373,8 @@ class ResultRecord:
     finding: FindingKey | None = None
     #: On a finding's record: the largest searched case that showed it, where that is not the
     #: reproducer (a GPU finding shrunk to a tiny shape may have left the kernel that failed):
-    #: ``{"case_id", "case_file", "geometry", "macs"}``.
+    #: ``{"case_id", "case_file", "geometry", "macs"}``, and ``"sample": {"size", "seed"}`` where it
+    #: was judged at sampled entries (its replay samples the same ones).
     largest_case: dict | None = None
     schema: int = SCHEMA_VERSION
 
@@ -415,8 +441,13 @@ class ResultRecord:
 
 def _largest(v, name: str) -> dict:
     mapping(v, name)
-    return {"case_id": name_text(v.get("case_id"), f"{name}.case_id"), "case_file": text(v.get("case_file"), f"{name}.case_file"),
-            "geometry": geometry_of(v.get("geometry", {}), f"{name}.geometry"), "macs": integer(v.get("macs"), f"{name}.macs", 0)}
+    out = {"case_id": name_text(v.get("case_id"), f"{name}.case_id"), "case_file": text(v.get("case_file"), f"{name}.case_file"),
+           "geometry": geometry_of(v.get("geometry", {}), f"{name}.geometry"), "macs": integer(v.get("macs"), f"{name}.macs", 0)}
+    if v.get("sample") is not None:
+        sample = mapping(v["sample"], f"{name}.sample")
+        out["sample"] = {"size": integer(sample.get("size"), f"{name}.sample.size", 1),
+                         "seed": integer(sample.get("seed", 0), f"{name}.sample.seed")}
+    return out
 
 
 #: The checks of a result line's fields (``gradients``, ``requested``, ``finding``, ``schema``: their own).

@@ -26,7 +26,7 @@ from .errors import UnsupportedFormat
 from .formats import Format
 from .fparith import add_up, half_ulp_of, half_ulp_of_product, half_ulp_of_sum, mul_up, nf_add, nf_mul
 from .geometry import GRADIENTS, Geometry
-from .layouts import grad_output_rows, grouped_rows, im2col
+from .layouts import entry_operand, entry_terms, grad_output_rows, grouped_rows, im2col, input_slots
 
 
 class Fold:
@@ -91,25 +91,6 @@ def kernel_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
     return fold
 
 
-def _slots(n_in: int, n_out: int, k: int, s: int, p: int, dil: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each input row ``h``, the output rows ``oi`` (ascending) with ``oi·s + di·dil = h + p``
-    for a tap ``0 <= di < k`` (at most one tap per ``oi``).
-
-    Returns ``(oi, di, valid)`` shaped ``(slots, n_in)``.
-    """
-    h = np.arange(n_in)
-    reach = (k - 1) * dil
-    lo = np.maximum(0, -((reach - h - p) // s))  # ceil((h + p - reach) / s), at least 0
-    hi = np.minimum(n_out - 1, (h + p) // s)
-    count = int(max(0, np.max(hi - lo + 1)))
-    oi = lo[None, :] + np.arange(count)[:, None]
-    off = h[None, :] + p - oi * s  # di·dil where valid
-    valid = (oi <= hi[None, :]) & (off % dil == 0)
-    oi = np.where(valid, oi, 0)
-    di = np.where(valid, off // dil, 0)
-    return oi, di, valid
-
-
 def input_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
     """``conv2dInputPointBound`` for every ``(n, c, h, w)``.
 
@@ -123,8 +104,8 @@ def input_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
     G, Og, Cg = g.groups, g.Og, g.Cg
     d = rt.grad_output.reshape(g.N, G, Og, g.out_h, g.out_w)
     w = rt.weight.reshape(G, Og, Cg, g.kH, g.kW)
-    oi, di, vh = _slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
-    oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
+    oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
     total = Og * g.out_h * g.out_w * g.kH * g.kW
     fold = Fold(fmt, (g.N, G, Cg, g.H, g.W))
     last = np.full((g.H, g.W), -1, dtype=np.int64)  # index of the last step taken, per (h, w)
@@ -166,8 +147,8 @@ def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndar
 
     last = (g.N, g.H, g.W, g.C)  # channels last: the compiled loop runs over c
     acc, e = np.empty(last), np.empty(last)
-    oi, di, vh = _slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
-    oj, dj, vw = _slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
+    oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
     kernels.input_fold(_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)),
                        oi, di, vh, oj, dj, vw, int(rt.format.prec), int(rt.format.emin), float(rt.eps_weight),
                        float(rt.eps_grad_output), acc, e)
@@ -252,3 +233,110 @@ def numpy_replay(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS) -> dict[st
         fold = _NUMPY[name](rt, g)
         out[name] = (fold.acc.reshape(g.shape_of(name)), fold.e.reshape(g.shape_of(name)))
     return out
+
+
+# --- chosen entries only (a sampled check: difftest.sampling) -------------------------------------
+
+#: Elements one block of the numpy entry folds may gather (their Python loop runs once per step
+#: and block: larger blocks than the compiled folds take).
+NUMPY_ENTRY_BLOCK = 1 << 25
+
+
+def replay_entries(rt: RuntimeInputs, g: Geometry, name: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NF values and torchlean bounds of the entries ``index`` (flat, of the gradient's shape) of
+    gradient ``name``: for each entry, the same fold as :func:`replay` runs for it, so the values
+    are the full replay's at those entries, bit for bit; each entry costs its own steps only."""
+    if not rt.format.vectorised:
+        raise UnsupportedFormat(f"the vectorised replay cannot emulate {rt.format.name}; use difftest.lean")
+    index = np.asarray(index, dtype=np.int64)
+    if compiled(rt.format):
+        return _COMPILED_ENTRIES[name](rt, g, index)
+    return _numpy_entries(rt, g, name, index)
+
+
+def _compiled_pairs(rt: RuntimeInputs, g: Geometry, name: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from . import kernels
+
+    fmt = rt.format
+    acc, e = np.empty(index.size), np.empty(index.size)
+    steps = g.N * g.out_h * g.out_w
+    b = entry_operand(name, rt.input, g) if name == "grad_weight" else None
+    for rows, ta, tb in entry_terms(name, rt.grad_output, b, g, index):
+        a_out, e_out = np.empty(rows.size), np.empty(rows.size)
+        if tb is None:
+            kernels.bias_fold(_operand(ta), int(fmt.prec), int(fmt.emin), float(rt.eps_grad_output), a_out, e_out)
+        else:
+            kernels.pair_fold(_operand(ta), _operand(tb), int(fmt.prec), int(fmt.emin), float(rt.eps_input),
+                              float(rt.eps_grad_output), a_out, e_out)
+        acc[rows], e[rows] = a_out, e_out
+    return acc, kernels.inflate(e, steps)
+
+
+def _compiled_input_entries(rt: RuntimeInputs, g: Geometry, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from . import kernels
+
+    n, c, h, w = (np.ascontiguousarray(v) for v in np.unravel_index(index, g.input_shape))
+    oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
+    acc, e = np.empty(index.size), np.empty(index.size)
+    kernels.input_entries_fold(_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)), n, c, h, w,
+                               int(g.groups), oi, di, vh, oj, dj, vw, int(rt.format.prec), int(rt.format.emin),
+                               float(rt.eps_weight), float(rt.eps_grad_output), acc, e)
+    return acc, kernels.inflate(e, g.Og * oi.shape[0] * oj.shape[0] + 1)
+
+
+_COMPILED_ENTRIES = {
+    "grad_input": _compiled_input_entries,
+    "grad_weight": lambda rt, g, index: _compiled_pairs(rt, g, "grad_weight", index),
+    "grad_bias": lambda rt, g, index: _compiled_pairs(rt, g, "grad_bias", index),
+}
+
+
+def _numpy_entries(rt: RuntimeInputs, g: Geometry, name: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy folds of :func:`bias_replay`, :func:`kernel_replay` and :func:`input_replay`,
+    vectorised across the chosen entries instead of all."""
+
+    fmt = rt.format
+    acc, e = np.empty(index.size), np.empty(index.size)
+    if name == "grad_input":
+        fold = _input_entries_fold(rt, g, index)
+        return fold.acc, fold.e
+    b = entry_operand(name, rt.input, g) if name == "grad_weight" else None
+    for rows, ta, tb in entry_terms(name, rt.grad_output, b, g, index, NUMPY_ENTRY_BLOCK):
+        fold = Fold(fmt, (rows.size,))
+        for k in range(ta.shape[1]):
+            if tb is None:
+                fold.step(ta[:, k], rt.eps_grad_output)
+            else:
+                x, dv = tb[:, k], ta[:, k]
+                fold.step(nf_mul(fmt, x, dv), mul_eps(fmt, x, dv, rt.eps_input, rt.eps_grad_output))
+        acc[rows], e[rows] = fold.acc, fold.e
+    return acc, e
+
+
+def _input_entries_fold(rt: RuntimeInputs, g: Geometry, index: np.ndarray) -> Fold:
+    """:func:`input_replay`'s fold for the chosen entries only: the same steps and zero runs."""
+    fmt = rt.format
+    n, c, h, w = np.unravel_index(index, g.input_shape)
+    group, local = np.divmod(c, g.Cg)
+    oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
+    oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
+    total = g.Og * g.out_h * g.out_w * g.kH * g.kW
+    fold = Fold(fmt, (index.size,))
+    last = np.full(index.size, -1, dtype=np.int64)
+    for o in range(g.Og):
+        oo = group * g.Og + o
+        for a in range(oi.shape[0]):
+            for b in range(oj.shape[0]):
+                valid = vh[a, h] & vw[b, w]
+                if not valid.any():
+                    continue
+                r, q, kr, kq = oi[a, h], oj[b, w], di[a, h], dj[b, w]
+                idx = (((o * g.out_h + r) * g.out_w + q) * g.kH + kr) * g.kW + kq
+                fold.zero_steps(np.where(valid, idx - last - 1, 0))
+                dv = rt.grad_output[n, oo, r, q]
+                wv = rt.weight[oo, local, kr, kq]
+                fold.step(nf_mul(fmt, dv, wv), mul_eps(fmt, dv, wv, rt.eps_grad_output, rt.eps_weight), where=valid)
+                last = np.where(valid, idx, last)
+    fold.zero_steps(total - 1 - last)
+    return fold

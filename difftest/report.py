@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from .expectations import REACHED_CASES, Expected, Expectations
-from .explain import format_ratio, geometry_text, plural, ratios_text, reproduce_command, violations_text, worst_text
+from .explain import (format_ratio, geometry_text, plural, ratios_text, reproduce_command, sampled_of, violations_text,
+                      worst_text)
 from .geometry import GRADIENTS, Geometry
 from .outcome import EntryArrays, ResultRecord, as_float
 from .lock import holder_text, lock_holder
 from .results import cases_per_backend, findings, summarize
+from .sampling import sample_text
 from .store import (campaigns_of, confined, read_campaign, read_environments, read_expected, read_fingerprints,
                     read_model, read_results)
 from .verdicts import MEANING, SEVERITY, VERDICTS, is_finding, worst_verdict
@@ -161,6 +163,10 @@ HEATMAP_BOUND = {"precision": ("bound_order_free", "order-free bound"), "order":
 def saved_ratio(d: Path, r: ResultRecord, gradient: str, bound: str) -> tuple[np.ndarray | None, str]:
     """error / ``bound`` per entry, from the arrays saved with the result's raw outputs (a damaged or
     mis-shaped file is a note: the rest of the report renders)."""
+    sampled = r.gradients[gradient].sampled
+    if sampled:
+        return None, (f"judged at sampled entries ({sample_text(gradient, sampled)}): no heatmap of the whole "
+                      "gradient; the worst entry above is named by its index in it")
     if not r.outputs_file or not confined(d, r.outputs_file, f"{d}: outputs_file").is_file():
         return None, "no raw outputs saved for this result"
     try:
@@ -260,7 +266,8 @@ def model_layers(dirs: list[Path], records: list[ResultRecord], origin: dict, ba
                         "extensions": layer.get("extensions") or [],
                         "cells": {b: results.get(b) for b in backends},
                         "worst": worst_verdict(gr.verdict for r in results.values() for gr in r.gradients.values())
-                        if results else ""})
+                        if results else "",
+                        "sampled": any(gr.sampled for r in results.values() for gr in r.gradients.values())})
     return out
 
 
@@ -305,10 +312,12 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
 
     def detail(r: ResultRecord, g: str, shrunk: bool) -> Detail:
         d = origin[id(r)]
-        cmd = reproduce_command(d / r.case_file, r.backend, r.requested) if r.case_file else "(no case file saved)"
+        cmd = (reproduce_command(d / r.case_file, r.backend, r.requested, sampled_of(r.gradients)) if r.case_file
+               else "(no case file saved)")
         v = r.gradients[g].verdict
         big = r.largest_case
-        big_cmd = reproduce_command(d / big["case_file"], r.backend) if big and big.get("case_file") else ""
+        big_cmd = (reproduce_command(d / big["case_file"], r.backend, sampled=big.get("sample"))
+                   if big and big.get("case_file") else "")
         return Detail(record=r, gradient=g, verdict=v, command=cmd, shrunk=shrunk, largest_command=big_cmd,
                       status=base.status(r.backend, r.format, g, v) if base else "", worst=r.gradients[g].worst or {},
                       expected=expectations.explain_record(r, g), layer=layer_of.get((Path(d), r.case_file), ""))
@@ -382,6 +391,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "geometry_text": geometry_text,
         "violations_text": violations_text,
         "worst_text": worst_text,
+        "sample_text": sample_text,
     }
 
 

@@ -203,7 +203,7 @@ class Round:
             print_blob=False,
             phases=phases,
         )(given(campaign_cases(self.fmt, c.profile.limits, self.group.realistic, c.profile.max_macs,
-                               extensions=self.group.supports))(self.probe))
+                               extensions=self.group.supports, max_batch=c.profile.real_batch))(self.probe))
         # A stable database key: tomorrow's run of the same campaign replays today's failures first.
         test._hypothesis_internal_database_key = hashlib.sha256(key.encode()).digest()
         if self.target is not None:

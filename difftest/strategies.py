@@ -611,10 +611,11 @@ def requested_gradients() -> st.SearchStrategy[tuple[str, ...]]:
 
 
 def campaign_cases(fmt: Format | str, limits: Limits = Limits(), realistic: float = 0.0,
-                   max_macs: int = 2_000_000, subsets: bool = True, extensions=True) -> st.SearchStrategy[Case]:
+                   max_macs: int = 2_000_000, subsets: bool = True, extensions=True,
+                   max_batch: int = 2) -> st.SearchStrategy[Case]:
     """What a campaign draws: small fuzzed :func:`cases` within ``limits``, and a share
     ``realistic`` (0 to 1, of the draws; in steps of 1/1000) of :func:`realistic_cases` up to
-    ``max_macs``; with ``subsets``, each requesting the gradients of :func:`requested_gradients`;
+    ``max_macs`` and batches up to ``max_batch``; with ``subsets``, each requesting the gradients of :func:`requested_gradients`;
     ``extensions`` as in :func:`cases`. Shrinking moves a failure towards the small cases where
     it still fails, and towards all three gradients."""
     fmt, limits = _format(fmt), _limits(limits)
@@ -624,9 +625,9 @@ def campaign_cases(fmt: Format | str, limits: Limits = Limits(), realistic: floa
     if cut == 1000:
         drawn = small
     elif cut == 0:
-        drawn = realistic_cases(fmt, max_macs, extensions=extensions)
+        drawn = realistic_cases(fmt, max_macs, max_batch, extensions=extensions)
     else:
-        real = realistic_cases(fmt, max_macs, extensions=extensions)
+        real = realistic_cases(fmt, max_macs, max_batch, extensions=extensions)
         drawn = _spread_index(1000).flatmap(lambda r: small if r < cut else real)
     if not subsets:
         return drawn

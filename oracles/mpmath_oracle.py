@@ -39,8 +39,10 @@ class MpmathOracle:
     name = "mpmath"
 
     def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry,
-                       gradients=GRADIENTS) -> dict[str, ExactTensor]:
-        """The exact ``gradients`` (default all three), entry by entry."""
+                       gradients=GRADIENTS, sample=None) -> dict[str, ExactTensor]:
+        """The exact ``gradients`` (default all three), entry by entry; with a ``sample``
+        (:class:`difftest.sampling.Sample`) its entries, as 1-D tensors (every entry is summed
+        first: the reference is for small cases)."""
         (sh, sw), (ph, pw), (dh, dw), Cg, Og = (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), g.Cg, g.Og
         with mp.workprec(PREC):
             X = np.vectorize(mpf, otypes=[object])(x)
@@ -90,4 +92,7 @@ class MpmathOracle:
 
             sums = {"grad_input": inp, "grad_weight": kernel, "grad_bias": bias}
             values = {name: sums[name]() for name in gradients}
-        return {name: _pack(values[name], g.shape_of(name)) for name in gradients}
+        out = {name: _pack(values[name], g.shape_of(name)) for name in gradients}
+        if sample is None:
+            return out
+        return {name: t.map(lambda m, name=name: m.ravel()[sample[name].index]) for name, t in out.items()}

@@ -18,7 +18,7 @@ import numpy as np
 
 from difftest.exact import ExactTensor
 from difftest.geometry import GRADIENTS, Geometry
-from difftest.layouts import gemm_shape, gradient_operand, gradient_product
+from difftest.layouts import entry_operand, entry_terms, gemm_shape, gradient_operand, gradient_product
 
 
 def slice_width(k: int) -> int:
@@ -26,28 +26,58 @@ def slice_width(k: int) -> int:
     return (53 - max(0, math.ceil(math.log2(max(k, 1))))) // 2
 
 
-def split_digits(a: np.ndarray, b: int) -> tuple[list[np.ndarray], int]:
+_CHUNK = 1 << 18
+
+
+def digit_frame(a: np.ndarray, b: int) -> tuple[int, int] | None:
+    """``(q, count)`` of :func:`split_digits`: the lowest set bit of any entry of ``a``
+    (float64 arrays) and the number of ``b``-bit digits above it; None where ``a`` is all zeros.
+
+    Read off the bits: a normal entry is ``m · 2^(E - 1075)`` with ``m`` its 53-bit significand
+    (hidden bit set), a subnormal one ``m · 2^-1074``; its lowest set bit is that exponent plus
+    the trailing zeros of ``m`` (``m & -m``, a power of two whose exponent its float64 shows)."""
+    flat = np.ascontiguousarray(a, dtype=np.float64).ravel()
+    q = None
+    for start in range(0, flat.size, _CHUNK):  # in chunks: temporaries stay small (no page faults)
+        bits = flat[start:start + _CHUNK].view(np.int64) & 0x7FFFFFFFFFFFFFFF  # |a|
+        bits = bits[bits != 0]
+        if bits.size == 0:
+            continue
+        field = bits >> 52
+        m = np.where(field != 0, (bits & 0xFFFFFFFFFFFFF) | (1 << 52), bits)
+        tz = ((m & -m).astype(np.float64).view(np.int64) >> 52) - 1023
+        low = int(np.min(np.where(field != 0, field - 1075, -1074) + tz))
+        q = low if q is None else min(q, low)
+    if q is None:
+        return None
+    top = int(np.frexp(np.max(np.abs(flat)))[1])  # every |a| < 2^top
+    return q, -(-(top - q) // b)
+
+
+def split_digits(a: np.ndarray, b: int, frame: tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
     """Signed ``b``-bit digits of ``a`` (integer-valued float64 arrays) and the base exponent ``q``.
 
-    ``a == Σ_s digits[s] · 2^(q + s·b)`` exactly.
+    ``a == Σ_s digits[s] · 2^(q + s·b)`` exactly. ``frame``: the ``(q, count)`` to cut at (of a
+    larger array ``a`` was taken from, :func:`digit_frame`), else ``a``'s own.
+
+    Scaling by ``2^-w`` is a multiplication where ``2^±w`` are normal float64 numbers (the scaled
+    values ``r·2^-w`` lie in ``[2^-(count·b), 2^b)``: exact), else ``ldexp``.
     """
-    nz = a != 0
-    if not nz.any():
+    frame = digit_frame(a, b) if frame is None else frame
+    if frame is None:
         return [], 0
-    mant, ex = np.frexp(a[nz])
-    mi = np.ldexp(np.abs(mant), 53).astype(np.int64)  # exact 53-bit integers
-    low = mi & -mi
-    tz = np.frexp(low.astype(np.float64))[1].astype(np.int64) - 1
-    q = int(np.min(ex.astype(np.int64) - 53 + tz))
-    top = int(np.max(ex))  # every |a| < 2^top
-    count = -(-(top - q) // b)
+    q, count = frame
     r = np.abs(a)
     digits: list[np.ndarray] = [None] * count  # type: ignore[list-item]
     for s in range(count - 1, -1, -1):
         w = q + s * b
-        d = np.floor(np.ldexp(r, -w))  # r < 2^(w + b): d < 2^b, exact
-        r = r - np.ldexp(d, w)  # removes leading bits: exact
-        digits[s] = np.copysign(d, a) * nz
+        if -1022 <= w <= 1023 and count * b < 1000:
+            d = np.floor(r * 2.0**-w)  # r < 2^(w + b): d < 2^b, exact
+            r = r - d * 2.0**w  # removes leading bits: exact
+        else:
+            d = np.floor(np.ldexp(r, -w))
+            r = r - np.ldexp(d, w)
+        digits[s] = np.copysign(d, a)
     assert not r.any()
     return digits, q
 
@@ -88,8 +118,10 @@ class SlicedExactOracle:
     name = "exact"
 
     def spec_gradients(self, x: np.ndarray, w: np.ndarray, d: np.ndarray, g: Geometry,
-                       gradients=GRADIENTS) -> dict[str, ExactTensor]:
-        """The exact ``gradients`` (default all three), each computed alone.
+                       gradients=GRADIENTS, sample=None) -> dict[str, ExactTensor]:
+        """The exact ``gradients`` (default all three), each computed alone; with a ``sample``
+        (:class:`difftest.sampling.Sample`), its entries only, as 1-D tensors in the order of its
+        indices (:func:`entry_sums`).
 
         The digits are cut from the compact tensors: every product of two digit tensors is a
         sum of at most ``inner`` (the gradient's steps per entry) products of ``width``-bit
@@ -100,9 +132,35 @@ class SlicedExactOracle:
         for name in gradients:
             a, b = operands[name]
             width = slice_width(gemm_shape(name, g)[2])
+            if sample is not None:
+                out[name] = entry_sums(name, a, b, g, sample[name].index, width)
+                continue
             da, qa = split_digits(a, width)
             db, qb = split_digits(b, width)
             db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
             product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
             out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product)
         return out
+
+
+def entry_sums(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, index: np.ndarray, width: int) -> ExactTensor:
+    """The exact sums of the entries ``index`` of gradient ``name`` (1-D, in that order): each
+    block of their terms (:func:`~difftest.layouts.entry_terms`) is cut into ``width``-bit digits
+    at the whole operands' frame (so every block's levels share one scale), and each pair of digit
+    blocks summed along the terms, exactly (integers below 2^53, as in :func:`digit_product`).
+    Only the judged entries' terms are gathered and cut, never the whole operands."""
+    fa = digit_frame(a, width)
+    fb = None if name == "grad_bias" else digit_frame(b, width)
+    if fa is None or (name != "grad_bias" and fb is None):
+        return ExactTensor.zeros(index.shape)
+    qb = 0 if fb is None else fb[0]
+    levels: dict[int, np.ndarray] = {}
+    operand = None if name == "grad_bias" else entry_operand(name, b, g)
+    for rows, ta, tb in entry_terms(name, a, operand, g, index):
+        da, _ = split_digits(ta, width, fa)
+        db = [None] if tb is None else split_digits(tb, width, fb)[0]
+        for s, ds in enumerate(da):
+            for t, dt in enumerate(db):
+                p = (ds.sum(axis=1) if dt is None else np.einsum("ek,ek->e", ds, dt)).astype(np.int64)
+                levels.setdefault(s + t, np.zeros(index.shape, dtype=np.int64))[rows] += p
+    return ExactTensor.from_levels(levels, fa[0] + qb, width)

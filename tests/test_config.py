@@ -42,6 +42,7 @@ out = "res"
 fail_on = "never"
 seed = 5
 database = false
+sample = 4096
 """
 
 
@@ -53,7 +54,8 @@ def test_the_file_is_read_from_the_nearest_pyproject_at_or_above_the_current_dir
     assert cfg.file == p
     assert {k: cfg.get(k) for k in config.KEYS} == {
         "backends": ["nf-binary16"], "profile": "ci", "time_budget": 30.0, "out": str(tmp_path / "proj" / "res"),
-        "fail_on": "never", "seed": 5, "database": None, "expected": None, "backend_timeout": None}
+        "fail_on": "never", "seed": 5, "database": None, "expected": None, "backend_timeout": None,
+        "sample": 4096}
     assert cfg.source("seed") == f"{p} [tool.difftest] seed = 5"
     pyproject(tmp_path / "proj" / "src", "")  # a nearer pyproject.toml without the table: no settings
     assert config.load(cwd=sub, environ={}).settings == {}
@@ -73,6 +75,7 @@ def test_variables_are_parsed_and_an_empty_one_is_unset():
     ("DIFFTEST_TIME_BUDGET", "soon", "DIFFTEST_TIME_BUDGET=soon: time_budget must be a number of seconds > 0"),
     ("DIFFTEST_TIME_BUDGET", "-1", "DIFFTEST_TIME_BUDGET=-1: time_budget must be a number of seconds > 0"),
     ("DIFFTEST_SEED", "1.5", "DIFFTEST_SEED=1.5: seed must be an integer"),
+    ("DIFFTEST_SAMPLE", "0", "DIFFTEST_SAMPLE=0: sample must be a whole number of entries >= 1"),
     ("DIFFTEST_BACKENDS", ",", "DIFFTEST_BACKENDS=,: backends must be backend names separated by commas"),
 ])
 def test_a_bad_variable_is_one_line_naming_it(monkeypatch, capsys, var, value, message):
@@ -86,6 +89,7 @@ def test_a_bad_variable_is_one_line_naming_it(monkeypatch, capsys, var, value, m
 @pytest.mark.parametrize("body, message", [
     ('profile = "fast"', '[tool.difftest] profile = "fast": profile must be one of quick, ci, nightly, hardware'),
     ("seed = true", "[tool.difftest] seed = true: seed must be an integer"),
+    ("sample = 2.5", "[tool.difftest] sample = 2.5: sample must be a whole number of entries >= 1"),
     ('backends = "numpy-float32"', "backends must be a non-empty list of backend names"),
     ("time-budget = 0", "[tool.difftest] time-budget = 0: time_budget must be a number of seconds > 0"),
     ("timebudget = 3", "[tool.difftest]: unknown key 'timebudget'; the keys are backends, profile"),

@@ -79,7 +79,8 @@ def test_the_json_has_exactly_the_documented_keys(tiny_run):
             assert set(r) == {"backend", "format", "gradients"} and r["format"] == "binary32"
             assert set(r["gradients"]) == set(GRADIENTS)
             for g in r["gradients"].values():
-                assert set(g) == {"verdict", "max_ratio", "max_ratio_order_free", "violations", "violations_order_free"}
+                assert set(g) == {"verdict", "max_ratio", "max_ratio_order_free", "violations", "violations_order_free",
+                                  "sampled"}
 
 
 def test_every_zero_padded_convolution_is_judged_and_the_others_are_skipped(tiny_run):
