@@ -50,6 +50,7 @@ from hypothesis import reject
 
 from . import __version__
 from .check import check_case, supports_of
+from .distributed import connect
 from .errors import BudgetExhausted, DifftestError
 from .estimate import CaseTooLarge
 from .expectations import Expectations
@@ -179,6 +180,7 @@ class CampaignConfig:
     isolate: bool = True  # run each backend in a worker process (difftest.isolation); False: in this one
     backend_timeout: float | None = DEFAULT_TIMEOUT  # seconds one backend call may take (None: no limit)
     overwrite: bool = False  # replace a previous run in ``out`` instead of keeping it as ``<out>.previous``
+    scheduler: str | None = None  # a Dask scheduler's address: judge there (difftest.distributed); None: here
 
 
 #: Judged cases remembered per campaign (hypothesis repeats simple cases: judge once, record once).
@@ -217,6 +219,7 @@ class Campaign:
         self.group_cases: dict[str, int] = {}  # group label -> cases searched (difftest.search.Group)
         self.replayed: set[str] = set()  # database keys whose saved failures a round has replayed
         self.too_large = 0  # drawn cases refused for memory (difftest.estimate.CaseTooLarge), not judged
+        self.cluster = None  # where the judging runs (difftest.distributed), while the search runs
 
     # --- what the rounds ask --------------------------------------------------------------
 
@@ -226,7 +229,8 @@ class Campaign:
         if case.case_id in self._judged:
             return self._judged[case.case_id]
         try:
-            results = check_case(case, backends, stop=stop, sample=self.profile.sample, seed=self.config.seed)
+            results = check_case(case, backends, stop=stop, sample=self.profile.sample, seed=self.config.seed,
+                                 cluster=self.cluster)
         except CaseTooLarge:  # a real layer too large for this machine's memory even sampled: not drawn
             self.too_large += 1
             reject()
@@ -447,6 +451,7 @@ class Campaign:
             "stop_on": sorted(cfg.stop_on),
             "isolate": cfg.isolate,
             "backend_timeout_s": cfg.backend_timeout,
+            "scheduler": cfg.scheduler,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "status": "running",
         }
@@ -505,6 +510,7 @@ class Campaign:
         cfg = self.config
         pool = Workers(cfg.backend_timeout) if cfg.isolate else None
         try:
+            self.cluster = connect(cfg.scheduler)
             if pool is not None:
                 pool.deadline = self.end
                 wrapped = dict(zip(map(id, cfg.backends), pool.wrap(cfg.backends)))
@@ -522,6 +528,9 @@ class Campaign:
         finally:
             if pool is not None:
                 pool.close()
+            if self.cluster is not None:
+                self.cluster.close()
+                self.cluster = None
 
     def _finish(self, info: dict, t0: float) -> list | None:
         """Write the campaign's outcome (``campaign.json``); its finding count is the result lines'."""

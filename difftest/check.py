@@ -270,7 +270,7 @@ def sample_of(case: Case, size: int | None, seed: int = 0) -> Sample | None:
 
 
 def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max_memory="auto",
-               progress=None, sample: int | None = None, seed: int = 0) -> list[BackendResult]:
+               progress=None, sample: int | None = None, seed: int = 0, cluster=None) -> list[BackendResult]:
     """Judge each backend on ``case``'s requested gradients: the oracle runs once, the model
     once per format.
 
@@ -280,7 +280,9 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     after each backend; a true answer ends the judgement there (the results so far are returned).
 
     ``sample=N`` judges at most ``N`` entries of each gradient, chosen from ``seed``
-    (:mod:`difftest.sampling`); every entry where ``N`` covers the gradients.
+    (:mod:`difftest.sampling`); every entry where ``N`` covers the gradients. With a ``cluster``
+    (:class:`difftest.distributed.Cluster`) the backends run here and the judging there (every
+    backend runs; ``stop`` then trims the results).
 
     Before any work the cost is estimated (:mod:`difftest.estimate`): above ``max_memory`` bytes
     (``"auto"``: 60 % of the machine's memory; ``None``: no limit) the case is refused with
@@ -297,6 +299,14 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     say = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else (lambda text: None)
     judgement = Judgement(case, oracle, chosen, lambda text: say(text if judgement.exact else f"{cost.describe()}; {text}"))
     results = []
+    if cluster is not None:
+        runs = [run_backend(b, case) for b in backends]
+        say("judging on the cluster")
+        for r in cluster.judge(case, runs, oracle, chosen):
+            results.append(r)
+            if stop is not None and stop(r):
+                break
+        return results
     for b in backends:
         say(f"running {b.name}")
         results.append(judgement.judge(run_backend(b, case)))

@@ -101,6 +101,11 @@ def _sample(args, cfg) -> int | None:
     return args.sample if args.sample is not None else cfg.get("sample")
 
 
+def _scheduler(args, cfg) -> str | None:
+    """--scheduler, DIFFTEST_SCHEDULER or [tool.difftest] scheduler; None: judge in this process."""
+    return args.scheduler if args.scheduler is not None else cfg.get("scheduler")
+
+
 def _config():
     """``[tool.difftest]`` of the nearest pyproject.toml and the DIFFTEST_* variables."""
     from . import config
@@ -357,6 +362,7 @@ def cmd_run(args) -> int:
         isolate=not args.no_isolate,
         backend_timeout=_backend_timeout(args, cfg),
         overwrite=args.overwrite,
+        scheduler=_scheduler(args, cfg),
     )
     campaign = Campaign(config)
     if not args.quiet:
@@ -548,7 +554,7 @@ def cmd_model(args) -> int:
     out = _prepare_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
     result = mdl.check_model(args.model, backends, shape, layers=args.layers, seed=args.seed, out=out,
                              max_memory=_max_memory(args), progress=_say, expectations=expectations,
-                             sample=_sample(args, cfg),
+                             sample=_sample(args, cfg), scheduler=_scheduler(args, cfg),
                              isolate=not args.no_isolate, backend_timeout=_backend_timeout(args, cfg),
                              overwrite=args.overwrite)
     expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
@@ -675,6 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the backends in this process, not in worker processes (for debugging: a backend "
                              "that crashes or hangs then takes difftest with it)")
 
+    def scheduler_arg(sp, what: str):
+        sp.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help=f"send the judging of {what} to the Dask scheduler at ADDRESS (tcp://HOST:8786; the "
+                             "dask extra); the backends run here and the results are written here")
+
     def overwrite_arg(sp):
         sp.add_argument("--overwrite", action="store_true",
                         help="replace the results already in the output directory (default: keep them as "
@@ -772,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, metavar="N",
                    help="search the format groups in N processes, one results.jsonl (default: this machine's cores, "
                         f"{os.cpu_count() or 1} here; 1: this process)")
+    scheduler_arg(r, "each case")
     r.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
                         "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
     isolation_args(r)
@@ -888,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "default 4096), and refuse one whose sample is too (default auto: 60%% of this "
                          "machine's memory)")
     sample_arg(md, "; default: only the layers whose full check is above --max-memory, at 4096")
+    scheduler_arg(md, "the layers")
     md.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
     isolation_args(md)
     overwrite_arg(md)

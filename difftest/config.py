@@ -24,6 +24,8 @@ Keys (the file's name, the variable's name, what it holds):
                 ``run``, ``model``, ``fingerprint``)
 ``sample``      ``DIFFTEST_SAMPLE``    entries judged per gradient (an integer >= 1; ``check``,
                                        ``bounds``, ``model``; see :mod:`difftest.sampling`)
+``scheduler``   ``DIFFTEST_SCHEDULER`` a Dask scheduler's address that judges (``run``, ``model``;
+                                       see :mod:`difftest.distributed`)
 =============== ====================== ==========================================================
 
 The file's keys may also be spelled with hyphens (``time-budget``, ``fail-on``). Relative paths
@@ -69,6 +71,7 @@ ENV_VARS = {
     "expected": "DIFFTEST_EXPECTED",
     "backend_timeout": "DIFFTEST_BACKEND_TIMEOUT",
     "sample": "DIFFTEST_SAMPLE",
+    "scheduler": "DIFFTEST_SCHEDULER",
 }
 KEYS = tuple(ENV_VARS)
 TABLE = "[tool.difftest]"
@@ -154,6 +157,10 @@ def _check(key: str, value, source: str, from_text: bool, base: Path | None):
             raise bad('a non-empty list of backend names, e.g. ["numpy-float32", "nf-binary32"] '
                       "(see 'difftest backends')")
         return [v.strip() for v in value]
+    if key == "scheduler":
+        if not isinstance(value, str) or not value.strip():
+            raise bad("a Dask scheduler address (tcp://HOST:8786)")
+        return value.strip()
     if key in ("out", "database", "expected"):
         if key == "database" and (value is False or (from_text and value.strip().lower() == "none")):
             return None  # no example database

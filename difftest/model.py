@@ -36,6 +36,7 @@ import re
 import sys
 import time
 import types
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -377,7 +378,7 @@ def _eta(seconds: float) -> str:
 def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, layers: str | None = None,
                 seed: int = 0, out: Path | None = None, max_memory="auto", progress=None, expectations=None,
                 isolate: bool = True, backend_timeout: float | None = None, overwrite: bool = False,
-                sample: int | None = None) -> ModelResult:
+                sample: int | None = None, scheduler: str | None = None) -> ModelResult:
     """Capture every convolution of model ``spec`` (``layers``: a regular expression its
     qualified name must contain, :func:`re.search`) and judge each with ``backends`` through
     :func:`difftest.check.check_case`, each backend in a worker process unless ``isolate`` is
@@ -391,8 +392,13 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
     ``sample=N`` judges at most ``N`` entries of each gradient of every layer (from ``seed``,
     :mod:`difftest.sampling`); without it a layer whose full check is above ``max_memory`` is
     judged at a sample of :data:`~difftest.sampling.DEFAULT_SIZE` entries instead (and says so),
-    every other layer whole."""
-    from .check import check_case
+    every other layer whole.
+
+    ``scheduler``: a Dask scheduler's address (:mod:`difftest.distributed`): the backends run
+    here, the judging of the layers there, several layers in flight; the result directory is
+    written here as without it."""
+    from .check import check_case, run_backend, sample_of
+    from .distributed import IN_FLIGHT, connect
     from .isolation import DEFAULT_TIMEOUT, Workers
     from .store import MODEL, Recorder, holds_run
 
@@ -447,12 +453,14 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
                        f"{format_size(costs[big].peak_bytes + held)} peak memory (largest layer {big}, plus "
                        f"{format_size(held)} of captured arrays)")
 
+    cluster = connect(scheduler)
     recorder = Recorder(out, seed=seed, expectations=expectations, overwrite=overwrite, outputs="findings")
     pool = None
     info = {"profile": "model", "model": spec, "input_shape": list(input_shape), "seed": seed, "shard": "1/1",
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time())),
             "backends": [b.name for b in backends], "isolate": isolate,
-            "backend_timeout_s": (backend_timeout or DEFAULT_TIMEOUT) if isolate else None}
+            "backend_timeout_s": (backend_timeout or DEFAULT_TIMEOUT) if isolate else None,
+            "scheduler": scheduler}
     results: list[LayerResult] = []
     first_seen: set[FindingKey] = set()
     done_est = done_s = 0.0
@@ -464,6 +472,26 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         judges = pool.wrap(backends) if pool is not None else backends
         for note in pool.notes if pool is not None else ():
             _say(progress, note)
+        pending: deque = deque()  # layers whose judging the cluster has (in layer order)
+        in_flight = 0 if cluster is None else IN_FLIGHT * cluster.threads
+
+        def finish(k, c, case, rel, layer, t0, rs) -> None:
+            nonlocal done_est, done_s
+            layer.seconds = time.perf_counter() - t0
+            # one line per layer and backend; a finding's line names the first layer that showed it
+            # (a line holds one finding: a layer that shows several new ones repeats its line for each)
+            new = [FindingKey(r.backend, name, gr.verdict) for r in rs for name, gr in r.gradients.items()
+                   if is_finding(gr.verdict) and FindingKey(r.backend, name, gr.verdict) not in first_seen]
+            first_seen.update(new)
+            recorder.record(case, rs, "layer", findings=new, case_file=rel)
+            layer.results = [r.lightweight() for r in rs]
+            done_est += layer.estimate.seconds
+            done_s += layer.seconds
+            left = sum(costs[x.name].seconds for x in captures[k:] if not x.skipped)
+            pace = done_s / done_est if done_est > 0 else 1.0
+            _say(progress, f"[{k}/{len(captures)}] {c.name}: {_verdicts_text(layer)} in {layer.seconds:.1f} s; "
+                           f"{time.perf_counter() - t_start:.0f} s elapsed, ETA {_eta(left * pace)}")
+
         for k, c in enumerate(captures, 1):
             if c.skipped:
                 _say(progress, f"[{k}/{len(captures)}] {c.name}: skipped: {c.skipped}")
@@ -474,27 +502,25 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
             rel = recorder.keep_case(case, case_filename(c.name), pending=False)  # before its backends run
             _say(progress, f"[{k}/{len(captures)}] {c.name}: {geometry_text(g)}, {g.macs / 1e6:.1f} M MACs "
                            f"(estimated {cost.seconds:.1f} s)")
-            t0 = time.perf_counter()
-            rs = check_case(case, judges, max_memory=max_memory, sample=samples[c.name], seed=seed,
-                            progress=None if progress is None else (lambda text, n=c.name: progress(f"  {n}: {text}")))
-            seconds = time.perf_counter() - t0
-            layer = LayerResult(c.name, g, str(out / rel), [], seconds, cost)
-            # one line per layer and backend; a finding's line names the first layer that showed it
-            # (a line holds one finding: a layer that shows several new ones repeats its line for each)
-            new = [FindingKey(r.backend, name, gr.verdict) for r in rs for name, gr in r.gradients.items()
-                   if is_finding(gr.verdict) and FindingKey(r.backend, name, gr.verdict) not in first_seen]
-            first_seen.update(new)
-            recorder.record(case, rs, "layer", findings=new, case_file=rel)
-            layer.results = [r.lightweight() for r in rs]
+            layer = LayerResult(c.name, g, str(out / rel), [], 0.0, cost)
             results.append(layer)
-            del rs, case
-            c.input = c.grad_output = c.weight = None  # judged: free its arrays
-            done_est += cost.seconds
-            done_s += seconds
-            left = sum(costs[x.name].seconds for x in captures[k:] if not x.skipped)
-            pace = done_s / done_est if done_est > 0 else 1.0
-            _say(progress, f"[{k}/{len(captures)}] {c.name}: {_verdicts_text(layer)} in {seconds:.1f} s; "
-                           f"{time.perf_counter() - t_start:.0f} s elapsed, ETA {_eta(left * pace)}")
+            t0 = time.perf_counter()
+            c.input = c.grad_output = c.weight = None  # in the case now: free the captured arrays
+            if cluster is None:
+                rs = check_case(case, judges, max_memory=max_memory, sample=samples[c.name], seed=seed,
+                                progress=None if progress is None else (lambda text, n=c.name: progress(f"  {n}: {text}")))
+                finish(k, c, case, rel, layer, t0, rs)
+                continue
+            # the backends run here, the cluster judges; the next layer's backends run meanwhile
+            chosen = sample_of(case, samples[c.name], seed)
+            runs = [run_backend(b, case) for b in judges]
+            pending.append((k, c, case, rel, layer, t0, cluster.submit(case, runs, "exact", chosen)))
+            while len(pending) > in_flight:
+                *head, job = pending.popleft()
+                finish(*head, cluster.collect(job))
+        while pending:
+            *head, job = pending.popleft()
+            finish(*head, cluster.collect(job))
         seconds = time.perf_counter() - t_start
         result = ModelResult(spec, tuple(input_shape), seed, [b.name for b in backends], n_convs, results, seconds,
                              out, capture_s)
@@ -510,6 +536,8 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
     finally:
         if pool is not None:
             pool.close()
+        if cluster is not None:
+            cluster.close()
         try:
             info.setdefault("duration_s", round(time.perf_counter() - t_start, 3))
             info.setdefault("cases", sum(not r.skipped for r in results))

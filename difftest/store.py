@@ -201,6 +201,7 @@ _CAMPAIGN_FIELDS = {
     "model": text, "input_shape": lambda v, n: listing(v, n, integer), "backend_timeout_s": optional(number),
     "isolate": flag, "error": text, "previous": text,
     "groups": lambda v, n: listing(v, n, _group_info), "cases_per_backend": _str_counts,
+    "scheduler": text, "too_large": lambda v, n: integer(v, n, 0),
 }
 
 

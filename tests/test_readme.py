@@ -31,6 +31,12 @@ NOT_RUN = {
     "--backend jax-cpu-bfloat16 --backend tf-cpu-bfloat16 --out reports/fingerprint":
         "regenerates the five-framework table: nine fingerprints, 33 s, too long for the suite's budget; "
         "tests/test_fingerprint.py fingerprints the CPU libraries and tests/test_jax.py, test_tensorflow.py the frameworks",
+    "difftest bench --layer sampled":
+        "a check of a 1x16x1282x722 layer with --sample 20000 (17 s); tests/test_sampling.py judges that shape "
+        "sampled, finding a fault on its last row",
+    "# on the CPU machines (once): a scheduler and workers":
+        "starts a Dask scheduler and workers on other machines; tests/test_distributed.py runs model and run "
+        "against a distributed.LocalCluster",
     "pytest --difftest [--difftest-backend NAME …] [--difftest-profile quick|ci|nightly|hardware] [--difftest-time-budget S] \\":
         "a synopsis (optional arguments in brackets), not a command; tests/test_plugin.py runs the plugin's options",
 }
