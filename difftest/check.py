@@ -319,13 +319,15 @@ def affordable(case: Case, formats: int, chosen: Sample | None, max_memory, size
     """The estimate of judging ``case`` (its ``chosen`` entries, where sampled), refused with
     :class:`~difftest.estimate.CaseTooLarge` above ``max_memory``; a full check that is refused
     suggests a sample (of ``size``, else :data:`difftest.sampling.DEFAULT_SIZE`) and its estimate."""
-    from .estimate import estimate, refuse_if_too_large
+    from .estimate import estimate, refuse_if_too_large, too_large
     from .sampling import DEFAULT_SIZE
 
     cost = estimate(case.geometry, formats, chosen)
-    suggest = size or DEFAULT_SIZE
-    sampled = None if chosen is not None else estimate(case.geometry, formats, choose(case.geometry, case.gradients, suggest))
-    refuse_if_too_large(cost, max_memory, sampled, suggest)
+    if too_large(cost, max_memory):
+        suggest = size or DEFAULT_SIZE
+        sampled = None if chosen is not None else estimate(case.geometry, formats,
+                                                           choose(case.geometry, case.gradients, suggest))
+        refuse_if_too_large(cost, max_memory, sampled, suggest)
     return cost
 
 

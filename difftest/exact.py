@@ -186,20 +186,15 @@ class ExactTensor:
         whatever underflows: ``γ`` is rounded up, the products by :func:`mul_up`, and ``mag >=
         Σ|t|·(1-u)^(m-1)`` (a float64 sum of non-negative terms), so ``Σ|t| <= mag·(1 + m·2^-52)``.
         """
-        s = np.zeros(self.shape)
-        c = np.zeros(self.shape)
-        mag = np.zeros(self.shape)
-        m = 0
-        for level in sorted(self.levels, reverse=True):
-            v = self.levels[level]
-            scale = self.exp + level * self.width
-            sign, a = np.sign(v), np.abs(v)  # |v| < 2^62: sign-magnitude halves, no artificial cancellation
-            for part, shift in ((sign * (a >> 31), 31), (sign * (a & (2**31 - 1)), 0)):
-                t = np.ldexp(part.astype(np.float64), scale + shift)  # exact: |part| < 2^32, scale >= -1074
-                s, e = _two_sum(s, t)
-                c = c + e
-                mag = mag + np.abs(t)
-                m += 1
+        from .kernels import level_sums
+
+        order = sorted(self.levels, reverse=True)
+        stacked = np.stack([np.ascontiguousarray(self.levels[level], dtype=np.int64).ravel() for level in order])
+        scales = np.array([self.exp + level * self.width for level in order], dtype=np.int64)
+        s, c, mag = (np.empty(stacked.shape[1]) for _ in range(3))
+        level_sums(stacked, scales, s, c, mag)  # compiled: one pass per entry, no temporaries
+        s, c, mag = (v.reshape(self.shape) for v in (s, c, mag))
+        m = 2 * len(order)
         hi, lo = _two_sum(s, c)
         gamma = np.nextafter(m * _U / (1 - m * _U), np.inf)  # m·u and 1 - m·u exact
         r = mul_up(mul_up(mag, np.float64(1 + m * 2.0**-52)), np.float64(mul_up(gamma, gamma)))

@@ -20,6 +20,8 @@ numba compiles without fast-math: IEEE binary64 semantics, no contraction into F
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -278,6 +280,41 @@ def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t
             err += z * _half_ulp_of(acc, p, emin)
         acc_out[e] = acc
         e_out[e] = err
+
+
+@njit(parallel=True, cache=True)
+def level_sums(levels, scales, s_out, c_out, mag_out):
+    """The Sum2 accumulation of :meth:`difftest.exact.ExactTensor._double_double`, one pass per
+    entry: ``levels`` ``(L, n)`` int64 (most significant first, ``|v| < 2^62``), ``scales`` their
+    exponents; each level split into two sign-magnitude 31-bit halves, each half an exact float64
+    term ``t`` (``ldexp``), added by TwoSum into ``s`` with the errors summed in ``c`` and ``|t|``
+    in ``mag`` — the same operations, in the same order, as the numpy loop it replaced."""
+    L, n = levels.shape
+    for i in prange(n):
+        s = 0.0
+        c = 0.0
+        mag = 0.0
+        for lv in range(L):
+            v = levels[lv, i]
+            a = -v if v < 0 else v
+            sign = -1 if v < 0 else (1 if v > 0 else 0)
+            for half in range(2):
+                if half == 0:
+                    part = sign * (a >> 31)
+                    shift = 31
+                else:
+                    part = sign * (a & 0x7FFFFFFF)
+                    shift = 0
+                t = math.ldexp(float(part), scales[lv] + shift)
+                ss = s + t
+                bb = ss - s
+                e = (s - (ss - bb)) + (t - bb)
+                s = ss
+                c = c + e
+                mag = mag + abs(t)
+        s_out[i] = s
+        c_out[i] = c
+        mag_out[i] = mag
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:

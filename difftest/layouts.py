@@ -196,17 +196,23 @@ def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry
     G = g.groups
     if name == "grad_weight":
         return (grouped_rows(a, g) @ gradient_operand(name, b, g)).reshape(g.weight_shape)
-    out = np.zeros(g.input_shape)
+    # channels last, laid out once: each tap's rows are a slice whose channels are contiguous, and
+    # each product adds into the input positions it reaches without a transposed copy
+    a_last = np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # (N, oh, ow, O)
+    out = np.zeros((g.N, g.H, g.W, g.C), dtype=np.result_type(a, b, np.float64))
     wg = b.reshape(G, g.Og, g.Cg, g.kH, g.kW)
     for di, dj, (oi, hs), (oj, ws) in input_taps(g):
-        part = a[:, :, oi, oj]  # (N, O, hi, wj)
-        n, _, hi, wj = part.shape
-        lhs = part.reshape(n, G, g.Og, hi, wj).transpose(1, 0, 3, 4, 2).reshape(G, n * hi * wj, g.Og)
+        part = a_last[:, oi, oj, :]  # (N, hi, wj, O)
+        n, hi, wj, _ = part.shape
         rhs = wg[:, :, :, di, dj]  # (G, Og, Cg)
-        # one output channel per group (depthwise): a single product per entry, no sum to form
-        prod = lhs * rhs if g.Og == 1 else lhs @ rhs  # (G, N·hi·wj, Cg)
-        out[:, :, hs, ws] += prod.reshape(G, n, hi, wj, g.Cg).transpose(1, 0, 4, 2, 3).reshape(n, g.C, hi, wj)
-    return out
+        if G == 1:
+            prod = part.reshape(n * hi * wj, g.O) @ rhs[0]  # (N·hi·wj, C)
+        else:
+            lhs = part.reshape(n * hi * wj, G, g.Og).transpose(1, 0, 2)  # (G, N·hi·wj, Og)
+            # one output channel per group (depthwise): a single product per entry, no sum to form
+            prod = (lhs * rhs if g.Og == 1 else lhs @ rhs).transpose(1, 0, 2)  # (N·hi·wj, G, Cg)
+        out[:, hs, ws, :] += prod.reshape(n, hi, wj, g.C)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 def gemm_result_to_gradient(name: str, r: np.ndarray, g: Geometry) -> np.ndarray:

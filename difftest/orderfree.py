@@ -86,9 +86,14 @@ def abs_gemm_up(a: np.ndarray, b: np.ndarray, product=np.matmul, k: int | None =
     ``product`` a bilinear map summing at most ``k`` products per entry (default: the GEMM of
     ``a`` and ``b``, ``k`` their inner dimension), evaluated in float64 in any order."""
     k = a.shape[-1] if k is None else k
+    return sum_up(product(np.abs(a), None if b is None else np.abs(b)), k)
+
+
+def sum_up(c: np.ndarray, k: int) -> np.ndarray:
+    """A sure upper bound of sums of at most ``k`` non-negative products each, from ``c``, one
+    float64 evaluation of them in any order (see the module docstring)."""
     if k * 2.0**-53 > 0.25:
         raise ValueError(f"inner dimension {k} too large for the float64 inflation")
-    c = product(np.abs(a), None if b is None else np.abs(b))
     c = add_up(c, np.float64(k) * 2.0**-1074)
     return mul_up(c, np.float64(1.0 + k * 2.0**-52))
 
@@ -96,6 +101,15 @@ def abs_gemm_up(a: np.ndarray, b: np.ndarray, product=np.matmul, k: int | None =
 def count_gemm(a: np.ndarray, b: np.ndarray, product=np.matmul) -> np.ndarray:
     """Exact counts ``Σ_k [a_k != 0][b_k != 0]`` (integers below 2^53)."""
     return product((a != 0).astype(np.float64), (b != 0).astype(np.float64))
+
+
+def count_products(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, k: int) -> np.ndarray:
+    """:func:`count_gemm` of gradient ``name`` (``b`` the compact tensor): in float32 where every
+    count stays below ``2^24`` (``k`` terms per entry at most: every partial sum is an integer
+    float32 holds exactly, in any order), at twice float64's speed; in float64 otherwise."""
+    dtype = np.float32 if k < 2**24 else np.float64
+    mask_b = gradient_operand(name, (b != 0).astype(dtype), g)
+    return gradient_product(name, (a != 0).astype(dtype), mask_b, g).astype(np.float64)
 
 
 def growth_up(fmt: Format, k: np.ndarray) -> np.ndarray:
@@ -141,24 +155,75 @@ def times_eta_up(fmt: Format, x: np.ndarray) -> np.ndarray:
 
 def product_bound(
     fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float,
-    product=np.matmul, k: int | None = None,
+    product=np.matmul, k: int | None = None, structural=None, count=None,
 ) -> OrderFree:
     """Order-free bound of ``product(a, b)`` (runtime values; default ``a @ b``) with structural
-    masks ``ma``, ``mb`` (``product`` and ``k`` as in :func:`abs_gemm_up`)."""
+    masks ``ma``, ``mb`` (``product`` and ``k`` as in :func:`abs_gemm_up`). ``structural``, when
+    given, computes the eps terms' ``(Σ|a|, Σ|b|, m)`` over the structural positions another way
+    (:func:`structural_sums`: the same sums, without a GEMM each); ``count`` the counts ``n``
+    (:func:`count_gemm` with ``product`` by default)."""
     s = abs_gemm_up(a, b, product, k)
-    n = count_gemm(a, b, product)
+    n = count_gemm(a, b, product) if count is None else count(a, b)
     below = add_up(1.0, growth_up(fmt, np.maximum(n - 1, 0)))  # (1 + u)^(n-1), above each η'
     with np.errstate(invalid="ignore"):
         bound = add_up(mul_up(growth_up(fmt, n), s), times_eta_up(fmt, mul_up(n, below)))
     bound = np.where(np.isnan(bound), np.inf, bound)
     if e_a or e_b:
-        m = count_gemm(ma, mb, product)
-        sa = abs_gemm_up(a, mb, product, k)  # Σ|a| over structural positions (a is 0 off them)
-        sb = abs_gemm_up(ma, b, product, k)
+        if structural is None:
+            m = count_gemm(ma, mb, product)
+            sa = abs_gemm_up(a, mb, product, k)  # Σ|a| over structural positions (a is 0 off them)
+            sb = abs_gemm_up(ma, b, product, k)
+        else:
+            sa, sb, m = structural()
         eps = add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))),
                      mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
         bound = add_up(bound, eps)
     return OrderFree(bound=bound, abs_sum=s, terms=n)
+
+
+def structural_sums(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, k: int, laid_out: np.ndarray | None = None):
+    """``(Σ|a|, Σ|b|, m)`` of gradient ``name`` over each entry's structural positions, as
+    :func:`product_bound` computes them from full-size GEMMs with a mask of ones — the same sums,
+    in another float64 order, inflated the same way (:func:`abs_gemm_up`) — without those GEMMs:
+    a mask of ones makes one of the two operands constant along a dimension, so each sum is one
+    smaller product broadcast along it.
+
+    * ``grad_weight[o, c, di, dj]``: ``Σ|δ[o, k]|`` over the positions tap ``(di, dj)`` reads
+      (the same for every input channel ``c``), ``Σ|x̃|`` over tap ``(di, dj)`` of channel ``c``
+      (the same for every output channel of the group), ``m`` the positions tap ``(di, dj)`` reads;
+    * ``grad_input[n, c, h, w]``: ``Σ|δ|`` over the group's output channels and the taps that
+      reach ``(h, w)`` (the same for every channel of the group), ``Σ|w[o, c, di, dj]|`` over the
+      group's ``o`` and those taps, ``m`` their count.
+
+    ``laid_out``: ``b`` as :func:`~difftest.layouts.gradient_operand` lays it out, where the caller
+    has it (the weight gradient's im2col).
+    """
+    import dataclasses
+
+    from .layouts import _batched_im2col, grouped_rows, im2col, input_taps
+
+    G, Og, Cg = g.groups, g.Og, g.Cg
+    if name == "grad_weight":
+        taps = im2col(np.ones((g.N, 1, g.H, g.W)), g)  # (K, kH·kW): 1 where tap (di, dj) reads the image
+        per_tap = abs_gemm_up(grouped_rows(a, g), taps, np.matmul, k)  # (G, Og, kH·kW)
+        sa = np.broadcast_to(per_tap[:, :, None, :], (G, Og, Cg, g.kH * g.kW)).reshape(g.weight_shape)
+        cols = _batched_im2col(b, g) if laid_out is None else laid_out  # (G, K, Cg·kH·kW)
+        col = sum_up(np.abs(cols).sum(axis=1), k)  # (G, Cg·kH·kW): the same for every o of the group
+        sb = np.broadcast_to(col[:, None, :], (G, Og, col.shape[-1])).reshape(g.weight_shape)
+        m = np.broadcast_to(taps.sum(axis=0), (g.O, Cg, g.kH * g.kW)).reshape(g.weight_shape)
+        return sa, sb, m
+    one = dataclasses.replace(g, C=G)  # one input channel per group: the sums do not depend on c within it
+    sa_g = abs_gemm_up(a, np.ones((g.O, 1, g.kH, g.kW)), lambda p, q: gradient_product("grad_input", p, q, one), k)
+    sa = np.broadcast_to(sa_g[:, :, None], (g.N, G, Cg, g.H, g.W)).reshape(g.input_shape)
+    wg = np.abs(b).reshape(G, Og, Cg, g.kH, g.kW)
+    sb_raw = np.zeros((G, Cg, g.H, g.W))
+    m_raw = np.zeros((g.H, g.W))
+    for di, dj, (_, hs), (_, ws) in input_taps(g):
+        sb_raw[:, :, hs, ws] += wg[:, :, :, di, dj].sum(axis=1)[:, :, None, None]  # Σ_o |w|: each o once
+        m_raw[hs, ws] += Og
+    sb = np.broadcast_to(sum_up(sb_raw, k)[None], (g.N, G, Cg, g.H, g.W)).reshape(g.input_shape)
+    m = np.broadcast_to(m_raw, g.input_shape)
+    return sa, sb, m
 
 
 def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS, sample=None) -> dict[str, OrderFree]:
@@ -186,8 +251,14 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS, sampl
         else:
             b, mb = entry_operand(name, b, g), entry_operand(name, np.ones(b.shape), g)
             product = lambda p, q, name=name, index=index: entry_product(name, p, q, g, index)  # noqa: E731
+        k = gemm_shape(name, g)[2]
+        raw = rt.weight if name == "grad_input" else rt.input
+        structural = count = None
+        if index is None:
+            structural = lambda name=name, raw=raw, k=k, b=b: structural_sums(name, rt.grad_output, raw, g, k, b)  # noqa: E731
+            count = lambda p, q, name=name, raw=raw, k=k: count_products(name, p, raw, g, k)  # noqa: E731
         out[name] = product_bound(fmt, rt.grad_output, b, np.ones(rt.grad_output.shape), mb,
-                                  rt.eps_grad_output, e_b, product, gemm_shape(name, g)[2])
+                                  rt.eps_grad_output, e_b, product, k, structural, count)
     return out
 
 
