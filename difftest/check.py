@@ -296,11 +296,21 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     backends = [as_backend(b, case.format) for b in backends]
     chosen = sample_of(case, sample, seed)
     cost = affordable(case, len({b.format.name for b in backends}), chosen, max_memory, sample)
-    say = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else (lambda text: None)
-    judgement = Judgement(case, oracle, chosen, lambda text: say(text if judgement.exact else f"{cost.describe()}; {text}"))
+    heard = progress if progress is not None and cost.seconds > PROGRESS_SECONDS else None
+    said = []
+
+    def say(text: str) -> None:  # the first stage line carries the estimate
+        if heard is not None:
+            heard(text if said else f"{cost.describe()}; {text}")
+            said.append(text)
+
+    judgement = Judgement(case, oracle, chosen, say)
     results = []
     if cluster is not None:
-        runs = [run_backend(b, case) for b in backends]
+        runs = []
+        for b in backends:
+            say(f"running {b.name}")
+            runs.append(run_backend(b, case))
         say("judging on the cluster")
         for r in cluster.judge(case, runs, oracle, chosen):
             results.append(r)
