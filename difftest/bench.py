@@ -27,28 +27,33 @@ from .verdicts import VERDICTS
 
 @dataclass(frozen=True)
 class Layer:
-    name: str
-    N: int
-    C: int
-    O: int
-    H: int
-    k: int
-    stride: int
-    padding: int
+    """A layer bench times: a name and a geometry."""
 
-    @property
-    def geometry(self) -> Geometry:
-        return Geometry(self.N, self.C, self.H, self.H, self.O, self.k, self.k, self.stride, self.padding)
+    name: str
+    geometry: Geometry
 
     @property
     def macs(self) -> int:
         return self.geometry.macs
 
 
-LAYERS = {
-    "resnet50-conv2": Layer("resnet50-conv2", 1, 64, 64, 56, 3, 1, 1),
-    "strided": Layer("strided", 1, 64, 128, 56, 3, 2, 1),
-    "small": Layer("small", 1, 8, 8, 16, 3, 1, 1),
+def square(name: str, C: int, O: int, H: int, k: int = 3, stride: int = 1, padding: int = 1) -> Layer:
+    """A batch-1 layer of ``H × H`` images and a ``k × k`` kernel (the warm-up and scaling cases)."""
+    return Layer(name, Geometry(1, C, H, H, O, k, k, stride, padding))
+
+
+def _catalogued(name: str, layer: str) -> Layer:
+    from .catalogue import get_layer
+
+    return Layer(name, get_layer(layer).geometry(1))
+
+
+#: What ``difftest bench --layer NAME`` times: real layers of the catalogue (:mod:`difftest.catalogue`,
+#: the one registry of layers) at their real size, and a small layer for the campaign rate.
+BENCH_LAYERS = {
+    "resnet50-conv2": _catalogued("resnet50-conv2", "resnet50.layer1.0.conv2"),  # 64 -> 64, 56 × 56, 3 × 3
+    "strided": _catalogued("strided", "resnet18.layer2.0.conv1"),  # 64 -> 128, 56 × 56, 3 × 3, stride 2
+    "small": square("small", 8, 8, 16),
 }
 
 
@@ -100,10 +105,10 @@ def bench_layer(layer: Layer, repeat: int = 3) -> dict:
     from .backends import get_backend
     from .check import check_case
 
-    case = make_case(layer)
+    case, g = make_case(layer), layer.geometry
     nf = get_backend("nf-binary32")
     t0 = time.perf_counter()
-    warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
+    warm = make_case(square("warm", 2, 2, 6))
     check_case(warm, [nf])  # loads (or compiles) the folds
     warmup = time.perf_counter() - t0
 
@@ -121,8 +126,7 @@ def bench_layer(layer: Layer, repeat: int = 3) -> dict:
     cost = estimate(case.geometry)
     return {
         "layer": layer.name,
-        "shape": {"N": layer.N, "C": layer.C, "O": layer.O, "H": layer.H, "W": layer.H, "k": layer.k,
-                  "stride": layer.stride, "padding": layer.padding},
+        "shape": {"N": g.N, "C": g.C, "O": g.O, "H": g.H, "W": g.W, "k": g.kH, "stride": g.sh, "padding": g.ph},
         "macs_per_gradient": layer.macs,
         "seconds": seconds,
         "torch_float64_backward_s": t_torch,
@@ -304,7 +308,7 @@ def fingerprint_times(backends=FINGERPRINT_BACKENDS, layer: str = "resnet50.laye
         b = get_backend(name)
         if not b.availability()[0]:
             continue
-        warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
+        warm = make_case(square("warm", 2, 2, 6))
         backward(b, warm.input, warm.weight, warm.grad_output, 1, 1)  # loads the library
         t0 = time.perf_counter()
         result = fp.fingerprint(b, g)
@@ -322,7 +326,7 @@ def scaling(channels=(8, 16, 32, 64, 128), repeat: int = 1) -> list[dict]:
     """Total time against multiply-adds, 56 × 56, 3 × 3, C -> C channels."""
     out = []
     for c in channels:
-        r = bench_layer(Layer(f"c{c}", 1, c, c, 56, 3, 1, 1), repeat)
+        r = bench_layer(square(f"c{c}", c, c, 56), repeat)
         out.append({"channels": c, "macs_per_gradient": r["macs_per_gradient"], "total_s": r["seconds"]["total"],
                     "ns_per_mac": 1e9 * r["seconds"]["total"] / r["macs_per_gradient"]})
     return out
@@ -375,7 +379,7 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
     from .model import check_model, load_model, torch_seconds
 
     bs = [get_backend(b) if isinstance(b, str) else b for b in backends]
-    warm = make_case(Layer("warm", 1, 2, 2, 6, 3, 1, 1))
+    warm = make_case(square("warm", 2, 2, 6))
     from .check import check_case
 
     check_case(warm, bs)  # loads (or compiles) the folds and the libraries
@@ -489,6 +493,60 @@ def sampled_check(n: int = 20000, backend: str = "torch-cpu-float32", seed: int 
     return {**cost, "geometry": g.as_dict(), "macs_per_gradient": g.macs, "backend": backend, "sample": n,
             "verdicts": {k: v["verdict"] for k, v in result["gradients"].items()},
             "sampled": {k: v.get("sampled") for k, v in result["gradients"].items()}}
+
+
+def print_doc(doc: dict, out=None) -> None:
+    """``difftest bench``'s words for what it measured (``doc``: its ``--json`` object)."""
+    from .explain import plural
+    from .sampling import sample_text
+
+    out = out or sys.stdout
+    say = lambda *args: print(*args, file=out)  # noqa: E731
+    if "model" in doc:
+        print_model(doc["model"], out)
+    if "layer" in doc:
+        print_layer(doc["layer"], out)
+    if "campaign" in doc:
+        c = doc["campaign"]
+        say(f"campaign of small cases ({', '.join(c['backends'])}): {plural(c['cases'], 'case')} in {c['seconds']:.1f} s "
+            f"= {c['cases_per_second']:.1f} cases/s")
+    if "jobs" in doc:
+        j = doc["jobs"]
+        say(f"campaign bounded by work ({plural(len(j['backends']), 'backend')}, {j['examples']} examples per format, "
+            f"{plural(j['cases'], 'case')}): {j['seconds_jobs_1']:.1f} s in one process, "
+            f"{j['seconds_jobs_' + str(j['jobs'])]:.1f} s with --jobs {j['jobs']}: speed-up {j['speedup']:.2f}x")
+    if "isolation" in doc:
+        i = doc["isolation"]
+        say(f"quick campaign bounded by work ({plural(len(i['backends']), 'backend')}, {i['examples']} examples per "
+            f"format, {plural(i['cases'], 'case')}, median of {i['repeat']}): in process {i['seconds_in_process']:.1f} s "
+            f"= {i['cases_per_minute_in_process']:.0f} cases/min; each backend in a worker "
+            f"{i['seconds_isolated']:.1f} s = {i['cases_per_minute_isolated']:.0f} cases/min ({i['ratio']:.2f}x)")
+    if "first_run" in doc:
+        f = doc["first_run"]
+        say(f"difftest run --seed {f['seed']}: first run (empty numba cache) {plural(f['cold']['cases'], 'case')} in "
+            f"{f['cold']['seconds']:.0f} s, next run {plural(f['warm']['cases'], 'case')} in {f['warm']['seconds']:.0f} s: "
+            f"{100 * f['ratio']:.0f} %")
+        for name in f["warm"]["cases_per_backend"]:
+            say(f"  {name:<26} {f['cold']['cases_per_backend'].get(name, 0):>6} {f['warm']['cases_per_backend'][name]:>6}")
+    if "sampled" in doc:
+        r = doc["sampled"]
+        g = r["geometry"]
+        say(f"difftest check of a {g['N']}×{g['C']}×{g['H']}×{g['W']}, {g['kH']}×{g['kW']} layer "
+            f"({r['macs_per_gradient'] / 1e9:.1f} G multiply-adds per gradient) with --sample {r['sample']}, "
+            f"{r['backend']}: {r['seconds']:.1f} s wall, peak {r['peak_rss_mib'] / 1024:.2f} GiB ({r['peak_memory_source']})")
+        for name, sm in r["sampled"].items():
+            say(f"  {r['verdicts'][name]:<10} {sample_text(name, sm) if sm else name + ': every entry judged'}")
+    for row in doc.get("emulations", []):
+        when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
+                if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
+        say(f"{row['backend']:<38} {when}")
+    for row in doc.get("fingerprint", []):
+        say(f"{row['backend']:<26} fingerprint {row['seconds']:6.2f} s ({row['probe_s']:.2f} s probing, "
+            f"{row['write_s']:.2f} s writing {row['evidence_files']} evidence files) at {row['layer']}, "
+            f"{row['size']}x{row['size']}")
+    for row in doc.get("scaling", []):
+        say(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
+            f"{row['ns_per_mac']:.2f} ns/MAC")
 
 
 def print_model(r: dict, out=None) -> None:

@@ -291,7 +291,7 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
     than a few seconds.
     """
     from .backends import as_backend
-    from .estimate import PROGRESS_SECONDS, estimate
+    from .estimate import PROGRESS_SECONDS
 
     backends = [as_backend(b, case.format) for b in backends]
     chosen = sample_of(case, sample, seed)

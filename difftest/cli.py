@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .case import Case
 from .errors import DifftestError, os_error_text, os_reason
-from .explain import format_ratio, legend, plural
+from .explain import plural
 from .config import PROFILE_NAMES
 from .formats import PRESETS
 from .isolation import DEFAULT_TIMEOUT
@@ -27,7 +27,6 @@ from .store import REPORT
 from .supports import Supports
 from .geometry import GRADIENTS
 from .outcome import jsonable
-from .sampling import sample_text
 from .verdicts import FAIL_ON, FAIL_ON_HELP, FINDINGS, is_finding
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -205,52 +204,10 @@ def cmd_check(args) -> int:
         doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.to_dict() for r in results]}
         print(json.dumps(jsonable(doc), indent=2))
     else:
-        _print_table(case, results, expected)
+        from .summary import check_table
+
+        print("\n".join(check_table(case, results, expected)))
     return code
-
-
-def _print_table(case: Case, results, expected: dict) -> None:
-    g = case.geometry
-    print(
-        f"case: input {g.input_shape}, weight {g.weight_shape}, {g.text()}, "
-        f"format {case.format.name}"
-        + (f", eps x/w/δ = {case.eps_input:g}/{case.eps_weight:g}/{case.eps_grad_output:g}" if case.round_inputs or case.eps_input or case.eps_weight or case.eps_grad_output else "")
-        + ("" if case.all_gradients else f", requesting only {', '.join(case.gradients)}")
-    )
-    if g.extensions:
-        print(f"note: {g.extension_note()}")
-    if case.round_inputs:
-        for fmt in dict.fromkeys(r.format for r in results):
-            try:
-                rt = case.runtime(fmt)
-            except DifftestError:
-                continue
-            print(f"round-inputs: {fmt} runtime values {'rounded' if rt.rounded else 'exact'}, eps x/w/δ = "
-                  f"{rt.eps_input:.3g}/{rt.eps_weight:.3g}/{rt.eps_grad_output:.3g}")
-    header = f"{'backend':<24} {'format':<9} {'gradient':<12} {'verdict':<10} {'max_ratio':>10} {'ratio_of':>10} {'violations':>10}  worst"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        for name, gr in r.gradients.items():
-            worst = "" if gr.worst_index is None else str(gr.worst_index)
-            print(
-                f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {format_ratio(gr.max_ratio):>10} "
-                f"{format_ratio(gr.max_ratio_order_free):>10} {gr.violations:>10}  {worst}"
-                + (f"  {gr.sampled_text}" if gr.sampled else "")
-            )
-            if gr.message and gr.verdict in ("error", "domain", "unsupported"):
-                print(f"{'':<24} {gr.message}")
-            if expected.get((r.backend, name)) is not None:
-                print(f"{'':<24} expected: {expected[(r.backend, name)].reason}")
-    print()
-    for line in legend(gr.verdict for r in results for gr in r.gradients.values()):
-        print(line)
-    print("max_ratio = max |backend - exact| / torchlean bound; ratio_of = the same against the order-free bound")
-    sampled = {name: gr.sampled for r in results for name, gr in r.gradients.items() if gr.sampled}
-    if sampled:
-        print("sampled: judged / total entries; pass = no certain violation among the judged entries")
-        for name, sm in sampled.items():
-            print(f"  {sample_text(name, sm)}")
 
 
 def cmd_bounds(args) -> int:
@@ -467,8 +424,8 @@ def cmd_bench(args) -> int:
         backends = _available_backends(args.backend or ["torch-cpu-float32"])
         doc["model"] = bench.bench_model(args.model, backends, shape, seed=args.seed, layers=args.layers,
                                          max_memory=_max_memory(args), progress=_say, sample=args.sample)
-    elif args.layer in bench.LAYERS:
-        doc["layer"] = bench.bench_layer(bench.LAYERS[args.layer], args.repeat)
+    elif args.layer in bench.BENCH_LAYERS:
+        doc["layer"] = bench.bench_layer(bench.BENCH_LAYERS[args.layer], args.repeat)
         if args.layer == "small":
             doc["campaign"] = bench.campaign_rate(args.campaign_seconds, examples=args.campaign_examples)
     elif args.layer == "scaling":
@@ -488,51 +445,7 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(jsonable(doc), indent=2))
         return EXIT_OK
-    if "model" in doc:
-        bench.print_model(doc["model"])
-    if "layer" in doc:
-        bench.print_layer(doc["layer"])
-    if "campaign" in doc:
-        c = doc["campaign"]
-        print(f"campaign of small cases ({', '.join(c['backends'])}): {plural(c['cases'], 'case')} in {c['seconds']:.1f} s "
-              f"= {c['cases_per_second']:.1f} cases/s")
-    if "jobs" in doc:
-        j = doc["jobs"]
-        print(f"campaign bounded by work ({plural(len(j['backends']), 'backend')}, {j['examples']} examples per format, "
-              f"{plural(j['cases'], 'case')}): {j['seconds_jobs_1']:.1f} s in one process, "
-              f"{j['seconds_jobs_' + str(j['jobs'])]:.1f} s with --jobs {j['jobs']}: speed-up {j['speedup']:.2f}x")
-    if "isolation" in doc:
-        i = doc["isolation"]
-        print(f"quick campaign bounded by work ({plural(len(i['backends']), 'backend')}, {i['examples']} examples per "
-              f"format, {plural(i['cases'], 'case')}, median of {i['repeat']}): in process {i['seconds_in_process']:.1f} s "
-              f"= {i['cases_per_minute_in_process']:.0f} cases/min; each backend in a worker "
-              f"{i['seconds_isolated']:.1f} s = {i['cases_per_minute_isolated']:.0f} cases/min ({i['ratio']:.2f}x)")
-    if "first_run" in doc:
-        f = doc["first_run"]
-        print(f"difftest run --seed {f['seed']}: first run (empty numba cache) {plural(f['cold']['cases'], 'case')} in "
-              f"{f['cold']['seconds']:.0f} s, next run {plural(f['warm']['cases'], 'case')} in {f['warm']['seconds']:.0f} s: "
-              f"{100 * f['ratio']:.0f} %")
-        for name in f["warm"]["cases_per_backend"]:
-            print(f"  {name:<26} {f['cold']['cases_per_backend'].get(name, 0):>6} {f['warm']['cases_per_backend'][name]:>6}")
-    if "sampled" in doc:
-        r = doc["sampled"]
-        g = r["geometry"]
-        print(f"difftest check of a {g['N']}×{g['C']}×{g['H']}×{g['W']}, {g['kH']}×{g['kW']} layer "
-              f"({r['macs_per_gradient'] / 1e9:.1f} G multiply-adds per gradient) with --sample {r['sample']}, "
-              f"{r['backend']}: {r['seconds']:.1f} s wall, peak {r['peak_rss_mib'] / 1024:.2f} GiB ({r['peak_memory_source']})")
-        for name, sm in r["sampled"].items():
-            print(f"  {r['verdicts'][name]:<10} {sample_text(name, sm) if sm else name + ': every entry judged'}")
-    for row in doc.get("emulations", []):
-        when = (f"first precision ({row['found']}) after {row['seconds']:.1f} s, {plural(row['draws'], 'draw')}"
-                if row["found"] else f"no precision within the {row['budget_s']:g} s budget ({plural(row['draws'], 'draw')})")
-        print(f"{row['backend']:<38} {when}")
-    for row in doc.get("fingerprint", []):
-        print(f"{row['backend']:<26} fingerprint {row['seconds']:6.2f} s ({row['probe_s']:.2f} s probing, "
-              f"{row['write_s']:.2f} s writing {row['evidence_files']} evidence files) at {row['layer']}, "
-              f"{row['size']}x{row['size']}")
-    for row in doc.get("scaling", []):
-        print(f"C = {row['channels']:>3}: {row['macs_per_gradient'] / 1e6:8.1f} M MACs  {row['total_s']:7.3f} s  "
-              f"{row['ns_per_mac']:.2f} ns/MAC")
+    bench.print_doc(doc)
     return EXIT_OK
 
 

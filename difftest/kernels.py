@@ -15,6 +15,10 @@ scalar loops so that numba fuses every per-step operation without temporaries:
   most ``2^-1074``; so ``(ê + slop)·(1 + 2R·2^-53)``, rounded up, is never below the exact bound
   and at most ``16·steps·2^-53`` relative above it.
 
+The entry folds (:func:`pair_fold`, :func:`input_entries_fold`) take the same steps for chosen
+entries only (a sampled check, :mod:`difftest.sampling`); :func:`level_sums` is the exact
+views' double-double accumulation (:mod:`difftest.exact`), not a fold.
+
 numba compiles without fast-math: IEEE binary64 semantics, no contraction into FMA.
 """
 

@@ -45,7 +45,7 @@ import numpy as np
 from .case import Case
 from .errors import DifftestError
 from .estimate import Estimate, estimate, format_size, refuse_if_too_large, too_large
-from .explain import format_ratio, plural, reproduce_command
+from .explain import format_ratio, plural, reproduce_command, sampled_of
 from .geometry import GRADIENTS, Geometry
 from .outcome import BackendResult, FindingKey, jsonable
 from .sampling import DEFAULT_SIZE, choose
@@ -638,6 +638,8 @@ def table(result: ModelResult, expected: dict | None = None) -> str:
                  "ratio_of = the same against the order-free bound")
     first = next((x for x in result.layers if x.case_file), None)
     if first is not None:
-        lines.append(f"case files: {result.out}/cases/ (replay one: {reproduce_command(first.case_file, result.backends[0])})")
+        sampled = next((sampled_of(r.gradients) for r in first.results if r.backend == result.backends[0]), None)
+        lines.append(f"case files: {result.out}/cases/ (replay one: "
+                     f"{reproduce_command(first.case_file, result.backends[0], sampled=sampled)})")
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ Within a stratum with more candidates than its share, the entries are drawn unif
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,7 +144,8 @@ def choose(g: Geometry, gradients=GRADIENTS, n: int = 4096, seed: int = 0, grad_
         chosen = _Chosen(total)
         strata = {}
         for stratum in STRATA:
-            room = count - chosen.size if stratum == "random" else min(count - chosen.size, int(SHARES[stratum] * count))
+            room = count - chosen.size if stratum == "random" else min(count - chosen.size,
+                                                                       math.ceil(SHARES[stratum] * count))
             if room <= 0:
                 strata[stratum] = 0
                 continue

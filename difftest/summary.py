@@ -9,12 +9,64 @@ from __future__ import annotations
 from pathlib import Path
 
 from .expectations import REACHED_CASES, Expectations
-from .explain import (RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, largest_case_text, plural,
-                      replay_path, reproduce_command)
+from .errors import DifftestError
+from .explain import (RATIO_LEGEND, counts_text, finding_text, format_ratio, gradient_text, largest_case_text, legend,
+                      plural, replay_path, reproduce_command)
 from .geometry import GRADIENTS
 from .outcome import ResultRecord, jsonable
 from .results import findings, summarize
+from .sampling import sample_text
 from .verdicts import SEVERITY, VERDICTS, worst_verdict
+
+
+def check_table(case, results, expected: dict) -> list[str]:
+    """``difftest check``'s table of ``results`` on ``case`` (:class:`~difftest.case.Case`): the
+    case, one row per backend and gradient, the legend, and what a sample judged;
+    ``expected[(backend, gradient)]``: the declaration that accepts a finding."""
+    lines: list[str] = []
+    say = lines.append
+    g = case.geometry
+    say(
+        f"case: input {g.input_shape}, weight {g.weight_shape}, {g.text()}, "
+        f"format {case.format.name}"
+        + (f", eps x/w/δ = {case.eps_input:g}/{case.eps_weight:g}/{case.eps_grad_output:g}" if case.round_inputs or case.eps_input or case.eps_weight or case.eps_grad_output else "")
+        + ("" if case.all_gradients else f", requesting only {', '.join(case.gradients)}")
+    )
+    if g.extensions:
+        say(f"note: {g.extension_note()}")
+    if case.round_inputs:
+        for fmt in dict.fromkeys(r.format for r in results):
+            try:
+                rt = case.runtime(fmt)
+            except DifftestError:
+                continue
+            say(f"round-inputs: {fmt} runtime values {'rounded' if rt.rounded else 'exact'}, eps x/w/δ = "
+                  f"{rt.eps_input:.3g}/{rt.eps_weight:.3g}/{rt.eps_grad_output:.3g}")
+    header = f"{'backend':<24} {'format':<9} {'gradient':<12} {'verdict':<10} {'max_ratio':>10} {'ratio_of':>10} {'violations':>10}  worst"
+    say(header)
+    say("-" * len(header))
+    for r in results:
+        for name, gr in r.gradients.items():
+            worst = "" if gr.worst_index is None else str(gr.worst_index)
+            say(
+                f"{r.backend:<24} {r.format:<9} {name:<12} {gr.verdict:<10} {format_ratio(gr.max_ratio):>10} "
+                f"{format_ratio(gr.max_ratio_order_free):>10} {gr.violations:>10}  {worst}"
+                + (f"  {gr.sampled_text}" if gr.sampled else "")
+            )
+            if gr.message and gr.verdict in ("error", "domain", "unsupported"):
+                say(f"{'':<24} {gr.message}")
+            if expected.get((r.backend, name)) is not None:
+                say(f"{'':<24} expected: {expected[(r.backend, name)].reason}")
+    say("")
+    for line in legend(gr.verdict for r in results for gr in r.gradients.values()):
+        say(line)
+    say("max_ratio = max |backend - exact| / torchlean bound; ratio_of = the same against the order-free bound")
+    sampled = {name: gr.sampled for r in results for name, gr in r.gradients.items() if gr.sampled}
+    if sampled:
+        say("sampled: judged / total entries; pass = no certain violation among the judged entries")
+        for name, sm in sampled.items():
+            say(f"  {sample_text(name, sm)}")
+    return lines
 
 
 def summary_doc(records: list[ResultRecord], replay_dir=None, expectations: Expectations | None = None) -> dict:

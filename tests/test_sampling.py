@@ -262,3 +262,22 @@ def test_a_campaign_judges_a_case_beyond_its_sample_at_sampled_entries_and_its_r
         "difftest check c.npz --backend numpy-float32 --sample 300 --seed 4"
     small = campaign.judge(_layer(4, 3, C=2), [get_backend("numpy-float32")])  # covered whole: the full check
     assert all(gr.sampled is None for gr in small[0].gradients.values())
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+def test_a_sampled_model_says_so_in_its_table_json_results_and_report(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from difftest.store import read_results
+    from tests.test_model import TINY, TINY_SHAPE
+
+    out = tmp_path / "m"
+    assert main(["model", TINY, "--input-shape", TINY_SHAPE, "--backend", "nf-binary32", "--sample", "5",
+                 "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "pass~" in table and "~: judged at sampled entries" in table and "--sample 5 --seed 0)" in table
+    records = read_results(out)
+    assert records and all(gr.sampled and gr.sampled["size"] == 5 for r in records for gr in r.gradients.values()
+                           if gr.sampled is not None)
+    assert any(gr.sampled for r in records for gr in r.gradients.values())
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "a gradient judged at sampled entries" in html and "sampled: 5 / " in html
