@@ -20,6 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import DifftestError
 from .geometry import Geometry
 
@@ -95,11 +97,12 @@ def campaign_case_seconds(g: Geometry, backends: int = 1, compiled: bool = True,
     scheduling (how many real layers to draw, which groups share a job), not for promises:
     relative costs matter there, not seconds."""
     if sample is not None:
-        from .sampling import choose
+        from .geometry import GRADIENTS
+        from .sampling import judged_count, terms_per_entry
 
-        chosen = choose(g, n=sample)
-        if not all(s.whole for s in chosen.gradients.values()):
-            terms = sum(s.judged * s.terms for s in chosen.gradients.values())
+        counts = {name: judged_count(name, g, sample)[0] for name in GRADIENTS}  # arithmetic: nothing is chosen
+        if any(counts[name] < int(np.prod(g.shape_of(name))) for name in GRADIENTS):
+            terms = sum(counts[name] * terms_per_entry(name, g) for name in GRADIENTS)
             oracle = NS_PER_SAMPLED_TERM * terms * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
             per_backend = CALL_SECONDS + NS_PER_HELD_ENTRY * _entries(g) * 1e-9
             return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend
