@@ -281,3 +281,15 @@ def test_a_sampled_model_says_so_in_its_table_json_results_and_report(tmp_path, 
     assert any(gr.sampled for r in records for gr in r.gradients.values())
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "a gradient judged at sampled entries" in html and "sampled: 5 / " in html
+
+
+def test_assert_within_bounds_takes_a_sample_and_its_failure_replays_it(tmp_path):
+    import difftest
+
+    pytest.importorskip("torch")
+    case = _layer(1030, 12, C=2)
+    assert difftest.assert_within_bounds(case, "torch-cpu-float32", sample=300).gradients["grad_input"].sampled
+    with pytest.raises(AssertionError) as failed:
+        difftest.assert_within_bounds(case, faulty_conv, sample=300, seed=2, save_to=tmp_path)
+    text = str(failed.value)
+    assert "grad_input" in text and "precision" in text and "sample=300, seed=2)" in text
