@@ -84,25 +84,41 @@ def _gradients(args) -> tuple[str, ...] | None:
         raise DifftestError(f"--gradients {text}: {exc}") from None
 
 
-def _sample_size(text: str) -> int:
-    """``--sample N``: a whole number of entries >= 1."""
+def _at_least_one(what: str):
+    """An argparse ``type``: a whole number >= 1 (``what`` names it in the error)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"takes a whole number of {what} >= 1, got {text!r}")
+        return n
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0."""
     try:
-        n = int(text)
+        v = float(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"takes a whole number of entries >= 1, got {text!r}")
-    return n
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"takes a number of seconds > 0, got {text!r}")
+    return v
+
+
+_sample_size = _at_least_one("entries")
 
 
 def _sample(args, cfg) -> int | None:
     """--sample, DIFFTEST_SAMPLE or [tool.difftest] sample; None: judge every entry."""
-    return args.sample if args.sample is not None else cfg.get("sample")
+    return cfg.resolve("sample", args.sample)
 
 
 def _scheduler(args, cfg) -> str | None:
     """--scheduler, DIFFTEST_SCHEDULER or [tool.difftest] scheduler; None: judge in this process."""
-    return args.scheduler if args.scheduler is not None else cfg.get("scheduler")
+    return cfg.resolve("scheduler", args.scheduler)
 
 
 def _config():
@@ -126,14 +142,12 @@ def _expectations(args, cfg):
     """The expected findings named by --expected, DIFFTEST_EXPECTED or [tool.difftest] expected."""
     from .expectations import Expectations
 
-    path = args.expected if args.expected is not None else cfg.get("expected")
+    path = cfg.resolve("expected", args.expected)
     return Expectations.load(path) if path else Expectations()
 
 
 def _fail_on(args, cfg) -> str:
-    if args.fail_on is not None:
-        return args.fail_on
-    return cfg.get("fail_on", "order")
+    return cfg.resolve("fail_on", args.fail_on)
 
 
 def _available_backends(names: list[str]) -> list:
@@ -151,11 +165,7 @@ def _available_backends(names: list[str]) -> list:
 
 def _backend_timeout(args, cfg) -> float:
     """--backend-timeout, DIFFTEST_BACKEND_TIMEOUT, [tool.difftest] backend_timeout, else the default."""
-    if args.backend_timeout is not None:
-        if not (math.isfinite(args.backend_timeout) and args.backend_timeout > 0):
-            raise DifftestError(f"--backend-timeout must be a number of seconds > 0, got {args.backend_timeout:g}")
-        return args.backend_timeout
-    return cfg.get("backend_timeout", DEFAULT_TIMEOUT)
+    return cfg.resolve("backend_timeout", args.backend_timeout)
 
 
 @contextlib.contextmanager
@@ -263,10 +273,6 @@ def cmd_run(args) -> int:
     from .campaign import PROFILES, Campaign, CampaignConfig, default_backends, parse_shard
 
     cfg = _config()
-
-    def setting(key, cli_value, default):
-        return cli_value if cli_value is not None else cfg.get(key, default)
-
     if args.backend:
         backends = _available_backends(args.backend)
     elif "backends" in cfg:
@@ -276,28 +282,13 @@ def cmd_run(args) -> int:
             raise DifftestError(f"{cfg.source('backends')}: {exc}") from None
     else:
         backends = default_backends()
-    profile = setting("profile", args.profile, "quick")
-    time_budget = setting("time_budget", args.time_budget, None)
-    seed = setting("seed", args.seed, 0)
+    profile, time_budget, seed = (cfg.resolve(k, v) for k, v in (("profile", args.profile),
+                                                                 ("time_budget", args.time_budget), ("seed", args.seed)))
     fail_on = _fail_on(args, cfg)
     expectations = _expectations(args, cfg)
-    out = Path(setting("out", args.out, "reports/latest"))
-    if args.no_database:
-        database = None
-    elif args.database is not None:
-        database = Path(args.database)
-    elif "database" in cfg:
-        database = None if cfg.get("database") is None else Path(cfg.get("database"))
-    else:
-        database = Path(".difftest/hypothesis")
-    if args.examples is not None and args.examples < 1:
-        raise DifftestError("--examples must be >= 1")
-    if args.rounds is not None and args.rounds < 1:
-        raise DifftestError("--rounds must be >= 1")
-    if args.jobs is not None and args.jobs < 1:
-        raise DifftestError("--jobs must be >= 1")
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise DifftestError("--time-budget must be > 0 seconds")
+    out = Path(cfg.resolve("out", args.out))
+    database = None if args.no_database else cfg.resolve("database", args.database)
+    database = None if database is None else Path(database)
     shard = parse_shard(args.shard)
     _prepare_dir(out, "--out")
     junit = _prepare_file(args.junit, "--junit") if args.junit else None
@@ -586,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     def isolation_args(sp):
-        sp.add_argument("--backend-timeout", type=float, metavar="SECONDS", default=None,
+        sp.add_argument("--backend-timeout", type=_seconds, metavar="SECONDS", default=None,
                         help="seconds one backend call may take before its worker is killed and the verdict is error "
                              "(default: DIFFTEST_BACKEND_TIMEOUT, [tool.difftest] backend_timeout, else "
                              f"{DEFAULT_TIMEOUT:g})")
@@ -667,8 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default=None, choices=list(PROFILE_CHOICES),
                    help="case sizes and effort: quick (~1 min, the default), ci (~5 min), nightly (~1 h); "
                         "hardware (30 min, 90 %% of the time on real layers with probes: for GPUs)")
-    r.add_argument("--examples", type=int, metavar="N", help="hypothesis examples per search round (default: the profile's)")
-    r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
+    r.add_argument("--examples", type=_at_least_one("examples"), metavar="N", help="hypothesis examples per search round (default: the profile's)")
+    r.add_argument("--time-budget", type=_seconds, metavar="SECONDS", help="wall-clock budget (default: the profile's)")
     r.add_argument("--fingerprint", action="store_true",
                    help="after the campaign, fingerprint each backend (difftest fingerprint, a few seconds each) into "
                         "OUT, so the report says what each one computes")
@@ -677,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "may leave the kernel that failed; with shrinking on, the largest such case is kept too)")
     r.add_argument("--stop-on", action="append", choices=list(FINDINGS), metavar="VERDICT",
                    help="end the campaign at the first finding with this verdict (repeatable), e.g. --stop-on precision")
-    r.add_argument("--rounds", type=int, metavar="R",
+    r.add_argument("--rounds", type=_at_least_one("rounds"), metavar="R",
                    help="at most R search rounds per format (with --examples: a campaign bounded by work, not time)")
     r.add_argument("--seed", type=int, default=None, help="seed of the search (default 0)")
     r.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (cases are partitioned by content hash)")
@@ -693,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the final summary as one JSON object (status, cases, duration_s, out, findings, "
                         "cells, exit_code) instead of the table")
     r.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per backend x gradient")
-    r.add_argument("--jobs", type=int, metavar="N",
+    r.add_argument("--jobs", type=_at_least_one("processes"), metavar="N",
                    help="search the format groups in N processes, one results.jsonl (default: this machine's cores, "
                         f"{os.cpu_count() or 1} here; 1: this process)")
     scheduler_arg(r, "each case")

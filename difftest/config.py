@@ -76,6 +76,14 @@ ENV_VARS = {
 KEYS = tuple(ENV_VARS)
 TABLE = "[tool.difftest]"
 
+#: What each key is where neither the command line, the environment nor the file says
+#: (:meth:`Config.resolve`; ``None``: the command's own default — every available backend, the
+#: profile's time budget, no expected findings, every entry judged, judging in this process).
+DEFAULTS = {
+    "backends": None, "profile": "quick", "time_budget": None, "out": "reports/latest", "fail_on": "order", "seed": 0,
+    "database": ".difftest/hypothesis", "expected": None, "backend_timeout": 600.0, "sample": None, "scheduler": None,
+}
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -97,6 +105,14 @@ class Config:
     def get(self, key: str, default=None):
         s = self.settings.get(key)
         return default if s is None else s.value
+
+    def resolve(self, key: str, given=None):
+        """The setting ``key`` as a command uses it: ``given`` (the command line's) where given,
+        else the environment's or the file's, else :data:`DEFAULTS` — the one place the order is
+        written, for the CLI and the pytest plugin alike."""
+        if given is not None and given != []:
+            return given
+        return self.get(key, DEFAULTS[key])
 
     def source(self, key: str) -> str | None:
         s = self.settings.get(key)

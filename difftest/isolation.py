@@ -57,13 +57,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DEFAULTS
 from .errors import BackendCrashed, BackendFailed, BackendRaised, BackendTimedOut, BudgetExhausted, DifftestError
 
 __all__ = ["DEFAULT_TIMEOUT", "IsolatedBackend", "Workers", "describe_exit", "shutdown"]
 
 #: Seconds one backend call may take by default: generous (a real layer on a GPU takes
 #: milliseconds, on a CPU seconds), so that only a hang reaches it.
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = DEFAULTS["backend_timeout"]
 
 #: Seconds a call may run past the pool's deadline before it is abandoned (a campaign's end).
 DEADLINE_GRACE = 5.0

@@ -117,12 +117,10 @@ def _settings(config):
     return config.stash[SETTINGS_KEY]
 
 
-def setting(config, option: str, key: str, default=None):
-    """``option`` where given, else the environment's or the file's ``key``, else ``default``."""
-    value = config.getoption(option)
-    if value is not None and value != []:
-        return value
-    return _settings(config).get(key, default)
+def setting(config, option: str, key: str):
+    """``option`` where given, else the environment's or the file's ``key``, else its default
+    (:meth:`difftest.config.Config.resolve`, as the CLI resolves it)."""
+    return _settings(config).resolve(key, config.getoption(option))
 
 
 def _backend_names(config) -> list[str] | None:
@@ -197,25 +195,24 @@ def campaign_config(config, backend, n_backends: int):
     """The :class:`~difftest.campaign.CampaignConfig` of ``backend``'s campaign from the options."""
     from .campaign import PROFILES, CampaignConfig
 
-    profile = PROFILES[setting(config, "--difftest-profile", "profile", "quick")]
+    profile = PROFILES[setting(config, "--difftest-profile", "profile")]
     rounds = config.getoption("--difftest-rounds")
     budget = config.getoption("--difftest-time-budget")  # per backend
     if budget is None:  # run's time_budget is the whole campaign's: shared, as the profile's is
         total = _settings(config).get("time_budget")
         budget = (math.inf if rounds is not None else profile.time_budget / n_backends) if total is None \
             else total / n_backends
-    from .isolation import DEFAULT_TIMEOUT
     from .store import file_name
 
-    timeout = setting(config, "--difftest-backend-timeout", "backend_timeout")
-    database = setting(config, "--difftest-database", "database", ".difftest/hypothesis")
+    database = setting(config, "--difftest-database", "database")
     return CampaignConfig(
         backends=[backend], profile=profile, examples=config.getoption("--difftest-examples"), rounds=rounds,
-        time_budget=budget, seed=setting(config, "--difftest-seed", "seed", 0),
+        time_budget=budget, seed=setting(config, "--difftest-seed", "seed"),
         out=Path(config.getoption("--difftest-out")) / file_name(backend.name),
         database=None if database is None else Path(database), progress=False, expectations=_expectations(config),
         isolate=not config.getoption("--difftest-no-isolate"),
-        backend_timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        backend_timeout=setting(config, "--difftest-backend-timeout", "backend_timeout"),
+        scheduler=_settings(config).resolve("scheduler"),
     )
 
 
@@ -261,7 +258,7 @@ class CampaignItem(pytest.Item):
         from .results import findings, summarize
 
         out, records = _campaign(self.config, self.backend, self.n_backends)
-        fail_on = setting(self.config, "--difftest-fail-on", "fail_on", "order")
+        fail_on = setting(self.config, "--difftest-fail-on", "fail_on")
         expectations = _expectations(self.config)
         cell = summarize(records).get(self.backend, {}).get(self.gradient)
         if cell is None or cell.cases == 0:

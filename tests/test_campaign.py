@@ -149,8 +149,12 @@ def test_the_run_command_rejects_bad_options(tmp_path, capsys):
     out = ["--out", str(tmp_path / "out"), "--no-database", "--quiet"]
     assert main(["run", "--shard", "3/2", *out]) == 2
     assert main(["run", "--shard", "x", *out]) == 2
-    assert main(["run", "--examples", "0", *out]) == 2
-    assert main(["run", "--rounds", "0", *out]) == 2
+    for bad in (["--examples", "0"], ["--rounds", "0"], ["--jobs", "0"], ["--time-budget", "-1"],
+                ["--backend-timeout", "nan"]):
+        with pytest.raises(SystemExit) as usage:  # argparse's own check: one line, exit 2
+            main(["run", *bad, *out])
+        assert usage.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"difftest: error: argument {bad[0]}: takes ")
     assert not (tmp_path / "out").exists()  # refused before anything ran
     capsys.readouterr()
     cuda = ["run", "--backend", "torch-cuda-float32", *out]

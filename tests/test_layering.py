@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MATH = ("formats", "fparith", "layouts", "case", "exact", "lean", "replay", "orderfree", "compare", "kernels")
 #: What runs searches, writes or reads result directories, or faces the user.
 ABOVE_THE_MATH = ("backends", "campaign", "search", "jobs", "store", "results", "report", "summary", "cli",
-                  "pytest_plugin", "bench", "model", "fingerprint", "isolation", "check", "strategies", "expectations")
+                  "pytest_plugin", "bench", "model", "fingerprint", "isolation", "check", "strategies", "expectations",
+                  "distributed")
 #: The files of a result directory: "store is the only module that knows a result directory's layout".
 LAYOUT_FILES = ("results.jsonl", "campaign.json", "environments.json", "expected.json", "fingerprints.json",
                 "model.json", "report.html")
