@@ -349,14 +349,14 @@ PHASES = ("search", "shrunk", "unshrunk", "layer")
 
 @dataclass
 class ResultRecord:
-    """One line of ``results.jsonl``: one backend on one case, with the campaign's context."""
+    """One line of ``results.jsonl``: one backend's result on one case (a :class:`BackendResult`,
+    held whole), with the campaign's context. The result's fields are flattened into the line
+    only by :meth:`to_dict` (``backend``, ``format``, ``gradients``, ``requested``, and its
+    ``error`` as ``traceback``); read back, its environment is the line's ``environment_id``'s
+    (``environments.json``), not held here."""
 
     case_id: str
-    backend: str
-    format: str
-    gradients: dict[str, GradientResult]
-    #: As :attr:`BackendResult.requested` (a line without it: all three).
-    requested: tuple[str, ...] | None = None
+    result: BackendResult
     geometry: dict = field(default_factory=dict)
     phase: str = "search"  # one of PHASES
     batch_extension: bool = False
@@ -369,7 +369,6 @@ class ResultRecord:
     environment_id: str = ""
     case_file: str | None = None
     outputs_file: str | None = None
-    traceback: str | None = None
     finding: FindingKey | None = None
     #: On a finding's record: the largest searched case that showed it, where that is not the
     #: reproducer (a GPU finding shrunk to a tiny shape may have left the kernel that failed):
@@ -380,33 +379,36 @@ class ResultRecord:
 
     REQUIRED = ("case_id", "backend", "format", "gradients")
 
-    def __post_init__(self) -> None:
-        self.requested = requested_of(self.gradients, self.requested)
+    # --- the result's fields, as the line has them ---------------------------------------
+    backend = property(lambda self: self.result.backend)
+    format = property(lambda self: self.result.format)
+    gradients = property(lambda self: self.result.gradients)
+    requested = property(lambda self: self.result.requested)
+    traceback = property(lambda self: self.result.error or None)
 
     @property
     def verdict(self) -> str:
-        return worst_verdict(r.verdict for r in self.gradients.values())
+        return self.result.verdict
 
     @classmethod
     def of(cls, result: BackendResult, case_id: str, geometry: dict, **context) -> "ResultRecord":
-        return cls(case_id=case_id, backend=result.backend, format=result.format, gradients=result.gradients,
-                   requested=result.requested, geometry=geometry, batch_extension=geometry.get("N", 1) > 1,
-                   extensions=_extensions(geometry),
-                   traceback=result.error or None, **context)
+        return cls(case_id=case_id, result=result.lightweight(), geometry=geometry,
+                   batch_extension=geometry.get("N", 1) > 1, extensions=_extensions(geometry), **context)
 
     def to_dict(self) -> dict:
-        d = {"schema": self.schema}
+        """The line: ``schema``, the result's fields, then the context, in the order lines have
+        always had them (``traceback`` between ``outputs_file`` and ``finding``)."""
+        d = {"schema": self.schema, "case_id": self.case_id, "backend": self.backend, "format": self.format,
+             "gradients": {g: r.to_dict() for g, r in self.gradients.items()}, "requested": list(self.requested)}
         for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "schema" or (v is None and f.name in ("case_file", "outputs_file", "traceback", "finding", "round", "largest_case")):
+            if f.name in ("schema", "case_id", "result"):
                 continue
-            if f.name == "gradients":
-                v = {g: r.to_dict() for g, r in v.items()}
-            elif f.name == "requested":
-                v = list(v)
-            elif f.name == "finding":
-                v = v.to_dict()
-            d[f.name] = v
+            if f.name == "finding" and self.traceback is not None:
+                d["traceback"] = self.traceback
+            v = getattr(self, f.name)
+            if v is None and f.name in ("case_file", "outputs_file", "finding", "round", "largest_case"):
+                continue
+            d[f.name] = v.to_dict() if f.name == "finding" else v
         return d
 
     @classmethod
@@ -427,13 +429,16 @@ class ResultRecord:
                 kw[key] = check(kw[key], key)
         if not re.fullmatch(r"[0-9a-f]{1,64}", kw["case_id"]):
             raise _bad("case_id", "a hexadecimal case id", kw["case_id"])
-        kw["gradients"], kw["requested"] = _gradients_from(d)
+        gradients, requested = _gradients_from(d)
+        traceback = optional(text)(d.get("traceback"), "traceback")
+        kw["result"] = BackendResult(name_text(d.get("backend"), "backend"), name_text(d.get("format"), "format"),
+                                     gradients, error=traceback or "", requested=requested)
         kw["schema"] = schema
         if kw.get("finding") is not None:
             f = mapping(kw["finding"], "finding")
             key = FindingKey(*(name_text(f.get(k), f"finding.{k}") for k in FindingKey._fields))
-            if key.backend != kw["backend"] or kw["gradients"].get(key.gradient, None) is None \
-                    or kw["gradients"][key.gradient].verdict != key.verdict or not is_finding(key.verdict):
+            if key.backend != kw["result"].backend or gradients.get(key.gradient, None) is None \
+                    or gradients[key.gradient].verdict != key.verdict or not is_finding(key.verdict):
                 raise DifftestError(f"finding {' '.join(key)} is not a finding of this line")
             kw["finding"] = key
         return cls(**kw)
@@ -450,13 +455,14 @@ def _largest(v, name: str) -> dict:
     return out
 
 
-#: The checks of a result line's fields (``gradients``, ``requested``, ``finding``, ``schema``: their own).
+#: The checks of a result line's fields (``gradients``, ``requested``, ``finding``, ``schema``, and the
+#: result's ``backend``, ``format`` and ``traceback``: their own).
 _RECORD_FIELDS = {
-    "case_id": name_text, "backend": name_text, "format": name_text, "geometry": geometry_of,
+    "case_id": name_text, "geometry": geometry_of,
     "phase": one_of(PHASES), "batch_extension": flag, "extensions": lambda v, n: listing(v, n, text),
     "seed": optional(integer), "shard": shard_text,
     "round": optional(integer), "timings": lambda v, n: {k: number(x, f"{n}.{k}") for k, x in mapping(v, n).items()},
-    "environment_id": text, "case_file": optional(text), "outputs_file": optional(text), "traceback": optional(text),
+    "environment_id": text, "case_file": optional(text), "outputs_file": optional(text),
     "largest_case": optional(_largest),
 }
 
