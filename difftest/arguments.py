@@ -11,12 +11,11 @@ import sys
 
 from . import __version__
 from .config import DEFAULTS, PROFILE_NAMES
+from .errors import EXIT_USAGE
 from .formats import PRESETS
 from .geometry import GRADIENTS
 from .verdicts import FAIL_ON, FAIL_ON_HELP, FINDINGS
 
-#: Exit code of a usage error (:mod:`difftest.cli` has the others).
-EXIT_USAGE = 2
 DEFAULT_TIMEOUT = DEFAULTS["backend_timeout"]
 
 

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import EXIT_USAGE, build_parser
+from .arguments import build_parser
 from .case import Case
-from .errors import DifftestError, os_error_text, os_reason
+from .errors import EXIT_FINDING, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DifftestError, os_error_text, os_reason
 from .explain import plural
 from .outcome import jsonable
 from .store import REPORT
 from .verdicts import is_finding
 
-EXIT_OK, EXIT_FINDING, EXIT_INTERRUPTED = 0, 1, 130
 
 
 # --- environment: paths to write, errors to explain ------------------------------------------------
@@ -295,57 +294,19 @@ def cmd_run(args) -> int:
         print(f"difftest: the previous results in {out} are kept in {campaign.recorder.previous}", file=sys.stderr)
     if args.fingerprint and not interrupted and failure is None:
         _fingerprint_into(backends, None, config.out, args, cfg, quiet=args.quiet)  # the report's "what each computes"
+    from .summary import run_outputs
+
     try:
-        code = _campaign_outputs(args, config, fail_on, expectations, junit, interrupted, profile, seed)
+        code, text = run_outputs(config.out, fail_on, expectations, junit, interrupted, report=not args.no_report,
+                                 as_json=args.json, properties={"profile": profile, "seed": seed, "shard": args.shard})
+        args.exit_code = code  # the outcome, also if the reader of stdout goes away
+        print(text)
     except (DifftestError, OSError):
         if failure is not None:  # writing the report failed too (a full disk): the campaign's error is the one
             raise failure from None
         raise
     if failure is not None:
         raise failure
-    return code
-
-
-def _campaign_outputs(args, config, fail_on: str, expectations, junit, interrupted: bool, profile, seed) -> int:
-    """After a campaign: its exit code, report, JUnit file, then the summary (files first: a closed
-    stdout loses no file)."""
-    from .results import cases_per_backend, exit_code
-    from .store import read_campaign, read_results
-    from .summary import format_summary, junit_xml, summary_doc
-
-    records = read_results(config.out)
-    info = read_campaign(config.out)
-    code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on, expectations)
-    args.exit_code = code
-    report = None
-    if not args.no_report:
-        from .report import render
-
-        report = render([config.out], config.out / REPORT)
-    if junit is not None:
-        junit.write_text(junit_xml(records, fail_on, replay_dir=config.out, duration_s=info.get("duration_s") or 0.0,
-                                   properties={"profile": profile, "seed": seed, "shard": args.shard,
-                                               "fail_on": fail_on, "status": info.get("status") or "?"},
-                                   expectations=expectations),
-                         encoding="utf-8")
-    if args.json:
-        doc = {"status": info.get("status") or "?", "cases": info.get("cases") or 0,
-               "cases_per_backend": info.get("cases_per_backend") or cases_per_backend(records),
-               "duration_s": info.get("duration_s") or 0.0, "out": str(config.out),
-               **summary_doc(records, replay_dir=config.out, expectations=expectations), "exit_code": code,
-               "report": None if report is None else str(report), "junit": None if junit is None else str(junit)}
-        print(json.dumps(jsonable(doc), indent=2))
-        return code
-    print(format_summary(records, replay_dir=config.out, expectations=expectations))
-    searched = info.get("cases_per_backend") or cases_per_backend(records)
-    if searched:
-        print("\ncases per backend: " + ", ".join(f"{b} {n}" for b, n in searched.items()))
-    print(f"\n{info.get('status') or '?'}: {plural(info.get('cases') or 0, 'case')} in {info.get('duration_s') or 0:.1f}s; "
-          f"results in {config.out}/results.jsonl")
-    if report is not None:
-        print(f"report: {report}")
-    if junit is not None:
-        print(f"junit: {junit}")
     return code
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import errno
 
 
+
+#: What a ``difftest`` command exits with: nothing to report, a finding, a usage, input or
+#: environment error, an interrupt.
+EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
 class DifftestError(Exception):
     """Base class of every error difftest raises on purpose (CLI exit code 2)."""
 

@@ -196,3 +196,49 @@ def format_summary(records: list[ResultRecord], replay_dir=None, expectations: E
         lines += ["", f"expected findings not reached in this run (fewer than {REACHED_CASES} cases they could show on):"]
         lines += [f"  {c.describe()}" for c in unreached]
     return "\n".join(lines)
+
+
+def run_outputs(out: Path, fail_on: str, expectations, junit: Path | None, interrupted: bool, report: bool = True,
+                as_json: bool = False, properties: dict | None = None) -> tuple[int, str]:
+    """After ``difftest run``'s campaign in ``out``: its exit code, with its report (``report``) and
+    JUnit file (``junit``) written, and what to print — the summary, or with ``as_json`` the JSON
+    object (files first: a closed stdout loses no file). ``properties``: the run's settings for
+    JUnit (profile, seed, shard)."""
+    import json
+
+    from .errors import EXIT_INTERRUPTED
+    from .results import cases_per_backend, exit_code
+    from .store import REPORT, read_campaign, read_results
+
+    records = read_results(out)
+    info = read_campaign(out)
+    code = EXIT_INTERRUPTED if interrupted else exit_code(records, fail_on, expectations)
+    written = None
+    if report:
+        from .report import render
+
+        written = render([out], out / REPORT)
+    if junit is not None:
+        junit.write_text(junit_xml(records, fail_on, replay_dir=out, duration_s=info.get("duration_s") or 0.0,
+                                   properties={**(properties or {}), "fail_on": fail_on,
+                                               "status": info.get("status") or "?"},
+                                   expectations=expectations),
+                         encoding="utf-8")
+    if as_json:
+        doc = {"status": info.get("status") or "?", "cases": info.get("cases") or 0,
+               "cases_per_backend": info.get("cases_per_backend") or cases_per_backend(records),
+               "duration_s": info.get("duration_s") or 0.0, "out": str(out),
+               **summary_doc(records, replay_dir=out, expectations=expectations), "exit_code": code,
+               "report": None if written is None else str(written), "junit": None if junit is None else str(junit)}
+        return code, json.dumps(jsonable(doc), indent=2)
+    lines = [format_summary(records, replay_dir=out, expectations=expectations)]
+    searched = info.get("cases_per_backend") or cases_per_backend(records)
+    if searched:
+        lines.append("\ncases per backend: " + ", ".join(f"{b} {n}" for b, n in searched.items()))
+    lines.append(f"\n{info.get('status') or '?'}: {plural(info.get('cases') or 0, 'case')} in "
+                 f"{info.get('duration_s') or 0:.1f}s; results in {out}/results.jsonl")
+    if written is not None:
+        lines.append(f"report: {written}")
+    if junit is not None:
+        lines.append(f"junit: {junit}")
+    return code, "\n".join(lines)
