@@ -17,9 +17,10 @@ import numpy as np
 
 from .arguments import build_parser
 from .case import Case
-from .errors import EXIT_FINDING, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DifftestError, os_error_text, os_reason
+from .errors import EXIT_FINDING, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DifftestError, os_error_text
 from .explain import plural
 from .outcome import jsonable
+from .paths import writable_dir, writable_file
 from .store import REPORT
 from .verdicts import is_finding
 
@@ -27,29 +28,6 @@ from .verdicts import is_finding
 
 # --- environment: paths to write, errors to explain ------------------------------------------------
 
-
-
-def _prepare_dir(path, what: str) -> Path:
-    """The output directory ``path`` (named ``what`` in errors), created if missing and writable."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise DifftestError(f"{what} {p} is a file, not a directory; give a directory (it is created if missing)")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DifftestError(f"{what} {p}: cannot create this directory: {os_reason(exc)}") from exc
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise DifftestError(f"{what} {p} is not writable; fix its permissions or choose another directory")
-    return p
-
-
-def _prepare_file(path, what: str) -> Path:
-    """The output file ``path``: not a directory, its directory created if missing and writable."""
-    p = Path(path)
-    if p.is_dir():
-        raise DifftestError(f"{what} {p} is a directory; give a file path")
-    _prepare_dir(p.parent if str(p.parent) else Path("."), f"{what} {p}: its directory")
-    return p
 
 
 def _load_case(args) -> Case:
@@ -155,7 +133,7 @@ def cmd_check(args) -> int:
     fail_on, expectations = _fail_on(args, cfg), _expectations(args, cfg)
     case = _load_case(args)
     backends = _available_backends(args.backend)
-    out = _prepare_dir(args.save, "--save") if args.save else None
+    out = writable_dir(args.save, "--save") if args.save else None
     with _judges(backends, args, cfg) as judges:
         results = check_case(case, judges, oracle=args.oracle, max_memory=_max_memory(args), progress=_say,
                              sample=_sample(args, cfg), seed=args.seed)
@@ -183,7 +161,7 @@ def cmd_bounds(args) -> int:
     from .check import bounds_arrays
 
     case = _load_case(args)
-    out = _prepare_file(args.out, "--out")
+    out = writable_file(args.out, "--out")
     arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args), sample=_sample(args, _config()),
                            seed=args.seed)
     with open(out, "wb") as f:
@@ -250,8 +228,8 @@ def cmd_run(args) -> int:
     database = None if args.no_database else cfg.resolve("database", args.database)
     database = None if database is None else Path(database)
     shard = parse_shard(args.shard)
-    _prepare_dir(out, "--out")
-    junit = _prepare_file(args.junit, "--junit") if args.junit else None
+    writable_dir(out, "--out")
+    junit = writable_file(args.junit, "--junit") if args.junit else None
     config = CampaignConfig(
         backends=backends,
         profile=PROFILES[profile],
@@ -314,7 +292,7 @@ def cmd_report(args) -> int:
     from .report import render
 
     dirs = [Path(d) for d in args.dirs]
-    out = _prepare_file(args.output, "-o") if args.output else dirs[0] / REPORT
+    out = writable_file(args.output, "-o") if args.output else dirs[0] / REPORT
     from .expectations import Expectations
 
     render(dirs, out, baseline=Path(args.baseline) if args.baseline else None,
@@ -377,7 +355,7 @@ def cmd_model(args) -> int:
         except re.error as exc:
             raise DifftestError(f"--layers {args.layers!r} is not a valid regular expression: {exc}") from None
     backends = _available_backends(args.backend) if args.backend else default_backends()
-    out = _prepare_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
+    out = writable_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
     result = mdl.check_model(args.model, backends, shape, layers=args.layers, seed=args.seed, out=out,
                              max_memory=_max_memory(args), progress=_say, expectations=expectations,
                              sample=_sample(args, cfg), scheduler=_scheduler(args, cfg),
@@ -438,7 +416,7 @@ def cmd_fingerprint(args) -> int:
         geometry = fp.default_geometry()
     cfg = _config()
     backends = _available_backends(args.backend)
-    out = _prepare_dir(args.out, "--out")
+    out = writable_dir(args.out, "--out")
     prints, failed = _fingerprint_into(backends, geometry, out, args, cfg)
     code = EXIT_FINDING if failed else EXIT_OK
     args.exit_code = code

@@ -14,7 +14,7 @@ MATH = ("formats", "fparith", "layouts", "case", "exact", "lean", "replay", "ord
 #: What runs searches, writes or reads result directories, or faces the user.
 ABOVE_THE_MATH = ("backends", "campaign", "search", "jobs", "store", "results", "report", "summary", "cli",
                   "pytest_plugin", "bench", "model", "fingerprint", "isolation", "check", "strategies", "expectations",
-                  "distributed")
+                  "distributed", "arguments", "paths")
 #: The files of a result directory: "store is the only module that knows a result directory's layout".
 LAYOUT_FILES = ("results.jsonl", "campaign.json", "environments.json", "expected.json", "fingerprints.json",
                 "model.json", "report.html")
