@@ -495,6 +495,39 @@ def sampled_check(n: int = 20000, backend: str = "torch-cpu-float32", seed: int 
             "sampled": {k: v.get("sampled") for k, v in result["gradients"].items()}}
 
 
+def measure(layer: str = "resnet50-conv2", model: str | None = None, backends=None, input_shape=None,
+            layers: str | None = None, max_memory="auto", sample: int | None = None, seed: int = 0, repeat: int = 3,
+            campaign_seconds: float = 20.0, campaign_examples: int | None = None, progress=None) -> dict:
+    """What ``difftest bench`` measures, as its ``--json`` object: the machine, then ``model``'s
+    whole check (:func:`bench_model`) where a model is named, else the measurement ``layer`` names
+    (a layer of :data:`BENCH_LAYERS`, ``scaling``, ``jobs``, ``isolation``, ``emulations``,
+    ``first-run``, ``sampled`` or ``fingerprint``)."""
+    doc: dict = {"machine": machine()}
+    if model is not None:
+        doc["model"] = bench_model(model, backends or ("torch-cpu-float32",), input_shape or (1, 3, 224, 224), seed=seed,
+                                   layers=layers, max_memory=max_memory, progress=progress, sample=sample)
+    elif layer in BENCH_LAYERS:
+        doc["layer"] = bench_layer(BENCH_LAYERS[layer], repeat)
+        if layer == "small":
+            doc["campaign"] = campaign_rate(campaign_seconds, examples=campaign_examples)
+    elif layer == "scaling":
+        doc["scaling"] = scaling(repeat=repeat)
+    elif layer == "jobs":
+        doc["jobs"] = jobs_speedup()
+    elif layer == "isolation":
+        doc["isolation"] = isolation_cost(examples=campaign_examples or 150, repeat=repeat)
+    elif layer == "emulations":
+        doc["emulations"] = time_to_precision(seed=seed)
+    elif layer == "first-run":
+        doc["first_run"] = first_run(seed=seed)
+    elif layer == "sampled":
+        name = (backends or ["torch-cpu-float32"])[0]
+        doc["sampled"] = sampled_check(sample or 20000, name if isinstance(name, str) else name.name, seed)
+    elif layer == "fingerprint":
+        doc["fingerprint"] = fingerprint_times()
+    return doc
+
+
 def print_doc(doc: dict, out=None) -> None:
     """``difftest bench``'s words for what it measured (``doc``: its ``--json`` object)."""
     from .explain import plural

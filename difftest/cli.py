@@ -22,7 +22,6 @@ from .explain import plural
 from .outcome import jsonable
 from .paths import writable_dir, writable_file
 from .store import REPORT
-from .verdicts import is_finding
 
 
 
@@ -142,11 +141,9 @@ def cmd_check(args) -> int:
             if r.outputs is not None:
                 np.savez(out / f"{r.backend}.npz", **r.outputs)
     geometry = case.geometry.as_dict()
-    expected = {(r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, geometry)
-                for r in results for g, gr in r.gradients.items() if is_finding(gr.verdict)}
-    code = EXIT_FINDING if any(expectations.fails_result(r.backend, g, gr.verdict, r.format, geometry, fail_on)
-                               for r in results for g, gr in r.gradients.items()) else EXIT_OK
-    args.exit_code = code  # the outcome, also if the reader of stdout goes away
+    expected, failed = expectations.judge((((r.backend, g), r.backend, g, gr.verdict, r.format, geometry)
+                                           for r in results for g, gr in r.gradients.items()), fail_on)
+    code = args.exit_code = EXIT_FINDING if failed else EXIT_OK  # the outcome, also if stdout goes away  # the outcome, also if the reader of stdout goes away
     if args.json:
         doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.to_dict() for r in results]}
         print(json.dumps(jsonable(doc), indent=2))
@@ -307,32 +304,16 @@ def cmd_bench(args) -> int:
 
     if args.repeat < 1:
         raise DifftestError("--repeat must be >= 1")
-    doc: dict = {"machine": bench.machine()}
+    shape = backends = None
     if args.model is not None:
-        from . import model as mdl
+        from .model import DEFAULT_INPUT_SHAPE, parse_input_shape
 
-        shape = mdl.parse_input_shape(args.input_shape) if args.input_shape is not None else mdl.DEFAULT_INPUT_SHAPE
+        shape = parse_input_shape(args.input_shape) if args.input_shape is not None else DEFAULT_INPUT_SHAPE
         backends = _available_backends(args.backend or ["torch-cpu-float32"])
-        doc["model"] = bench.bench_model(args.model, backends, shape, seed=args.seed, layers=args.layers,
-                                         max_memory=_max_memory(args), progress=_say, sample=args.sample)
-    elif args.layer in bench.BENCH_LAYERS:
-        doc["layer"] = bench.bench_layer(bench.BENCH_LAYERS[args.layer], args.repeat)
-        if args.layer == "small":
-            doc["campaign"] = bench.campaign_rate(args.campaign_seconds, examples=args.campaign_examples)
-    elif args.layer == "scaling":
-        doc["scaling"] = bench.scaling(repeat=args.repeat)
-    elif args.layer == "jobs":
-        doc["jobs"] = bench.jobs_speedup()
-    elif args.layer == "isolation":
-        doc["isolation"] = bench.isolation_cost(examples=args.campaign_examples or 150, repeat=args.repeat)
-    elif args.layer == "emulations":
-        doc["emulations"] = bench.time_to_precision(seed=args.seed)
-    elif args.layer == "first-run":
-        doc["first_run"] = bench.first_run(seed=args.seed)
-    elif args.layer == "sampled":
-        doc["sampled"] = bench.sampled_check(args.sample or 20000, (args.backend or ["torch-cpu-float32"])[0], args.seed)
-    elif args.layer == "fingerprint":
-        doc["fingerprint"] = bench.fingerprint_times()
+    doc = bench.measure(args.layer, model=args.model, backends=backends or args.backend, input_shape=shape,
+                        layers=args.layers, max_memory=_max_memory(args), sample=args.sample, seed=args.seed,
+                        repeat=args.repeat, campaign_seconds=args.campaign_seconds,
+                        campaign_examples=args.campaign_examples, progress=_say)
     if args.json:
         print(json.dumps(jsonable(doc), indent=2))
         return EXIT_OK
@@ -361,13 +342,11 @@ def cmd_model(args) -> int:
                              sample=_sample(args, cfg), scheduler=_scheduler(args, cfg),
                              isolate=not args.no_isolate, backend_timeout=_backend_timeout(args, cfg),
                              overwrite=args.overwrite)
-    expected = {(layer.name, r.backend, g): expectations.explain(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict())
-                for layer in result.layers for r in layer.results for g, gr in r.gradients.items() if is_finding(gr.verdict)}
-    code = EXIT_FINDING if any(expectations.fails_result(r.backend, g, gr.verdict, r.format, layer.geometry.as_dict(),
-                                                         fail_on)
-                               for layer in result.layers for r in layer.results
-                               for g, gr in r.gradients.items()) else EXIT_OK
-    args.exit_code = code
+    expected, failed = expectations.judge((((layer.name, r.backend, g), r.backend, g, gr.verdict, r.format,
+                                            layer.geometry.as_dict())
+                                           for layer in result.layers for r in layer.results
+                                           for g, gr in r.gradients.items()), fail_on)
+    code = args.exit_code = EXIT_FINDING if failed else EXIT_OK
     report = None
     if not args.no_report:
         from .report import render
@@ -383,24 +362,11 @@ def cmd_model(args) -> int:
 
 
 def _fingerprint_into(backends: list, geometry, out: Path, args, cfg, quiet: bool = False) -> tuple[list, list]:
-    """Fingerprint each backend (each in its worker) into ``out``; a backend that crashes or hangs
-    while probed is left out, with the reason. Returns the fingerprints and the failures."""
+    """Fingerprint each backend, each in its worker, into ``out`` (:func:`difftest.fingerprint.fingerprint_all`)."""
     from . import fingerprint as fp
-    from .errors import BackendCrashed, BackendTimedOut
 
-    prints, failed = [], []
-    g = geometry if geometry is not None else fp.default_geometry()
     with _judges(backends, args, cfg) as judges:
-        for b in judges:
-            if not quiet:
-                _say(f"fingerprinting {b.name} at input {g.input_shape}, weight {g.weight_shape}, {g.text()}")
-            try:
-                prints.append(fp.fingerprint(b, g))
-            except (BackendCrashed, BackendTimedOut) as exc:
-                failed.append((b.name, str(exc)))
-                print(f"difftest: {b.name} was not fingerprinted: {exc} while probed", file=sys.stderr)
-    fp.write(prints, out, failed)
-    return prints, failed
+        return fp.fingerprint_all(judges, geometry, out, say=None if quiet else _say)
 
 
 def cmd_fingerprint(args) -> int:

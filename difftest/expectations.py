@@ -158,6 +158,17 @@ class Expectations:
         and the plugin): a verdict failing under ``fail_on`` that nothing declares."""
         return fails(verdict, fail_on) and self.explain(backend, gradient, verdict, fmt, geometry) is None
 
+    def judge(self, items, fail_on: str) -> tuple[dict, bool]:
+        """Over ``(key, backend, gradient, verdict, format, geometry)`` items (a command's results):
+        the declaration that accepts each finding, by ``key``, and whether any result fails the run
+        (:meth:`fails_result`)."""
+        expected, failed = {}, False
+        for key, backend, gradient, verdict, fmt, geometry in items:
+            if is_finding(verdict):
+                expected[key] = self.explain(backend, gradient, verdict, fmt, geometry)
+            failed = failed or self.fails_result(backend, gradient, verdict, fmt, geometry, fail_on)
+        return expected, failed
+
     def fails(self, record, gradient: str, fail_on: str) -> bool:
         """Whether this gradient of a result line fails the run (:meth:`fails_result`; a gradient not
         requested of the backend was not judged, and fails nothing)."""

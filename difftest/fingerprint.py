@@ -1403,3 +1403,27 @@ def table(prints: list[Fingerprint]) -> str:
                  "subnormal inputs/results kept or flushed; determ: bitwise equal over 3 runs; "
                  "? = the probes cannot decide")
     return "\n".join(lines)
+
+
+def fingerprint_all(backends: list, geometry=None, out=None, say=None) -> tuple[list, list]:
+    """Fingerprint each backend at ``geometry`` (default :func:`default_geometry`) and write them
+    into ``out`` (:func:`write`); a backend that crashes or hangs while probed (in its worker,
+    :mod:`difftest.isolation`) is left out, with the reason. ``say(text)`` hears each backend.
+    Returns the fingerprints and the failures ``(name, why)``."""
+    import sys
+
+    from .errors import BackendCrashed, BackendTimedOut
+
+    prints, failed = [], []
+    g = geometry if geometry is not None else default_geometry()
+    for b in backends:
+        if say is not None:
+            say(f"fingerprinting {b.name} at input {g.input_shape}, weight {g.weight_shape}, {g.text()}")
+        try:
+            prints.append(fingerprint(b, g))
+        except (BackendCrashed, BackendTimedOut) as exc:
+            failed.append((b.name, str(exc)))
+            print(f"difftest: {b.name} was not fingerprinted: {exc} while probed", file=sys.stderr)
+    if out is not None:
+        write(prints, out, failed)
+    return prints, failed
