@@ -1,6 +1,8 @@
-"""The ``difftest`` command line: arguments, settings and printing over the library's faces
-(:mod:`difftest.check`, :mod:`difftest.campaign`, :mod:`difftest.model`, :mod:`difftest.fingerprint`,
-:mod:`difftest.store`, :mod:`difftest.report`, :mod:`difftest.bench`)."""
+"""The ``difftest`` commands: each resolves its settings (:meth:`difftest.config.Config.resolve`),
+runs the library (:mod:`difftest.check`, :mod:`difftest.campaign`, :mod:`difftest.model`,
+:mod:`difftest.fingerprint`, :mod:`difftest.store`, :mod:`difftest.report`, :mod:`difftest.bench`)
+and prints what the library puts in words (:mod:`difftest.summary`, :mod:`difftest.explain`); the
+arguments are :mod:`difftest.arguments`'s, the exit codes :mod:`difftest.errors`'s."""
 
 from __future__ import annotations
 
@@ -24,9 +26,7 @@ from .paths import writable_dir, writable_file
 from .store import REPORT
 
 
-
 # --- environment: paths to write, errors to explain ------------------------------------------------
-
 
 
 def _load_case(args) -> Case:
@@ -45,16 +45,6 @@ def _gradients(args) -> tuple[str, ...] | None:
         return gradient_subset(text)
     except DifftestError as exc:
         raise DifftestError(f"--gradients {text}: {exc}") from None
-
-
-def _sample(args, cfg) -> int | None:
-    """--sample, DIFFTEST_SAMPLE or [tool.difftest] sample; None: judge every entry."""
-    return cfg.resolve("sample", args.sample)
-
-
-def _scheduler(args, cfg) -> str | None:
-    """--scheduler, DIFFTEST_SCHEDULER or [tool.difftest] scheduler; None: judge in this process."""
-    return cfg.resolve("scheduler", args.scheduler)
 
 
 def _config():
@@ -82,10 +72,6 @@ def _expectations(args, cfg):
     return Expectations.load(path) if path else Expectations()
 
 
-def _fail_on(args, cfg) -> str:
-    return cfg.resolve("fail_on", args.fail_on)
-
-
 def _available_backends(names: list[str]) -> list:
     """The named backends (a spec ``MODULE:ATTR`` may name several); one that cannot run here is a
     usage error saying why."""
@@ -99,11 +85,6 @@ def _available_backends(names: list[str]) -> list:
     return backends
 
 
-def _backend_timeout(args, cfg) -> float:
-    """--backend-timeout, DIFFTEST_BACKEND_TIMEOUT, [tool.difftest] backend_timeout, else the default."""
-    return cfg.resolve("backend_timeout", args.backend_timeout)
-
-
 @contextlib.contextmanager
 def _judges(backends: list, args, cfg):
     """The backends as the command runs them: each in a worker process (difftest.isolation), or in
@@ -113,7 +94,7 @@ def _judges(backends: list, args, cfg):
         return
     from .isolation import Workers
 
-    with Workers(_backend_timeout(args, cfg)) as pool:
+    with Workers(cfg.resolve("backend_timeout", args.backend_timeout)) as pool:
         wrapped = pool.wrap(backends)
         for note in pool.notes:
             print(f"difftest: note: {note}", file=sys.stderr)
@@ -129,13 +110,13 @@ def cmd_check(args) -> int:
     from .check import check_case
 
     cfg = _config()
-    fail_on, expectations = _fail_on(args, cfg), _expectations(args, cfg)
+    fail_on, expectations = cfg.resolve("fail_on", args.fail_on), _expectations(args, cfg)
     case = _load_case(args)
     backends = _available_backends(args.backend)
     out = writable_dir(args.save, "--save") if args.save else None
     with _judges(backends, args, cfg) as judges:
         results = check_case(case, judges, oracle=args.oracle, max_memory=_max_memory(args), progress=_say,
-                             sample=_sample(args, cfg), seed=args.seed)
+                             sample=cfg.resolve("sample", args.sample), seed=args.seed)
     if out is not None:
         for r in results:
             if r.outputs is not None:
@@ -143,7 +124,7 @@ def cmd_check(args) -> int:
     geometry = case.geometry.as_dict()
     expected, failed = expectations.judge((((r.backend, g), r.backend, g, gr.verdict, r.format, geometry)
                                            for r in results for g, gr in r.gradients.items()), fail_on)
-    code = args.exit_code = EXIT_FINDING if failed else EXIT_OK  # the outcome, also if stdout goes away  # the outcome, also if the reader of stdout goes away
+    code = args.exit_code = EXIT_FINDING if failed else EXIT_OK  # the outcome, also if stdout goes away
     if args.json:
         doc = {"case": {"path": str(args.case), **case.describe()}, "results": [r.to_dict() for r in results]}
         print(json.dumps(jsonable(doc), indent=2))
@@ -159,8 +140,8 @@ def cmd_bounds(args) -> int:
 
     case = _load_case(args)
     out = writable_file(args.out, "--out")
-    arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args), sample=_sample(args, _config()),
-                           seed=args.seed)
+    arrays = bounds_arrays(case, oracle=args.oracle, max_memory=_max_memory(args),
+                           sample=_config().resolve("sample", args.sample), seed=args.seed)
     with open(out, "wb") as f:
         np.savez(f, **arrays, format=np.str_(case.format.name), batch_extension=np.bool_(case.geometry.N > 1),
                  extensions=np.array(case.geometry.extensions, dtype=str))
@@ -180,7 +161,7 @@ def cmd_bounds(args) -> int:
 def cmd_backends(args) -> int:
     from .backends import all_backends
     from .check import supports_of
-    from .supports import Supports
+    from .explain import backends_table
 
     rows = []
     for b in all_backends().values():
@@ -192,15 +173,7 @@ def cmd_backends(args) -> int:
     if args.json:
         print(json.dumps({"backends": rows}, indent=2))
         return EXIT_OK
-    print(f"{'backend':<24} {'format':<9} {'device':<6} {'available':<9}  notes")
-    for r in rows:
-        notes = r["accumulation"] if r["available"] else r["reason"]
-        left_out = Supports(**r["supports"]).label
-        notes += f"; takes {left_out}" if left_out else ""
-        print(f"{r['name']:<24} {r['format']:<9} {r['device']:<6} {'yes' if r['available'] else 'no':<9}  {notes}")
-    print("\nAny emu-* name takes a shape gate, as libraries switch kernels by shape: emu-tf32@min-channels=32 "
-          "computes like emu-tf32 where both channel counts are >= 32, like numpy-float32 elsewhere; emu-blocked-L "
-          "takes any block length L >= 2 (README: Backends).")
+    print("\n".join(backends_table(rows)))
     return EXIT_OK
 
 
@@ -219,7 +192,7 @@ def cmd_run(args) -> int:
         backends = default_backends()
     profile, time_budget, seed = (cfg.resolve(k, v) for k, v in (("profile", args.profile),
                                                                  ("time_budget", args.time_budget), ("seed", args.seed)))
-    fail_on = _fail_on(args, cfg)
+    fail_on = cfg.resolve("fail_on", args.fail_on)
     expectations = _expectations(args, cfg)
     out = Path(cfg.resolve("out", args.out))
     database = None if args.no_database else cfg.resolve("database", args.database)
@@ -243,9 +216,9 @@ def cmd_run(args) -> int:
         shrink=not args.no_shrink,
         stop_on=frozenset(args.stop_on or ()),
         isolate=not args.no_isolate,
-        backend_timeout=_backend_timeout(args, cfg),
+        backend_timeout=cfg.resolve("backend_timeout", args.backend_timeout),
         overwrite=args.overwrite,
-        scheduler=_scheduler(args, cfg),
+        scheduler=cfg.resolve("scheduler", args.scheduler),
     )
     campaign = Campaign(config)
     if not args.quiet:
@@ -328,7 +301,7 @@ def cmd_model(args) -> int:
     from .campaign import default_backends
 
     cfg = _config()
-    fail_on, expectations = _fail_on(args, cfg), _expectations(args, cfg)
+    fail_on, expectations = cfg.resolve("fail_on", args.fail_on), _expectations(args, cfg)
     shape = mdl.parse_input_shape(args.input_shape) if args.input_shape is not None else mdl.DEFAULT_INPUT_SHAPE
     if args.layers is not None:
         try:
@@ -339,8 +312,9 @@ def cmd_model(args) -> int:
     out = writable_dir(args.out if args.out is not None else Path("reports/model") / mdl.model_label(args.model), "--out")
     result = mdl.check_model(args.model, backends, shape, layers=args.layers, seed=args.seed, out=out,
                              max_memory=_max_memory(args), progress=_say, expectations=expectations,
-                             sample=_sample(args, cfg), scheduler=_scheduler(args, cfg),
-                             isolate=not args.no_isolate, backend_timeout=_backend_timeout(args, cfg),
+                             sample=cfg.resolve("sample", args.sample), scheduler=cfg.resolve("scheduler", args.scheduler),
+                             isolate=not args.no_isolate,
+                             backend_timeout=cfg.resolve("backend_timeout", args.backend_timeout),
                              overwrite=args.overwrite)
     expected, failed = expectations.judge((((layer.name, r.backend, g), r.backend, g, gr.verdict, r.format,
                                             layer.geometry.as_dict())
@@ -402,7 +376,7 @@ def cmd_merge(args) -> int:
     from .summary import format_summary
 
     cfg = _config()
-    fail_on = _fail_on(args, cfg)
+    fail_on = cfg.resolve("fail_on", args.fail_on)
     out = Path(args.out)
     merged = merge([Path(d) for d in args.dirs], out, overwrite=args.overwrite)
     if merged.previous is not None:

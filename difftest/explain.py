@@ -125,3 +125,20 @@ def finding_text(backend: str, gradient: str, gr: GradientResult, case_file, rep
     if largest_case:
         text += "\n    " + largest_case_text(largest_case, backend, replay_dir)
     return text
+
+
+def backends_table(rows: list[dict]) -> list[str]:
+    """``difftest backends``'s table: one row per backend (``rows`` as its ``--json`` has them:
+    name, format, device, available, reason, accumulation, supports) and the shape-gate note."""
+    from .supports import Supports
+
+    lines = [f"{'backend':<24} {'format':<9} {'device':<6} {'available':<9}  notes"]
+    for r in rows:
+        notes = r["accumulation"] if r["available"] else r["reason"]
+        left_out = Supports(**r["supports"]).label
+        notes += f"; takes {left_out}" if left_out else ""
+        lines.append(f"{r['name']:<24} {r['format']:<9} {r['device']:<6} {'yes' if r['available'] else 'no':<9}  {notes}")
+    lines.append("\nAny emu-* name takes a shape gate, as libraries switch kernels by shape: emu-tf32@min-channels=32 "
+                 "computes like emu-tf32 where both channel counts are >= 32, like numpy-float32 elsewhere; emu-blocked-L "
+                 "takes any block length L >= 2 (README: Backends).")
+    return lines
