@@ -61,88 +61,10 @@ from .progress import Progress
 from .results import cases_per_backend, findings
 from .search import Finding, Group, Round
 from .store import Recorder, read_results
-from .strategies import Limits
+from .profiles import PROFILES, Profile
 from .verdicts import is_finding
 
 __all__ = ["PROFILES", "Campaign", "CampaignConfig", "Profile", "Progress", "default_backends", "parse_shard", "shard_of"]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Sizes and effort of a campaign."""
-
-    name: str
-    limits: Limits
-    examples: int  # hypothesis max_examples per round
-    time_budget: float  # seconds for the whole campaign
-    shrink_seconds: float  # cap on shrinking one finding
-    shrink_steps: int = 300  # cap on the cases judged while shrinking one finding (work, not time)
-    realistic: float = 0.0  # share of the search's time for real layers with probes (difftest.probes)
-    max_macs: int = 2_000_000  # multiply-adds of one gradient of a real-layer case, at most
-    real_batch: int = 2  # batch of a real-layer case, at most
-    #: Entries judged per gradient (difftest.sampling; None: every entry). Small cases are covered
-    #: whole; a real layer at its real size and batch is judged at this sample.
-    sample: int | None = None
-
-    @property
-    def description(self) -> str:
-        lim = self.limits
-        small = f"fuzzed cases up to {lim.max_channels} channels, {lim.max_size}×{lim.max_size}"
-        if not self.realistic:
-            return small
-        judged = f", judged at {self.sample} sampled entries per gradient" if self.sample else ""
-        return (f"{round(100 * (1 - self.realistic))} % of the time {small}; {round(100 * self.realistic)} % real "
-                f"layers (difftest.catalogue) with probes, batches up to {self.real_batch}, up to "
-                f"{self.max_macs / 1e6:g} M multiply-adds{judged}")
-
-    def real_layer_share(self, fmt, supports, backends: int) -> float:
-        """The share of draws that are real layers so that they take ``realistic`` of the time: a
-        real layer costs many small cases (:func:`difftest.estimate.campaign_case_seconds`, for
-        ``backends`` backends of ``fmt`` that take ``supports``), so it is drawn that much less
-        often. In steps of 1/1000, at least one."""
-        if self.realistic in (0, 1):
-            return float(self.realistic)
-        small, real = self.case_seconds(fmt, supports, backends)
-        r = self.realistic
-        return max(round(1000 * r * small / (r * small + (1 - r) * real)), 1) / 1000
-
-    def case_seconds(self, fmt, supports, backends: int) -> tuple[float, float]:
-        """Estimated seconds of a typical small case and of a typical real-layer case (half at the
-        largest affordable size, half halfway, as :func:`difftest.strategies.realistic_geometries`
-        draws them) for ``backends`` backends of ``fmt`` that take ``supports``."""
-        from .catalogue import LAYERS, largest_size, smallest_size
-        from .estimate import campaign_case_seconds
-        from .geometry import Geometry
-        from .replay import compiled
-
-        fast, lim = compiled(fmt), self.limits
-        half = lambda n: (n + 1) // 2  # noqa: E731
-        small = campaign_case_seconds(Geometry(half(lim.max_batch), half(lim.max_channels), half(lim.max_size),
-                                               half(lim.max_size), half(lim.max_channels), half(lim.max_kernel),
-                                               half(lim.max_kernel)), backends, fast, self.sample)
-        costs = []
-        for layer in LAYERS.values():
-            top = largest_size(layer, 1, self.max_macs)
-            low = smallest_size(layer)
-            if top is None or not supports.takes(layer.geometry(1, low)):
-                continue
-            costs.append(sum(campaign_case_seconds(layer.geometry(1, size), backends, fast, self.sample)
-                             for size in (top, (low + top) // 2)) / 2)
-        return small, (sum(costs) / len(costs) if costs else small)
-
-
-PROFILES = {
-    "quick": Profile("quick", Limits(max_batch=2, max_channels=3, max_size=6, max_kernel=3), 150, 60.0, 10.0,
-                     realistic=0.3, max_macs=2_000_000),
-    "ci": Profile("ci", Limits(max_batch=2, max_channels=6, max_size=10, max_kernel=3), 500, 300.0, 30.0,
-                  realistic=0.3, max_macs=8_000_000),
-    "nightly": Profile("nightly", Limits(max_batch=4, max_channels=16, max_size=16, max_kernel=5), 2000, 3600.0, 120.0,
-                       realistic=0.3, max_macs=20_000_000),
-    # For GPUs (the nightly GPU job): vendors pick tensor-core, Winograd and FFT kernels by shape, so
-    # real layers run at their real input sizes with training batches, judged at sampled entries.
-    "hardware": Profile("hardware", Limits(max_batch=2, max_channels=6, max_size=10, max_kernel=3), 400, 1800.0, 120.0,
-                        realistic=0.9, max_macs=10_000_000_000, real_batch=32, sample=4096),
-}
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -54,10 +54,11 @@ from pathlib import Path
 
 from . import tomlfile
 from .errors import DifftestError
+from .profiles import PROFILES
 from .verdicts import FAIL_ON
 
-#: The campaign profiles (``difftest.campaign.PROFILES``; a test keeps the two equal).
-PROFILE_NAMES = ("quick", "ci", "nightly", "hardware")
+#: The campaign profiles' names, in order (:data:`difftest.profiles.PROFILES`, where they live).
+PROFILE_NAMES = tuple(PROFILES)
 
 #: Each key and its environment variable.
 ENV_VARS = {

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import math
 import numbers
-from dataclasses import dataclass, fields
 from statistics import NormalDist
 
 import numpy as np
@@ -39,6 +38,7 @@ from .case import MAX_MAGNITUDE, Case
 from .errors import UnknownFormat
 from .formats import BFLOAT16, BINARY16, BINARY32, BINARY64, PRESETS, TF32, Format, get_format
 from .geometry import GRADIENTS, Geometry
+from .profiles import Limits
 from .supports import ALL, SPEC, Supports
 
 __all__ = [
@@ -100,34 +100,6 @@ def _strategy(x, name: str, rule: str) -> st.SearchStrategy:
 
 
 # --- geometries ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Limits:
-    """Size limits of generated cases (a campaign profile sets them)."""
-
-    max_batch: int = 2
-    max_channels: int = 4
-    max_size: int = 8
-    max_kernel: int = 3
-    max_stride: int = 3
-    max_padding: int = 2
-    max_dilation: int = 3
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            _integer(getattr(self, field.name), f"Limits.{field.name}", 0 if field.name == "max_padding" else 1)
-
-    @property
-    def max_extent(self) -> int:
-        """Largest image side a geometry can have: ``max_size``, or a dilated kernel's reach."""
-        return max(self.max_size, self.max_dilation * (self.max_kernel - 1) + 1)
-
-    @property
-    def max_terms(self) -> int:
-        """Most terms any gradient entry can sum (for overflow-free value ranges)."""
-        big = max(self.max_batch * self.max_extent**2, self.max_channels * self.max_kernel**2)
-        return max(big, 1)
-
 
 def _extensions(extensions) -> Supports:
     """``extensions`` as a :class:`~difftest.supports.Supports`: True (all), False (the spec's own

@@ -155,8 +155,18 @@ def test_without_a_toml_reader_the_file_is_ignored_with_a_note(tmp_path, monkeyp
     assert "difftest: note: " in capsys.readouterr().err
 
 
-def test_the_profiles_are_the_campaigns():
-    assert config.PROFILE_NAMES == tuple(PROFILES)
+def test_every_face_offers_the_campaigns_profiles_and_reading_them_needs_no_hypothesis():
+    import subprocess
+    import sys
+
+    from difftest.arguments import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    choices = next(a.choices for a in run._actions if a.dest == "profile")
+    assert list(choices) == list(PROFILES) == list(config.PROFILE_NAMES)
+    # config (every command reads it) stays light: the profiles import without hypothesis
+    code = "import sys, difftest.config; print('hypothesis' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_this_repositorys_pyproject_has_no_difftest_table():
