@@ -125,6 +125,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .claims import COLUMNS, cell
 from .case import Case
 from .errors import BackendCrashed, BackendTimedOut
 from .formats import Format
@@ -1369,32 +1370,16 @@ def rederive(path: str | Path, backend, prop: str, gradient: str, claims: dict |
 
 # --- the table -------------------------------------------------------------------------------------
 
-_COLUMNS = (("product_bits", "prod"), ("accumulator_bits", "acc"), ("rounding", "rounding"), ("fma", "fma"),
-            ("subnormal_inputs", "sub_in"), ("subnormal_outputs", "sub_out"), ("order", "order"),
-            ("deterministic", "determ"), ("error_scaling", "scaling"))
-
-
-def _cell(claims: dict, key: str) -> str:
-    v = claims.get(key)
-    if key == "order" and v == "blocked":
-        return f"blocked-{claims['block']}" if claims.get("block") else "blocked"
-    if v is None:
-        return "?"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    return str(v)
-
-
 def table(prints: list[Fingerprint]) -> str:
     """A readable table: one row per backend × gradient, one column per property."""
     widths = {"product_bits": 4, "accumulator_bits": 4, "rounding": 11, "fma": 4, "subnormal_inputs": 7,
               "subnormal_outputs": 7, "order": 14, "deterministic": 6, "error_scaling": 11}
-    head = (f"{'backend':<24} {'format':<9} {'gradient':<12} " + " ".join(f"{h:<{widths[k]}}" for k, h in _COLUMNS)).rstrip()
+    head = (f"{'backend':<24} {'format':<9} {'gradient':<12} " + " ".join(f"{h:<{widths[k]}}" for k, h, _ in COLUMNS)).rstrip()
     lines = [head, "-" * len(head)]
     for fp in prints:
         for grad, gp in fp.gradients.items():
             lines.append(f"{fp.backend:<24} {fp.format:<9} {grad:<12} "
-                         + " ".join(f"{_cell(gp.claims, k):<{widths[k]}}" for k, _ in _COLUMNS).rstrip())
+                         + " ".join(f"{cell(gp.claims, k):<{widths[k]}}" for k, _, _ in COLUMNS).rstrip())
     g = prints[0].geometry if prints else None
     if g is not None:
         lines.append("")
@@ -1411,8 +1396,6 @@ def fingerprint_all(backends: list, geometry=None, out=None, say=None) -> tuple[
     :mod:`difftest.isolation`) is left out, with the reason. ``say(text)`` hears each backend.
     Returns the fingerprints and the failures ``(name, why)``."""
     import sys
-
-    from .errors import BackendCrashed, BackendTimedOut
 
     prints, failed = [], []
     g = geometry if geometry is not None else default_geometry()

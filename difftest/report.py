@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .expectations import REACHED_CASES, Expected, Expectations
+from .claims import COLUMNS, cell
 from .explain import (format_ratio, geometry_text, plural, ratios_text, reproduce_command, sampled_of, violations_text,
                       worst_text)
 from .geometry import GRADIENTS, Geometry
@@ -384,7 +385,7 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
         "layers": model_layers(dirs, records, origin, backends),
         "models": [{"model": m.get("model", ""), "input_shape": m.get("input_shape", []), "seed": m.get("seed"),
                     "convolutions": m.get("convolutions")} for m in models.values() if m],
-        "fingerprint_columns": [label for _, label in FINGERPRINT_COLUMNS],
+        "fingerprint_columns": [label for _, _, label in COLUMNS],
         "fmt": _fmt,
         "ratio": format_ratio,
         "ratios_text": ratios_text,
@@ -395,27 +396,9 @@ def build_context(dirs: list[Path], baseline: Path | None = None, expectations: 
     }
 
 
-#: The columns of "What each backend computes", from ``fingerprints.json`` (``difftest fingerprint``).
-FINGERPRINT_COLUMNS = (("product_bits", "input bits"), ("accumulator_bits", "sum bits"), ("rounding", "rounding"),
-                       ("fma", "FMA"), ("subnormal_inputs", "subnormal inputs"),
-                       ("subnormal_outputs", "subnormal results"), ("order", "order"),
-                       ("deterministic", "deterministic"), ("error_scaling", "error scaling"))
-
-
-def _fingerprint_cell(claims: dict, key: str) -> str:
-    v = claims.get(key)
-    if key == "order" and v == "blocked" and claims.get("block"):
-        return f"blocked-{claims['block']}"
-    if v is None:
-        return "?"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    return str(v)
-
-
 def fingerprint_rows(dirs: list[Path]) -> list[dict]:
     """One row per backend × gradient of each directory's ``fingerprints.json`` (written by
-    ``difftest fingerprint --out DIR``): the cells of :data:`FINGERPRINT_COLUMNS` (``?``: the
+    ``difftest fingerprint --out DIR``): the cells of :data:`difftest.claims.COLUMNS` (``?``: the
     probes cannot decide) and the evidence files (paths under the directory)."""
     rows = []
     for d in dirs:
@@ -425,11 +408,11 @@ def fingerprint_rows(dirs: list[Path]) -> list[dict]:
                      f"{g.get('kH')}×{g.get('kW')}, stride {g.get('stride')}, padding {g.get('padding')}") if g else ""
             for grad, claims in b["gradients"].items():
                 rows.append({"backend": b["backend"], "format": b["format"], "gradient": grad, "geometry": shape,
-                             "cells": [_fingerprint_cell(claims, k) for k, _ in FINGERPRINT_COLUMNS],
+                             "cells": [cell(claims, k) for k, _, _ in COLUMNS],
                              "evidence": sorted(str(Path(d) / rel) for rel in claims["evidence"].values())})
         for f in read_fingerprints(d).get("failed", []):  # crashed or hung while probed
             rows.append({"backend": f["backend"], "format": "", "gradient": "", "geometry": "", "evidence": [],
-                         "cells": [f"not fingerprinted: {f['reason']}"] + [""] * (len(FINGERPRINT_COLUMNS) - 1)})
+                         "cells": [f"not fingerprinted: {f['reason']}"] + [""] * (len(COLUMNS) - 1)})
     return rows
 
 
