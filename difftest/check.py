@@ -41,13 +41,15 @@ from .replay import replay, replay_entries
 from .sampling import Sample, choose
 from .supports import ALL, Supports
 
-__all__ = ["BackendResult", "BackendRun", "FormatModel", "GradientResult", "Judgement", "bounds_arrays", "check_case",
-           "exact_gradients", "judge_runs", "model_for", "run_backend"]
+__all__ = ["BackendResult", "BackendRun", "NFReference", "GradientResult", "Judgement", "bounds_arrays", "check_case",
+           "exact_gradients", "judge_runs", "nf_reference", "run_backend"]
 
 
 @dataclass
-class FormatModel:
-    """Everything the NF model says about a case in one format.
+class NFReference:
+    """Everything the NF model (TorchLean's rounded-float model) says about a case in one format:
+    ``nf`` values, TorchLean ``bound`` and ``order_free`` bounds ("model" alone means a whole
+    network in difftest: :mod:`difftest.model`).
 
     The model has no overflow: it exists whenever the format holds the case's runtime values
     (or the case rounds them). ``unrepresentable`` says why it does not exist otherwise.
@@ -64,13 +66,13 @@ class FormatModel:
     sample: Sample | None = None
 
 
-def model_for(case: Case, fmt: Format, sample: Sample | None = None) -> FormatModel:
+def nf_reference(case: Case, fmt: Format, sample: Sample | None = None) -> NFReference:
     """NF reference, TorchLean bound and order-free bound of ``case`` in ``fmt``, for the
     case's requested gradients (at the entries of ``sample`` only, where given)."""
     try:
         rt = case.runtime(fmt)
     except NotRepresentable as exc:
-        return FormatModel(fmt, None, unrepresentable=str(exc), sample=sample)
+        return NFReference(fmt, None, unrepresentable=str(exc), sample=sample)
     t0 = time.perf_counter()
     if sample is None:
         rep = replay(rt, case.geometry, case.gradients)
@@ -79,7 +81,7 @@ def model_for(case: Case, fmt: Format, sample: Sample | None = None) -> FormatMo
     t1 = time.perf_counter()
     of = order_free_bounds(rt, case.geometry, case.gradients, sample)
     t2 = time.perf_counter()
-    return FormatModel(
+    return NFReference(
         format=fmt,
         runtime=rt,
         nf={k: v for k, (v, _) in rep.items()},
@@ -197,9 +199,9 @@ def run_backend(backend, case: Case) -> BackendRun:
     return BackendRun(backend.name, fmt, env, outputs, time.perf_counter() - t0)
 
 
-def judge_run(run: BackendRun, case: Case, model: FormatModel | None, exact: dict[str, ExactTensor] | None) -> BackendResult:
-    """The verdicts of a backend's run (:func:`run_backend`) against the exact spec and the
-    model of its format (at the model's sampled entries, where it has them)."""
+def judge_run(run: BackendRun, case: Case, model: NFReference | None, exact: dict[str, ExactTensor] | None) -> BackendResult:
+    """The verdicts of a backend's run (:func:`run_backend`) against the exact spec and the NF
+    reference of its format (at its sampled entries, where it has them)."""
     if run.verdict:
         return run.whole_case(case)
     t1 = time.perf_counter()
@@ -226,7 +228,7 @@ class Judgement:
         self.say = say if say is not None else (lambda text: None)
         self.exact: dict[str, ExactTensor] | None = None
         self.shared: dict[str, float] = {}
-        self.models: dict[str, FormatModel] = {}
+        self.references: dict[str, NFReference] = {}
 
     def judge(self, run: BackendRun) -> BackendResult:
         if run.verdict:
@@ -236,10 +238,10 @@ class Judgement:
             t0 = time.perf_counter()
             self.exact = exact_gradients(self.case, self.oracle, self.sample)
             self.shared = {"exact_s": time.perf_counter() - t0}
-        if run.format.name not in self.models:
+        if run.format.name not in self.references:
             self.say(f"NF model and bounds in {run.format.name}")
-            self.models[run.format.name] = model_for(self.case, run.format, self.sample)
-        r = judge_run(run, self.case, self.models[run.format.name], self.exact)
+            self.references[run.format.name] = nf_reference(self.case, run.format, self.sample)
+        r = judge_run(run, self.case, self.references[run.format.name], self.exact)
         r.timings = {**self.shared, **r.timings}
         return r
 
@@ -350,7 +352,7 @@ def bounds_arrays(case: Case, fmt: Format | None = None, oracle: str = "exact", 
     chosen = sample_of(case, sample, seed)
     affordable(case, 1, chosen, max_memory, sample)
     fmt = case.format if fmt is None else fmt
-    model = model_for(case, fmt, chosen)
+    model = nf_reference(case, fmt, chosen)
     if model.runtime is None:
         raise DifftestError(model.unrepresentable)
     exact = exact_gradients(case, oracle, chosen)

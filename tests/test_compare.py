@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from difftest.case import Case
-from difftest.check import check_case, model_for
+from difftest.check import check_case, nf_reference
 from difftest.compare import compare_gradient, error_bounds
 from difftest.exact import ExactTensor
 from difftest.cli import main
@@ -35,7 +35,7 @@ def _setup(fmt=BINARY32):
     w = fmt.round_array(rng.standard_normal((3, 2, 3, 3)))
     d = fmt.round_array(rng.standard_normal((1, 3, 3, 3)))
     case = Case(x, w, d, stride=2, padding=1, format=fmt)
-    model = model_for(case, fmt)
+    model = nf_reference(case, fmt)
     exact = SlicedExactOracle().spec_gradients(x, w, d, case.geometry)
     return case, model, exact
 
@@ -85,7 +85,7 @@ def test_non_finite_output_is_precision_inside_the_range_and_domain_where_overfl
     # grad_weight = 4 · 6e4 = 2.4e5: finite in the model, beyond binary16's 65504 on hardware
     x = np.full((1, 1, 2, 2), 6e4)
     case = Case(x, np.ones((1, 1, 1, 1)), np.ones((1, 1, 2, 2)), format=BINARY16)
-    model16 = model_for(case, BINARY16)
+    model16 = nf_reference(case, BINARY16)
     ex = SlicedExactOracle().spec_gradients(case.input, case.weight, case.grad_output, case.geometry)
     r = _judge(np.array([[[[np.inf]]]]), model16, ex, fmt=BINARY16)
     assert r.verdict == "domain"

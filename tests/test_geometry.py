@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from difftest.case import Case
-from difftest.check import check_case, exact_gradients, model_for
+from difftest.check import check_case, exact_gradients, nf_reference
 from difftest.errors import CaseFileError, InvalidCase
 from difftest.formats import BINARY16, BINARY32
 from difftest.geometry import GRADIENTS, Geometry
@@ -58,7 +58,7 @@ def test_every_engine_matches_the_fraction_reference_and_torch(g):
         assert (slow[name].to_fractions() == ref[name]).all(), name
     np.testing.assert_allclose(exact["grad_input"].nearest, x.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(exact["grad_weight"].nearest, w.grad.numpy(), rtol=1e-12, atol=1e-12)
-    model = model_for(case, BINARY16)
+    model = nf_reference(case, BINARY16)
     fractions = lean.gradients_and_bounds(BINARY16, case.input, case.weight, case.grad_output, g)
     numpy_folds = numpy_replay(case.runtime(BINARY16), g)
     for name in GRADIENTS:
@@ -77,11 +77,11 @@ def test_a_grouped_case_is_judged_as_its_groups_are(case):
     g = case.geometry
     if g.groups == 1:
         return
-    whole = model_for(case, BINARY32)
+    whole = nf_reference(case, BINARY32)
     exact = exact_gradients(case)
     for k, (x, w, d) in enumerate(g.split_groups(case.input, case.weight, case.grad_output)):
         alone = Case(x, w, d, format=BINARY32, **g.group_geometry().conv_kwargs())
-        part = model_for(alone, BINARY32)
+        part = nf_reference(alone, BINARY32)
         part_exact = exact_gradients(alone)
         slices = {"grad_input": (slice(None), slice(k * g.Cg, (k + 1) * g.Cg)),
                   "grad_weight": (slice(k * g.Og, (k + 1) * g.Og),), "grad_bias": (slice(k * g.Og, (k + 1) * g.Og),)}
