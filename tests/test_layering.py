@@ -28,7 +28,7 @@ def _module(path: Path) -> str:
 
 
 def _sources() -> dict[str, Path]:
-    files = [p for d in ("difftest", "backends", "oracles") for p in (ROOT / d).glob("*.py")]
+    files = [p for d in ("difftest", "backends", "oracles") for p in (ROOT / d).rglob("*.py")]
     return {_module(p): p for p in files}
 
 

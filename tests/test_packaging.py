@@ -37,6 +37,15 @@ def test_backends_and_oracles_are_subpackages_from_the_top_level_folders(name):
     assert Path(module.__file__).resolve().parent == ROOT / name
 
 
+def test_every_subpackage_of_difftest_is_in_the_distribution():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "difftest").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert found <= listed, f"pyproject.toml [tool.setuptools] packages lacks {sorted(found - listed)}"
+
+
 @pytest.mark.parametrize("where", ["checkout", "elsewhere"])
 def test_backends_and_oracles_import_from_any_working_directory(where, tmp_path):
     cwd = ROOT if where == "checkout" else tmp_path
