@@ -21,7 +21,7 @@ import numpy as np
 from .errors import CaseFileError, InvalidCase, NotRepresentable, UnsupportedFormat
 from .formats import BINARY32, Format, get_format
 from .fparith import add_up
-from .geometry import GRADIENTS, Geometry, axis_pair, compact, gradient_subset
+from .geometry import GRADIENTS, Geometry, gradient_subset
 
 #: Largest magnitude a case value may have. The model has no overflow; the vectorised engine
 #: emulates it in float64, whose range must hold every product and partial sum.
@@ -82,13 +82,14 @@ class Case:
             if not (math.isfinite(v) and v >= 0):
                 raise InvalidCase(f"{name} must be finite and >= 0, got {v}")
             object.__setattr__(self, name, v)
-        for name, minimum in (("stride", 1), ("padding", 0), ("dilation", 1)):
-            object.__setattr__(self, name, compact(axis_pair(name, getattr(self, name), minimum)))
         v = self.groups
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < 1:
             raise InvalidCase(f"groups must be an integer >= 1, got {v!r}")
-        object.__setattr__(self, "groups", int(v))
-        object.__setattr__(self, "geometry", _geometry_of(arrays, self.stride, self.padding, self.dilation, self.groups))
+        geometry = _geometry_of(arrays, self.stride, self.padding, self.dilation, int(v))
+        object.__setattr__(self, "geometry", geometry)
+        # normalised once, by the geometry: the case's stride, padding, dilation and groups are its
+        for name in ("stride", "padding", "dilation", "groups"):
+            object.__setattr__(self, name, getattr(geometry, name))
         # The case's own format must hold its values (or round them, with --round-inputs).
         self.runtime(self.format)
 
