@@ -28,7 +28,7 @@ import sys
 from importlib.metadata import entry_points
 
 from difftest.errors import UnknownBackend
-from difftest.geometry import GRADIENTS
+from difftest.values.geometry import GRADIENTS
 
 from .base import Backend
 from .emu_backend import EmulatedBackend, FFTBackend, GatedBackend, emulated_backends, emulated_by_name
@@ -57,7 +57,7 @@ def _plugins() -> list[Backend]:
 
 class _Broken(Backend):
     def __init__(self, name: str, reason: str):
-        from difftest.formats import BINARY32
+        from difftest.values.formats import BINARY32
 
         self.name, self.format, self._reason = name, BINARY32, reason
 
@@ -112,7 +112,7 @@ def _import_attr(spec: str, module: str, attr: str):
 def spec_backends(spec: str) -> list[Backend]:
     """The backends a spec ``MODULE:ATTR[:FORMAT|:NAME]`` names (see the module docstring), each
     named by the spec that gives it back; :class:`UnknownBackend` says what is wrong with a bad one."""
-    from difftest.formats import PRESETS
+    from difftest.values.formats import PRESETS
 
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(p.strip() for p in parts):

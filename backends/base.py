@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from difftest.formats import Format
-from difftest.geometry import GRADIENTS
-from difftest.supports import Supports, accepts_keyword
+from difftest.values.formats import Format
+from difftest.values.geometry import GRADIENTS
+from difftest.values.supports import Supports, accepts_keyword
 
 
 class Backend(ABC):
@@ -157,7 +157,7 @@ def backward(backend, x: np.ndarray, w: np.ndarray, d: np.ndarray, stride, paddi
 
 def _group_by_group(backend, x, w, d, stride, padding, gradients, dilation, groups: int) -> dict:
     """A grouped convolution as ``groups`` ungrouped ones (each group's channels), joined."""
-    from difftest.geometry import Geometry
+    from difftest.values.geometry import Geometry
 
     g = Geometry.of(x.shape, w.shape, stride, padding, dilation, groups)
     parts = [backward(backend, xg, wg, dg, stride, padding, gradients, dilation)

@@ -48,10 +48,10 @@ import re
 import numpy as np
 
 from difftest.errors import UnknownBackend
-from difftest.formats import BFLOAT16, BINARY16, BINARY32, TF32, Format
-from difftest.fparith import nf_add, nf_mul, two_sum
-from difftest.geometry import GRADIENTS, Geometry
-from difftest.layouts import gemm_operands, gemm_result_to_gradient, gemm_shape
+from difftest.values.formats import BFLOAT16, BINARY16, BINARY32, TF32, Format
+from difftest.values.fparith import nf_add, nf_mul, two_sum
+from difftest.values.geometry import GRADIENTS, Geometry
+from difftest.maths.layouts import gemm_operands, gemm_result_to_gradient, gemm_shape
 
 from .base import Backend
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from difftest.formats import Format, get_format
-from difftest.geometry import GRADIENTS
+from difftest.values.formats import Format, get_format
+from difftest.values.geometry import GRADIENTS
 
-from difftest.supports import Supports, accepts_keyword, of_function
+from difftest.values.supports import Supports, accepts_keyword, of_function
 
 from .base import Backend
 

@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from difftest.formats import BFLOAT16, BINARY16, BINARY32, Format
-from difftest.geometry import GRADIENTS
+from difftest.values.formats import BFLOAT16, BINARY16, BINARY32, Format
+from difftest.values.geometry import GRADIENTS
 
 from .base import Backend, missing_library
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from difftest.case import RuntimeInputs
-from difftest.formats import PRESETS, Format
-from difftest.geometry import GRADIENTS, Geometry
-from difftest.replay import replay
+from difftest.values.case import RuntimeInputs
+from difftest.values.formats import PRESETS, Format
+from difftest.values.geometry import GRADIENTS, Geometry
+from difftest.maths.replay import replay
 
 from .base import Backend
 

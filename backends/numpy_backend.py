@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from difftest.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
-from difftest.geometry import GRADIENTS, Geometry
-from difftest.layouts import col2im_add, grad_output_rows, im2col
+from difftest.values.formats import BFLOAT16, BINARY16, BINARY32, BINARY64, Format
+from difftest.values.geometry import GRADIENTS, Geometry
+from difftest.maths.layouts import col2im_add, grad_output_rows, im2col
 
 from .base import Backend
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from difftest.formats import BINARY32
-from difftest.geometry import GRADIENTS, Geometry
+from difftest.values.formats import BINARY32
+from difftest.values.geometry import GRADIENTS, Geometry
 
 from .base import Backend, cpu_flags
 

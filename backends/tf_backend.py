@@ -24,9 +24,9 @@ import os
 
 import numpy as np
 
-from difftest.formats import BFLOAT16, BINARY16, BINARY32, Format
-from difftest.geometry import GRADIENTS
-from difftest.supports import Supports
+from difftest.values.formats import BFLOAT16, BINARY16, BINARY32, Format
+from difftest.values.geometry import GRADIENTS
+from difftest.values.supports import Supports
 
 from .base import Backend, missing_library
 

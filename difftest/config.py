@@ -54,8 +54,8 @@ from pathlib import Path
 
 from . import tomlfile
 from .errors import DifftestError
-from .profiles import PROFILES
-from .verdicts import FAIL_ON
+from .values.profiles import PROFILES
+from .values.verdicts import FAIL_ON
 
 #: The campaign profiles' names, in order (:data:`difftest.profiles.PROFILES`, where they live).
 PROFILE_NAMES = tuple(PROFILES)

@@ -42,14 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .case import Case
+from .values.case import Case
 from .errors import DifftestError
-from .estimate import Estimate, estimate, format_size, refuse_if_too_large, too_large
-from .explain import format_ratio, plural, reproduce_command, sampled_of
-from .geometry import GRADIENTS, Geometry
-from .outcome import BackendResult, FindingKey, jsonable
-from .sampling import DEFAULT_SIZE, choose
-from .verdicts import is_finding
+from .judge.estimate import Estimate, estimate, format_size, refuse_if_too_large, too_large
+from .judge.explain import format_ratio, plural, reproduce_command, sampled_of
+from .values.geometry import GRADIENTS, Geometry
+from .values.outcome import BackendResult, FindingKey, jsonable
+from .judge.sampling import DEFAULT_SIZE, choose
+from .values.verdicts import is_finding
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 #: The geometry keys of a layer in ``difftest model --json``.
@@ -397,10 +397,10 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
     ``scheduler``: a Dask scheduler's address (:mod:`difftest.distributed`): the backends run
     here, the judging of the layers there, several layers in flight; the result directory is
     written here as without it."""
-    from .check import check_case, run_backend, sample_of
-    from .distributed import IN_FLIGHT, connect
-    from .isolation import DEFAULT_TIMEOUT, Workers
-    from .store import MODEL, Recorder, holds_run
+    from .judge.check import check_case, run_backend, sample_of
+    from .judge.distributed import IN_FLIGHT, connect
+    from .judge.isolation import DEFAULT_TIMEOUT, Workers
+    from .records.store import MODEL, Recorder, holds_run
 
     pattern = None
     if layers is not None:
@@ -631,7 +631,7 @@ def table(result: ModelResult, expected: dict | None = None) -> str:
         lines.append("~: judged at sampled entries (--sample; results.jsonl and the report say how many); "
                      "pass there = no certain violation among them")
     verdicts = [gr.verdict for x in result.layers for r in x.results for gr in r.gradients.values()]
-    from .explain import legend
+    from .judge.explain import legend
 
     lines += legend(verdicts)
     lines.append("max_ratio = max |backend - exact| / torchlean bound over the layer's gradients; "

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from mpmath import mp, mpf
 
-from difftest.exact import ExactTensor
-from difftest.geometry import GRADIENTS, Geometry
+from difftest.maths.exact import ExactTensor
+from difftest.values.geometry import GRADIENTS, Geometry
 
 #: Working precision in bits: above the span 961 + 2148 + log2(terms) of any exact sum here.
 PREC = 4400

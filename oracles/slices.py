@@ -16,9 +16,9 @@ import math
 
 import numpy as np
 
-from difftest.exact import ExactTensor
-from difftest.geometry import GRADIENTS, Geometry
-from difftest.layouts import entry_operand, entry_terms, gemm_shape, gradient_operand, gradient_product
+from difftest.maths.exact import ExactTensor
+from difftest.values.geometry import GRADIENTS, Geometry
+from difftest.maths.layouts import entry_operand, entry_terms, gemm_shape, gradient_operand, gradient_product
 
 
 def slice_width(k: int) -> int:

@@ -20,11 +20,32 @@ LAYOUT_FILES = ("results.jsonl", "campaign.json", "environments.json", "expected
                 "model.json", "report.html")
 
 
-def _module(path: Path) -> str:
+#: The folders of difftest/ in the order of the data flow: a module imports from its own folder and
+#: the ones before it, never after (``fingerprint`` and ``model`` sit between campaigns and faces;
+#: errors, config and tomlfile, at the top level, serve all; backends and oracles beside judge).
+FLOW = ("values", "maths", "judge", "records", "campaigns", "fingerprint", "faces")
+FOLDER_OF_TOP = {"errors": "values", "config": "values", "tomlfile": "values", "backends": "judge",
+                 "oracles": "judge", "model": "fingerprint", "__main__": "faces"}
+
+
+def _real_module(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[0] in ("backends", "oracles"):
         parts = ["difftest", *parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _short(name: str) -> str:
+    """A module by the name the rules use: ``difftest.judge.check`` -> ``difftest.check`` (every
+    module keeps its name without its folder, difftest.MOVED)."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[1] in FLOW[:5] + ("faces",) and parts[1] != "fingerprint":
+        parts = parts[:1] + parts[2:]
+    return ".".join(parts)
+
+
+def _module(path: Path) -> str:
+    return _short(_real_module(path))
 
 
 def _sources() -> dict[str, Path]:
@@ -35,7 +56,8 @@ def _sources() -> dict[str, Path]:
 def _imports(name: str, path: Path) -> set[str]:
     """The difftest modules ``name`` imports anywhere in its source (``from .x import y`` gives ``difftest.x``
     and, where ``y`` is a module, ``difftest.x.y``)."""
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    real = _real_module(path)
+    package = real if path.name == "__init__.py" else real.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
@@ -45,10 +67,10 @@ def _imports(name: str, path: Path) -> set[str]:
             else:
                 module = node.module or ""
             if module.startswith("difftest"):
-                out.add(module)
-                out.update(f"{module}.{a.name}" for a in node.names)
+                out.add(_short(module))
+                out.update(_short(f"{module}.{a.name}") for a in node.names)
         elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.startswith("difftest"))
+            out.update(_short(a.name) for a in node.names if a.name.startswith("difftest"))
     return {m for m in out if m in SOURCES}
 
 
@@ -117,3 +139,44 @@ def test_the_readme_states_these_rules():
                  "`store` is the only module that knows a result directory's layout",
                  "import none of the mathematics"):
         assert rule in design, rule
+
+
+def _folder(path: Path) -> str:
+    parts = path.relative_to(ROOT).parts
+    if parts[0] in ("backends", "oracles"):
+        return "judge"
+    if len(parts) > 2:
+        return parts[1]
+    return FOLDER_OF_TOP.get(Path(parts[1]).stem, "values")
+
+
+FOLDER = {name: _folder(path) for name, path in SOURCES.items()}
+
+
+def test_the_folders_show_the_flow_no_module_imports_from_a_later_folder():
+    upward = sorted(f"{m} ({FOLDER[m]}) imports {i} ({FOLDER[i]})" for m in SOURCES for i in IMPORTS[m]
+                    if i in FOLDER and FLOW.index(FOLDER[i]) > FLOW.index(FOLDER[m]))
+    assert upward == []
+
+
+def test_every_module_of_difftest_is_in_a_folder_of_the_flow_or_serves_all():
+    loose = sorted(p.name for p in (ROOT / "difftest").glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "config.py", "errors.py", "model.py", "tomlfile.py"]
+
+
+def test_the_import_graph_has_no_circle():
+    graph = {m: {i for i in IMPORTS[m] if i in SOURCES and i != m} for m in SOURCES}
+    state: dict = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for i in graph[m]:
+            if state.get(i) == "open":
+                raise AssertionError(" -> ".join(stack + [m, i]))
+            if i not in state:
+                visit(i, stack + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..case import Case
+from ..values.case import Case
 from .slots import PROPERTIES, RUNS, _run, read_rows, slots_of
 from .infer import Context, Obs, _infer_order, _infer_scaling, scaling_case
 from .probe import Fingerprint, _PROBES
@@ -19,7 +19,7 @@ def write(prints: list[Fingerprint], out: str | Path, failed=()) -> Path:
     """Write each claim's evidence case to ``out/<backend>/<gradient>-<property>.npz`` and
     ``out/fingerprints.json`` (the ``--json`` document, evidence paths relative to ``out``;
     ``failed``: ``(backend, reason)`` of backends that crashed or hung while probed)."""
-    from ..store import FINGERPRINTS, file_name, write_json
+    from ..records.store import FINGERPRINTS, file_name, write_json
 
     out = Path(out)
     for fp in prints:

@@ -9,10 +9,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..case import Case
-from ..formats import Format
-from ..geometry import Geometry
-from ..layouts import grad_output_rows, im2col, im2col_transposed
+from ..values.case import Case
+from ..values.formats import Format
+from ..values.geometry import Geometry
+from ..maths.layouts import grad_output_rows, im2col, im2col_transposed
 from .slots import SEED, Slots, _base_tensors, _eq, _holds, _labels, _log2, _min_normal_exp, _nonzero, slots_of
 from .orders import Order, _order_rows, _order_scale, choose_pairs, order_candidates, predict, rounder
 

@@ -11,8 +11,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..formats import Format
-from ..geometry import Geometry
+from ..values.formats import Format
+from ..values.geometry import Geometry
 from .slots import ORDER_PAIRS, SEED, Slots, VERIFY_CASES, VERIFY_SLOTS, _eq, _results, _run, build_case
 
 

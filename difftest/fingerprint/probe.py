@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..case import Case
-from ..geometry import GRADIENTS, Geometry
+from ..values.case import Case
+from ..values.geometry import GRADIENTS, Geometry
 from .slots import (FIELDS, PROPERTIES, RUNS, Slots, _base_tensors, _results, _run, build_case, default_geometry,
                     plain_only, slots_of)
 from .orders import verify_order

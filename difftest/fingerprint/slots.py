@@ -11,12 +11,12 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..case import Case
+from ..values.case import Case
 from ..errors import BackendCrashed, BackendTimedOut
-from ..formats import Format
-from ..geometry import Geometry
-from ..layouts import grad_output_rows, im2col, im2col_transposed, weight_rows
-from ..probes import background
+from ..values.formats import Format
+from ..values.geometry import Geometry
+from ..maths.layouts import grad_output_rows, im2col, im2col_transposed, weight_rows
+from ..campaigns.probes import background
 
 
 #: The properties, in the order of the JSON fields (``block`` goes with ``order``).
@@ -46,14 +46,14 @@ VERIFY_SLOTS = 16
 
 def default_geometry() -> Geometry:
     """ResNet-18's first 64 → 64 3×3 layer at 16×16: a mid-size shape where vendors' fast paths run."""
-    from ..catalogue import LAYERS
+    from ..campaigns.catalogue import LAYERS
 
     return LAYERS["resnet18.layer1.0.conv1"].geometry(1, 16)
 
 
 def layer_geometry(name: str, max_macs: int = 20_000_000) -> Geometry:
     """A catalogue layer at the largest input size whose gradient costs at most ``max_macs``."""
-    from ..catalogue import get_layer, largest_size, smallest_size
+    from ..campaigns.catalogue import get_layer, largest_size, smallest_size
 
     layer = get_layer(name)
     return plain_only(layer.geometry(1, largest_size(layer, 1, max_macs) or smallest_size(layer)), f"--layer {name}")

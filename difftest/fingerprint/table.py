@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from ..claims import COLUMNS, cell
+from ..records.claims import COLUMNS, cell
 from ..errors import BackendCrashed, BackendTimedOut
 from .slots import default_geometry
 from .probe import Fingerprint, fingerprint

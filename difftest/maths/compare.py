@@ -1,0 +1,117 @@
+"""Comparison of a backend's gradient with the exact spec, and the verdict.
+
+The verdict rule and what each verdict means live in :mod:`difftest.verdicts`. A violation
+is claimed only when it is certain: a lower bound of the error (computed from a double-double
+of the exact value, rounded down) exceeds the bound (rounded up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .exact import ExactTensor
+from ..values.formats import Format
+from ..values.fparith import add_up, half_ulp_of, mul_up, sub_down
+from ..values.outcome import EntryArrays, GradientResult
+
+
+@dataclass
+class Errors:
+    """Approximate error and sure lower bound of ``|backend - exact|`` per entry."""
+
+    approx: np.ndarray
+    lower: np.ndarray
+    finite: np.ndarray = field(repr=False)
+
+
+def error_bounds(values: np.ndarray, exact: ExactTensor) -> Errors:
+    """``|values - exact|``: a float64 estimate and a certain lower bound.
+
+    With ``exact = hi + lo + r``, ``|r| <= tail``, ``d1 = fl(b - hi)``, ``d2 = fl(d1 - lo)``:
+    ``| |d2| - |b - exact| | <= 2^-52·(|d1| + |d2|) + tail``.
+    """
+    hi, lo, tail = exact.nearest, exact.residual, exact.tail
+    finite = np.isfinite(values)
+    b = np.where(finite, values, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d1 = b - hi
+        overflow = ~np.isfinite(d1)  # |b - hi| beyond float64: the error is above 2^1023 surely
+        d1 = np.where(overflow, 0.0, d1)
+        d2 = d1 - lo
+        approx = np.abs(d2)
+        slack = add_up(mul_up(add_up(np.abs(d1), approx), np.float64(2.0**-52 * (1 + 2.0**-50))), tail)
+        lower = np.maximum(sub_down(approx, slack), 0.0)
+    approx = np.where(overflow, np.inf, approx)
+    lower = np.where(overflow, 2.0**1023, lower)
+    approx = np.where(finite, approx, np.inf)
+    lower = np.where(finite, lower, np.inf)
+    return Errors(approx=approx, lower=lower, finite=finite)
+
+
+def compare_gradient(
+    values: np.ndarray,
+    exact: ExactTensor,
+    bound: np.ndarray,
+    bound_order_free: np.ndarray,
+    reach: np.ndarray,
+    fmt: Format,
+    sample=None,
+    shape: tuple[int, ...] | None = None,
+) -> GradientResult:
+    """Verdict for one gradient (the rule: :mod:`difftest.verdicts`), with its per-entry arrays.
+
+    ``reach`` is an upper bound of every partial result's magnitude in any order; where it
+    reaches the format's largest finite value a non-finite output is outside the model.
+    With a ``sample`` (:class:`difftest.sampling.GradientSample` of a gradient of ``shape``) the
+    arrays hold its entries only, in the order of its indices: the worst entry is named by its
+    index in the whole gradient, and the result says it was sampled.
+    """
+    err = error_bounds(values, exact)
+    out_of_model = ~err.finite & (reach >= fmt.max_finite)
+    in_model = ~out_of_model
+    beyond_tl = (err.lower > bound) & in_model
+    # the order-free bound covers every order, the sequential one too: an entry certainly
+    # beyond it is a certain violation, whatever the (often looser) TorchLean bound says
+    beyond_of = (err.lower > bound_order_free) & in_model
+    entries = EntryArrays(error=err.approx, bound=bound, bound_order_free=bound_order_free)
+    ratio = np.where(in_model, entries.ratio("bound"), 0.0)
+    ratio_of = np.where(in_model, entries.ratio("bound_order_free"), 0.0)
+    if beyond_of.any():
+        verdict = "precision"
+    elif out_of_model.any():
+        verdict = "domain"
+    elif beyond_tl.any():
+        verdict = "order"
+    else:
+        verdict = "pass"
+    # the worst entry by the ratio that decides the verdict: order-free for precision
+    deciding = ratio_of if verdict == "precision" else ratio
+    idx = np.unravel_index(int(np.argmax(deciding)) if deciding.size else 0, deciding.shape)
+    where = idx if sample is None else np.unravel_index(int(sample.index[idx[0]]), shape)
+    worst = {
+        "index": [int(i) for i in where],
+        "backend": float(values[idx]),
+        "exact": float(exact.nearest[idx]),
+        "error": float(err.approx[idx]),
+        "bound": float(bound[idx]),
+        "bound_order_free": float(bound_order_free[idx]),
+        "ulps": float(err.approx[idx] / float(2 * half_ulp_of(fmt, np.float64(exact.nearest[idx])))),
+    }
+    message = ""
+    if verdict == "domain":
+        message = f"{int(out_of_model.sum())} non-finite entries where {fmt.name} can overflow"
+    return GradientResult(
+        verdict=verdict,
+        max_ratio=float(ratio.max(initial=0.0)),
+        max_ratio_order_free=float(ratio_of.max(initial=0.0)),
+        violations=int(beyond_tl.sum()),
+        violations_order_free=int(beyond_of.sum()),
+        worst_index=worst["index"],
+        worst=worst,
+        message=message,
+        out_of_model=int(out_of_model.sum()),
+        sampled=None if sample is None else sample.as_dict(),
+        entries=entries,
+    )
