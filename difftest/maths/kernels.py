@@ -111,6 +111,24 @@ def _mul_eps(x, y, prod, ex, ey, p, emin):
     return (abs(x) + ex) * ey + (abs(y) + ey) * ex + h
 
 
+@njit(inline="always")
+def _product_step(acc, e, x, y, ex, ey, p, emin):
+    """One step of a fold of products: addEps of ``x ⊗ y`` with its ``mulEps`` (``ex``, ``ey`` the
+    operands' eps), ``acc ← acc ⊕ x ⊗ y``; returns (acc, e). Every fold of products takes it, the
+    sampled entry folds too, so theirs are the full folds' steps."""
+    prod = x * y
+    return _step(acc, e, _round(prod, p, emin), _mul_eps(x, y, prod, ex, ey, p, emin), p, emin)
+
+
+@njit(inline="always")
+def _input_step(acc, e, z, dv, wv, ed, ek, p, emin):
+    """A contributing step of the input gradient's fold after ``z`` zero steps (each adding
+    ``ulp(acc)/2``): the product ``δ ⊗ w``; returns (acc, e)."""
+    if z > 0:
+        e += z * _half_ulp_of(acc, p, emin)
+    return _product_step(acc, e, dv, wv, ed, ek, p, emin)
+
+
 #: Output channels one task of :func:`kernel_fold` folds together (each reads im2col once).
 _KERNEL_BLOCK = 16
 
@@ -139,10 +157,7 @@ def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
                 a_row = acc[o - o0]
                 e_row = e[o - o0]
                 for j in range(M):
-                    x = row[base + j]
-                    prod = x * d
-                    t = _round(prod, p, emin)
-                    a, b = _step(a_row[j], e_row[j], t, _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
+                    a, b = _product_step(a_row[j], e_row[j], row[base + j], d, ex, ed, p, emin)
                     a_row[j] = a
                     e_row[j] = b
         acc_out[o0:o1, :] = acc
@@ -205,13 +220,7 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, 
                             z = idx - last - 1
                             dv = d[n, o, oi, oj]
                             for c in range(Cg):
-                                ac = acc[c]
-                                ez = e[c]
-                                if z > 0:
-                                    ez += z * _half_ulp_of(ac, p, emin)
-                                wv = wt[o, di, dj, c]
-                                prod = dv * wv
-                                a2, e2 = _step(ac, ez, _round(prod, p, emin), _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
+                                a2, e2 = _input_step(acc[c], e[c], z, dv, wt[o, di, dj, c], ed, ek, p, emin)
                                 acc[c] = a2
                                 e[c] = e2
                             last = idx
@@ -231,10 +240,7 @@ def pair_fold(drows, cols, p, emin, ex, ed, acc_out, e_out):
         acc = 0.0
         err = 0.0
         for k in range(K):
-            x = cols[e, k]
-            d = drows[e, k]
-            prod = x * d
-            acc, err = _step(acc, err, _round(prod, p, emin), _mul_eps(x, d, prod, ex, ed, p, emin), p, emin)
+            acc, err = _product_step(acc, err, cols[e, k], drows[e, k], ex, ed, p, emin)
         acc_out[e] = acc
         e_out[e] = err
 
@@ -272,12 +278,7 @@ def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t
                     dj = dj_t[b, x]
                     idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
                     z = idx - last - 1
-                    dv = d[n, o, oi, oj]
-                    if z > 0:
-                        err += z * _half_ulp_of(acc, p, emin)
-                    wv = wt[o, di, dj, c]
-                    prod = dv * wv
-                    acc, err = _step(acc, err, _round(prod, p, emin), _mul_eps(dv, wv, prod, ed, ek, p, emin), p, emin)
+                    acc, err = _input_step(acc, err, z, d[n, o, oi, oj], wt[o, di, dj, c], ed, ek, p, emin)
                     last = idx
         z = total - 1 - last
         if z > 0:

@@ -47,6 +47,11 @@ class Fold:
             self.e = np.where(where, e, self.e)
             self.acc = np.where(where, acc, self.acc)
 
+    def product_step(self, x: np.ndarray, y: np.ndarray, e_x: float, e_y: float, where: np.ndarray | None = None) -> None:
+        """One step of a fold of products: ``x ⊗ y`` with its ``mulEps`` (every numpy fold of
+        products takes it, the sampled entry folds too, as :mod:`difftest.kernels` does)."""
+        self.step(nf_mul(self.fmt, x, y), mul_eps(self.fmt, x, y, e_x, e_y), where=where)
+
     def zero_steps(self, k: np.ndarray) -> None:
         """``k`` steps of exact zero terms with zero error: ``e ← e + k·ulp(acc)/2``.
 
@@ -87,7 +92,7 @@ def kernel_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
     for k in range(d.shape[2]):
         x = cols[k][:, None, :]
         dv = d[:, :, k][:, :, None]
-        fold.step(nf_mul(fmt, x, dv), mul_eps(fmt, x, dv, rt.eps_input, rt.eps_grad_output))
+        fold.product_step(x, dv, rt.eps_input, rt.eps_grad_output)
     return fold
 
 
@@ -121,7 +126,7 @@ def input_replay(rt: RuntimeInputs, g: Geometry) -> Fold:
                 fold.zero_steps(np.where(valid, idx - last - 1, 0))
                 dv = d[:, :, o][:, :, r, q][:, :, None, :, :]  # (N, G, 1, H, W)
                 wv = w[:, o][:, :, kr, kq][None]  # (1, G, Cg, H, W)
-                fold.step(nf_mul(fmt, dv, wv), mul_eps(fmt, dv, wv, rt.eps_grad_output, rt.eps_weight), where=valid)
+                fold.product_step(dv, wv, rt.eps_grad_output, rt.eps_weight, where=valid)
                 last = np.where(valid, idx, last)
     fold.zero_steps(total - 1 - last)
     return fold
@@ -296,11 +301,11 @@ def _numpy_entries(rt: RuntimeInputs, g: Geometry, name: str, index: np.ndarray)
     """The numpy folds of :func:`bias_replay`, :func:`kernel_replay` and :func:`input_replay`,
     vectorised across the chosen entries instead of all."""
 
-    fmt = rt.format
-    acc, e = np.empty(index.size), np.empty(index.size)
     if name == "grad_input":
         fold = _input_entries_fold(rt, g, index)
         return fold.acc, fold.e
+    fmt = rt.format
+    acc, e = np.empty(index.size), np.empty(index.size)
     b = entry_operand(name, rt.input, g) if name == "grad_weight" else None
     for rows, ta, tb in entry_terms(name, rt.grad_output, b, g, index, NUMPY_ENTRY_BLOCK):
         fold = Fold(fmt, (rows.size,))
@@ -309,7 +314,7 @@ def _numpy_entries(rt: RuntimeInputs, g: Geometry, name: str, index: np.ndarray)
                 fold.step(ta[:, k], rt.eps_grad_output)
             else:
                 x, dv = tb[:, k], ta[:, k]
-                fold.step(nf_mul(fmt, x, dv), mul_eps(fmt, x, dv, rt.eps_input, rt.eps_grad_output))
+                fold.product_step(x, dv, rt.eps_input, rt.eps_grad_output)
         acc[rows], e[rows] = fold.acc, fold.e
     return acc, e
 
@@ -336,7 +341,7 @@ def _input_entries_fold(rt: RuntimeInputs, g: Geometry, index: np.ndarray) -> Fo
                 fold.zero_steps(np.where(valid, idx - last - 1, 0))
                 dv = rt.grad_output[n, oo, r, q]
                 wv = rt.weight[oo, local, kr, kq]
-                fold.step(nf_mul(fmt, dv, wv), mul_eps(fmt, dv, wv, rt.eps_grad_output, rt.eps_weight), where=valid)
+                fold.product_step(dv, wv, rt.eps_grad_output, rt.eps_weight, where=valid)
                 last = np.where(valid, idx, last)
     fold.zero_steps(total - 1 - last)
     return fold
