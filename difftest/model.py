@@ -48,7 +48,7 @@ from .judge.estimate import Estimate, estimate, format_size, refuse_if_too_large
 from .judge.explain import format_ratio, plural, reproduce_command, sampled_of
 from .values.geometry import GRADIENTS, Geometry
 from .values.outcome import BackendResult, FindingKey, jsonable
-from .judge.sampling import DEFAULT_SIZE, choose
+from .judge.sampling import DEFAULT_SIZE, judged_terms
 from .values.verdicts import is_finding
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -554,12 +554,9 @@ def layer_plan(g: Geometry, formats: int, sample: int | None, max_memory) -> tup
     sample size (None: whole) and its estimate."""
     full = estimate(g, formats=formats)
     size = sample if sample is not None else (DEFAULT_SIZE if too_large(full, max_memory) else None)
-    if size is None:
+    if size is None or judged_terms(g, size) is None:  # a sample that covers the layer is the full check
         return None, full
-    chosen = choose(g, GRADIENTS, size)
-    if all(s.whole for s in chosen.gradients.values()):
-        return None, full
-    return size, estimate(g, formats=formats, sample=chosen)
+    return size, estimate(g, formats=formats, sample=size)
 
 
 def _verdicts_text(layer: LayerResult) -> str:

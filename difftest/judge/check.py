@@ -38,7 +38,7 @@ from ..values.fparith import add_up
 from ..maths.orderfree import OrderFree, order_free_bounds
 from ..values.outcome import BackendResult, GradientResult, verdict_only
 from ..maths.replay import replay, replay_entries
-from .sampling import Sample, choose
+from .sampling import Sample, check_size, choose, judged_terms
 from ..values.supports import ALL, Supports
 
 __all__ = ["BackendResult", "BackendRun", "NFReference", "GradientResult", "Judgement", "bounds_arrays", "check_case",
@@ -265,10 +265,9 @@ def exact_gradients(case: Case, oracle: str = "exact", sample: Sample | None = N
 def sample_of(case: Case, size: int | None, seed: int = 0) -> Sample | None:
     """The entries a check with ``sample=size`` judges (:func:`difftest.sampling.choose`), or
     None where it judges every entry (no ``size``, or one that covers every requested gradient)."""
-    if size is None:
-        return None
-    chosen = choose(case.geometry, case.gradients, size, seed, grad_output=case.grad_output)
-    return None if all(s.whole for s in chosen.gradients.values()) else chosen
+    if size is None or judged_terms(case.geometry, check_size(size), case.gradients) is None:
+        return None  # covers every entry: nothing to choose (a small case of a sampled campaign)
+    return choose(case.geometry, case.gradients, size, seed, grad_output=case.grad_output)
 
 
 def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max_memory="auto",
@@ -328,17 +327,16 @@ def check_case(case: Case, backends: list, oracle: str = "exact", stop=None, max
 
 
 def affordable(case: Case, formats: int, chosen: Sample | None, max_memory, size: int | None):
-    """The estimate of judging ``case`` (its ``chosen`` entries, where sampled), refused with
+    """The estimate of judging ``case`` (at a sample of ``size``, where ``chosen``), refused with
     :class:`~difftest.estimate.CaseTooLarge` above ``max_memory``; a full check that is refused
     suggests a sample (of ``size``, else :data:`difftest.sampling.DEFAULT_SIZE`) and its estimate."""
     from .estimate import estimate, refuse_if_too_large, too_large
     from .sampling import DEFAULT_SIZE
 
-    cost = estimate(case.geometry, formats, chosen)
+    cost = estimate(case.geometry, formats, None if chosen is None else size, case.gradients)
     if too_large(cost, max_memory):
         suggest = size or DEFAULT_SIZE
-        sampled = None if chosen is not None else estimate(case.geometry, formats,
-                                                           choose(case.geometry, case.gradients, suggest))
+        sampled = None if chosen is not None else estimate(case.geometry, formats, suggest, case.gradients)
         refuse_if_too_large(cost, max_memory, sampled, suggest)
     return cost
 

@@ -20,10 +20,9 @@ import os
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..errors import DifftestError
-from ..values.geometry import Geometry
+from ..values.geometry import GRADIENTS, Geometry
+from .sampling import judged_terms
 
 NS_PER_MAC = 8.0  # per multiply-add of one gradient's GEMM
 NS_PER_ENTRY = 700.0  # per entry of the gradients and of the output gradient
@@ -69,12 +68,13 @@ BYTES_PER_HELD_ENTRY = 6 * 8
 BLOCK_BYTES = 24 * 8 * 2**22
 
 
-def estimate(g: Geometry, formats: int = 1, sample=None) -> Estimate:
-    """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats; with a
-    ``sample`` (:class:`difftest.sampling.Sample`), of judging its entries only."""
+def estimate(g: Geometry, formats: int = 1, sample: int | None = None, gradients=GRADIENTS) -> Estimate:
+    """The cost of judging a case of geometry ``g`` with backends of ``formats`` formats; with
+    ``sample=N``, of judging a sample of that size of ``gradients`` (:mod:`difftest.sampling`; the
+    full check's cost where it covers every entry)."""
     macs = g.macs
-    if sample is not None:
-        terms = sum(s.judged * s.terms for s in sample.gradients.values())
+    terms = None if sample is None else judged_terms(g, sample, gradients)
+    if terms is not None:
         held = _entries(g) + g.N * g.C * g.H * g.W + g.O * g.Cg * g.kH * g.kW  # inputs, δ and the gradients
         seconds = FIXED_SECONDS + formats * NS_PER_SAMPLED_TERM * terms * 1e-9 + NS_PER_HELD_ENTRY * held * 1e-9
         return Estimate(macs, seconds, BASE_BYTES + BYTES_PER_HELD_ENTRY * held + BLOCK_BYTES, terms)
@@ -96,16 +96,11 @@ def campaign_case_seconds(g: Geometry, backends: int = 1, compiled: bool = True,
     gradient (:mod:`difftest.sampling`: the oracle and the model cost the judged terms only). For
     scheduling (how many real layers to draw, which groups share a job), not for promises:
     relative costs matter there, not seconds."""
-    if sample is not None:
-        from ..values.geometry import GRADIENTS
-        from .sampling import judged_count, terms_per_entry
-
-        counts = {name: judged_count(name, g, sample)[0] for name in GRADIENTS}  # arithmetic: nothing is chosen
-        if any(counts[name] < int(np.prod(g.shape_of(name))) for name in GRADIENTS):
-            terms = sum(counts[name] * terms_per_entry(name, g) for name in GRADIENTS)
-            oracle = NS_PER_SAMPLED_TERM * terms * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
-            per_backend = CALL_SECONDS + NS_PER_HELD_ENTRY * _entries(g) * 1e-9
-            return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend
+    terms = None if sample is None else judged_terms(g, sample)
+    if terms is not None:
+        oracle = NS_PER_SAMPLED_TERM * terms * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
+        per_backend = CALL_SECONDS + NS_PER_HELD_ENTRY * _entries(g) * 1e-9
+        return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend
     oracle = (NS_PER_MAC * g.macs + NS_PER_ENTRY * _entries(g)) * 1e-9 * (1.0 if compiled else NUMPY_FOLDS_FACTOR)
     per_backend = CALL_SECONDS + NS_PER_ENTRY * _entries(g) * 1e-9
     return CAMPAIGN_CASE_SECONDS + oracle + backends * per_backend

@@ -125,6 +125,15 @@ def judged_count(name: str, g: Geometry, n: int) -> tuple[int, bool]:
     return count, by_cost < min(total, n)
 
 
+def judged_terms(g: Geometry, n: int, gradients=GRADIENTS) -> int | None:
+    """The terms a sample of size ``n`` judges over ``gradients`` (arithmetic on the counts: nothing
+    is chosen), or None where it covers every entry of them (the full check runs then)."""
+    counts = {name: judged_count(name, g, n)[0] for name in gradients}
+    if all(counts[name] == int(np.prod(g.shape_of(name))) for name in gradients):
+        return None
+    return sum(counts[name] * terms_per_entry(name, g) for name in gradients)
+
+
 def choose(g: Geometry, gradients=GRADIENTS, n: int = 4096, seed: int = 0, grad_output: np.ndarray | None = None) -> Sample:
     """The entries of each of ``gradients`` a sample of size ``n`` judges (see the module
     docstring); ``grad_output``, when given, is searched for planted probes."""
