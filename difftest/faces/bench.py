@@ -65,10 +65,11 @@ def make_case(layer: Layer, seed: int = 0) -> Case:
     return Case(r(*g.input_shape), r(*g.weight_shape), r(*g.grad_output_shape), stride=g.stride, padding=g.padding)
 
 
-#: The pipeline's stages, as its results time them (``<stage>_s``). The NF backend's own run
-#: reads the replay the model just made, so ``backend`` is near zero and left out.
-STAGES = {"exact_spec": "exact_s", "nf_and_torchlean": "nf_and_torchlean_s", "order_free": "order_free_s",
-          "comparison": "comparison_s"}
+#: The pipeline's stages, as its results time them (the ``<stage>_s`` each sums). The NF backend
+#: runs before the judging and makes the replay the model then reads from the cache, so the
+#: replay's time is in its ``backend_s``: the NF stage is the two together.
+STAGES = {"exact_spec": ("exact_s",), "nf_and_torchlean": ("nf_and_torchlean_s", "backend_s"),
+          "order_free": ("order_free_s",), "comparison": ("comparison_s",)}
 
 
 def _median_time(fn, repeat: int) -> tuple[float, object]:
@@ -117,8 +118,8 @@ def bench_layer(layer: Layer, repeat: int = 3) -> dict:
     for _ in range(repeat):
         replay_mod._CACHE.clear()  # measure the computation, not the cache
         (result,) = check_case(case, [nf])
-        for k in STAGES:
-            stages[k].append(result.timings[STAGES[k]])
+        for k, keys in STAGES.items():
+            stages[k].append(sum(result.timings[key] for key in keys))
     seconds = {k: statistics.median(v) for k, v in stages.items()}
     seconds["total"] = sum(seconds.values())
     seconds["warmup"] = warmup
