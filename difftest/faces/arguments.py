@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"send the judging of {what} to the Dask scheduler at ADDRESS (tcp://HOST:8786; the "
                              "dask extra); the backends run here and the results are written here")
 
+    def fail_on_arg(sp):
+        sp.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
+                        help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else "
+                             "order)")
+
     def overwrite_arg(sp):
         sp.add_argument("--overwrite", action="store_true",
                         help="replace the results already in the output directory (default: keep them as "
@@ -126,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--save", metavar="DIR", help="write DIR/<backend>.npz with each backend's raw gradients")
     c.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML): declared findings are shown as expected and do not fail the exit code "
                         "(default: DIFFTEST_EXPECTED, [tool.difftest] expected, else none)")
-    c.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
-                   help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
+    fail_on_arg(c)
     isolation_args(c)
 
     b = command("bounds", help="write the exact spec, NF reference and both bounds of a case",
@@ -168,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (cases are partitioned by content hash)")
     r.add_argument("--out", default=None, metavar="DIR",
                    help="result directory (default reports/latest); locked while the run writes it")
-    r.add_argument("--fail-on", default=None, choices=list(FAIL_ON), help=f"exit 1 on: {FAIL_ON_HELP}")
+    fail_on_arg(r)
     r.add_argument("--database", default=None, metavar="DIR",
                    help="hypothesis example database, kept between runs so failures replay first (default .difftest/hypothesis)")
     r.add_argument("--no-database", action="store_true", help="do not read or write an example database")
@@ -194,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("dirs", nargs="+", metavar="DIR", help="result directories")
     m.add_argument("--out", required=True, metavar="DIR", help="merged result directory")
     m.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
-    m.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
-                   help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
+    fail_on_arg(m)
     m.add_argument("--expected", metavar="FILE",
                    help="expected-findings file (TOML) (default: DIFFTEST_EXPECTED, [tool.difftest] expected, else the "
                         "union of the declarations the inputs were judged with)")
@@ -285,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0, help="seed of the weights, the input and the loss (default 0)")
     md.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     md.add_argument("--out", default=None, metavar="DIR", help="result directory (default reports/model/<model>)")
-    md.add_argument("--fail-on", choices=list(FAIL_ON), default=None,
-                    help=f"exit 1 on: {FAIL_ON_HELP} (default: DIFFTEST_FAIL_ON, [tool.difftest] fail_on, else order)")
+    fail_on_arg(md)
     md.add_argument("--expected", metavar="FILE", help="expected-findings file (TOML), as for check")
     md.add_argument("--max-memory", metavar="SIZE",
                     help="judge a layer whose full check is estimated above SIZE at sampled entries (--sample, "
