@@ -150,7 +150,7 @@ def choose(g: Geometry, gradients=GRADIENTS, n: int = 4096, seed: int = 0, grad_
                                        terms_per_entry(name, g), False, n, seed)
             continue
         rng = np.random.default_rng([seed, k])
-        chosen = _Chosen(total)
+        chosen = _Chosen()
         strata = {}
         for stratum in STRATA:
             room = count - chosen.size if stratum == "random" else min(count - chosen.size,
@@ -166,8 +166,7 @@ def choose(g: Geometry, gradients=GRADIENTS, n: int = 4096, seed: int = 0, grad_
 class _Chosen:
     """Flat indices chosen so far, in the order chosen, without repeats."""
 
-    def __init__(self, total: int):
-        self.total = total
+    def __init__(self):
         self.seen: set[int] = set()
         self.order: list[int] = []
 
