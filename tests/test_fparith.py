@@ -136,3 +136,52 @@ def test_the_branch_free_step_handles_exact_zeros(fmt):
         assert acc == 0.0 and Fraction(e) == 2 * fmt.ulp(Fraction(0))
     assert _round(0.0, fmt.prec, fmt.emin) == 0.0 and _round(-0.0, fmt.prec, fmt.emin) == 0.0
     assert Fraction(_half_ulp_of(0.0, fmt.prec, fmt.emin)) == fmt.ulp(Fraction(0)) / 2
+
+
+def _numpy_add_up(a, b):
+    """The numpy form :func:`difftest.directed.add_up` compiles (its reference)."""
+    s, e = two_sum(a, b)
+    return np.where(e > 0, np.nextafter(s, np.inf), s)
+
+
+def _numpy_sub_down(a, b):
+    s, e = two_sum(a, -b)
+    return np.where(e < 0, np.nextafter(s, -np.inf), s)
+
+
+def _numpy_mul_up(a, b):
+    p = a * b
+    return np.where((a == 0) | (b == 0), 0.0, np.maximum(np.nextafter(p, np.inf), 2.0**-1074))
+
+
+SPECIALS = [0.0, -0.0, 2.0**-1074, -(2.0**-1074), 2.0**-1022, 1.0, -1.0, 1.0 + 2.0**-52, 2.0**1023,
+            float(np.finfo(np.float64).max), -float(np.finfo(np.float64).max), np.inf, -np.inf, np.nan]
+
+
+@given(st.lists(st.tuples(st.one_of(st.floats(), st.sampled_from(SPECIALS)),
+                          st.one_of(st.floats(), st.sampled_from(SPECIALS))), min_size=1, max_size=40))
+def test_compiled_directed_rounding_equals_its_numpy_form_bit_for_bit(ps):
+    """add_up, sub_down and mul_up run compiled (difftest.directed): on any float64 pair, NaN,
+    infinities, signed zeros, subnormals and overflow included, they return the very bits of the
+    numpy expressions they replaced (mul_up on the magnitudes, its domain)."""
+    a, b = arrays(ps)
+    with np.errstate(all="ignore"):
+        for got, want in ((add_up(a, b), _numpy_add_up(a, b)), (sub_down(a, b), _numpy_sub_down(a, b)),
+                          (mul_up(np.abs(a), np.abs(b)), _numpy_mul_up(np.abs(a), np.abs(b)))):
+            assert np.array_equal(got.view(np.int64), want.view(np.int64)) or \
+                np.array_equal(got, want, equal_nan=True) and np.array_equal(np.isnan(got), np.isnan(want))
+
+
+def test_next_up_is_nextafter_on_every_kind_of_float64():
+    from numba import njit
+
+    from difftest.values.directed import next_down, next_up
+
+    x = np.array(SPECIALS + [-s for s in SPECIALS] + [3.5, -7.25e-300, 4.9e-310])
+    up = njit(lambda v: np.array([next_up(t) for t in v]))(x)
+    down = njit(lambda v: np.array([next_down(t) for t in v]))(x)
+    with np.errstate(all="ignore"):
+        assert np.array_equal(up, np.nextafter(x, np.inf), equal_nan=True)
+        assert np.array_equal(down, np.nextafter(x, -np.inf), equal_nan=True)
+        assert np.array_equal(np.signbit(up), np.signbit(np.nextafter(x, np.inf)))
+        assert np.array_equal(np.signbit(down), np.signbit(np.nextafter(x, -np.inf)))

@@ -16,7 +16,7 @@ scalar loops so that numba fuses every per-step operation without temporaries:
   and at most ``16·steps·2^-53`` relative above it.
 
 The entry folds (:func:`pair_fold`, :func:`input_entries_fold`) take the same steps for chosen
-entries only (a sampled check, :mod:`difftest.sampling`); :func:`level_sums` is the exact
+entries only (a sampled check, :mod:`difftest.sampling`); :func:`level_views` is the exact
 views' double-double accumulation (:mod:`difftest.exact`), not a fold.
 
 numba compiles without fast-math: IEEE binary64 semantics, no contraction into FMA.
@@ -27,28 +27,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from ..values.directed import add_up_scalar, f2i as _f2i, i2f as _i2f, mul_up_scalar, sub_down_scalar
 
 _C = 6755399441055744.0  # 1.5 * 2^52: (y + C) - C rounds y to an integer, ties to even, |y| < 2^51
 _MANT = 0xFFFFFFFFFFFFF
-
-
-@intrinsic
-def _f2i(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _i2f(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
 
 
 @njit(inline="always")
@@ -287,13 +271,33 @@ def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t
         e_out[e] = err
 
 
+@njit(inline="always")
+def _sign(x):
+    return (x > 0.0) - (x < 0.0)
+
+
+@njit(inline="always")
+def _undecided(hi, lo, r):
+    """The rule of :meth:`difftest.exact.ExactTensor._double_double` (its docstring derives it):
+    whether ``exact ∈ [hi + lo - r, hi + lo + r]`` fails to prove ``hi = RN(exact)``, or leaves a
+    tail ``r`` above ``2^-80 |hi|``."""
+    frac, ex = math.frexp(hi)
+    outwards = (_sign(lo) == _sign(hi)) & (abs(lo) > r)
+    half_exp = ex - (55 if (abs(frac) == 0.5) & (not outwards) else 54)
+    limit = math.ldexp(1.0, max(half_exp, -1074)) if (hi != 0.0) & (half_exp >= -1074) else 0.0
+    decided = (abs(lo) + r < limit) | ((lo == 0.0) & (r == 0.0))
+    return (not decided) | (r > abs(hi) * 2.0**-80) | (not math.isfinite(hi))
+
+
 @njit(parallel=True, cache=True)
-def level_sums(levels, scales, s_out, c_out, mag_out):
-    """The Sum2 accumulation of :meth:`difftest.exact.ExactTensor._double_double`, one pass per
-    entry: ``levels`` ``(L, n)`` int64 (most significant first, ``|v| < 2^62``), ``scales`` their
-    exponents; each level split into two sign-magnitude 31-bit halves, each half an exact float64
-    term ``t`` (``ldexp``), added by TwoSum into ``s`` with the errors summed in ``c`` and ``|t|``
-    in ``mag`` — the same operations, in the same order, as the numpy loop it replaced."""
+def level_views(levels, factors, r_scale, gamma2, hi_out, lo_out, r_out, undecided_out):
+    """The double-double views of :meth:`difftest.exact.ExactTensor._double_double`, one pass per
+    entry: ``levels`` ``(L, n)`` int64 (most significant first, ``|v| < 2^62``); each level split
+    into two sign-magnitude 31-bit halves, each half an exact float64 term ``t = part·2^k``
+    (``factors[L, half] = 2^k``, so the product is exact: a multiple of ``2^-1074`` below
+    ``2^(31 + k)``), added by TwoSum into ``s`` with the errors summed in ``c`` and ``|t|`` in
+    ``mag``; then ``hi, lo = TwoSum(s, c)``, ``r = mag·r_scale·gamma2`` rounded up, and whether
+    that decides ``hi = RN(exact)``."""
     L, n = levels.shape
     for i in prange(n):
         s = 0.0
@@ -304,22 +308,46 @@ def level_sums(levels, scales, s_out, c_out, mag_out):
             a = -v if v < 0 else v
             sign = -1 if v < 0 else (1 if v > 0 else 0)
             for half in range(2):
-                if half == 0:
-                    part = sign * (a >> 31)
-                    shift = 31
-                else:
-                    part = sign * (a & 0x7FFFFFFF)
-                    shift = 0
-                t = math.ldexp(float(part), scales[lv] + shift)
+                part = sign * (a >> 31) if half == 0 else sign * (a & 0x7FFFFFFF)
+                t = float(part) * factors[lv, half] if part != 0 else 0.0
                 ss = s + t
                 bb = ss - s
                 e = (s - (ss - bb)) + (t - bb)
                 s = ss
                 c = c + e
                 mag = mag + abs(t)
-        s_out[i] = s
-        c_out[i] = c
-        mag_out[i] = mag
+        hi = s + c
+        bb = hi - s
+        lo = (s - (hi - bb)) + (c - bb)
+        r = mul_up_scalar(mul_up_scalar(mag, r_scale), gamma2)
+        hi_out[i] = hi
+        lo_out[i] = lo
+        r_out[i] = r
+        undecided_out[i] = _undecided(hi, lo, r)
+
+
+@njit(parallel=True, cache=True)
+def error_bounds(values, hi, lo, tail, approx_out, lower_out):
+    """:func:`difftest.compare.error_bounds` per entry, in one pass (the derivation is there): the
+    float64 estimate ``|fl(fl(b - hi) - lo)|`` of ``|b - exact|`` and its sure lower bound; a
+    non-finite ``b`` has error ``inf`` (lower ``inf``), a ``b - hi`` past float64 ``inf`` (lower
+    ``2^1023``)."""
+    k = 2.0**-52 * (1 + 2.0**-50)
+    for i in prange(values.size):
+        b = values[i]
+        if not math.isfinite(b):
+            approx_out[i] = math.inf
+            lower_out[i] = math.inf
+            continue
+        d1 = b - hi[i]
+        if not math.isfinite(d1):
+            approx_out[i] = math.inf
+            lower_out[i] = 2.0**1023
+            continue
+        approx = abs(d1 - lo[i])
+        slack = add_up_scalar(mul_up_scalar(add_up_scalar(abs(d1), approx), k), tail[i])
+        approx_out[i] = approx
+        lower_out[i] = max(sub_down_scalar(approx, slack), 0.0)
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:

@@ -20,7 +20,6 @@ import numpy as np
 from .formats import Format
 
 _SPLITTER = float(2**27 + 1)
-_TINY = np.nextafter(0.0, 1.0)  # 2^-1074
 
 
 def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,22 +124,27 @@ def nf_mul(fmt: Format, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def add_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a + b`` rounded towards +inf (exactly: TwoSum tells whether ``fl`` fell short).
-    An infinite operand gives an infinite sum (TwoSum's error term is then NaN, not > 0)."""
+    An infinite operand gives an infinite sum (TwoSum's error term is then NaN, not > 0).
+    Compiled: :mod:`difftest.values.directed`."""
+    from .directed import add_up as up
+
     with np.errstate(invalid="ignore", over="ignore"):
-        s, e = two_sum(a, b)
-    return np.where(e > 0, np.nextafter(s, np.inf), s)
+        return up(a, b)
 
 
 def mul_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """An upper bound of ``a · b`` for ``a, b >= 0``, within one float64 ulp (+inf past float64)."""
-    with np.errstate(over="ignore"):
-        p = a * b
-    up = np.nextafter(p, np.inf)
-    return np.where((a == 0) | (b == 0), 0.0, np.maximum(up, _TINY))
+    """An upper bound of ``a · b`` for ``a, b >= 0``, within one float64 ulp (+inf past float64).
+    Compiled: :mod:`difftest.values.directed`."""
+    from .directed import mul_up as up
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        return up(a, b)
 
 
 def sub_down(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a - b`` rounded towards -inf (infinite operands as in :func:`add_up`)."""
+    """``a - b`` rounded towards -inf (infinite operands as in :func:`add_up`).
+    Compiled: :mod:`difftest.values.directed`."""
+    from .directed import sub_down as down
+
     with np.errstate(invalid="ignore", over="ignore"):
-        s, e = two_sum(a, -b)
-    return np.where(e < 0, np.nextafter(s, -np.inf), s)
+        return down(a, b)
