@@ -13,7 +13,7 @@ import numpy as np
 
 from .exact import ExactTensor
 from ..values.formats import Format
-from ..values.fparith import add_up, half_ulp_of, mul_up, sub_down
+from ..values.fparith import half_ulp_of
 from ..values.outcome import EntryArrays, GradientResult
 
 
@@ -30,23 +30,20 @@ def error_bounds(values: np.ndarray, exact: ExactTensor) -> Errors:
     """``|values - exact|``: a float64 estimate and a certain lower bound.
 
     With ``exact = hi + lo + r``, ``|r| <= tail``, ``d1 = fl(b - hi)``, ``d2 = fl(d1 - lo)``:
-    ``| |d2| - |b - exact| | <= 2^-52·(|d1| + |d2|) + tail``.
+    ``| |d2| - |b - exact| | <= 2^-52·(|d1| + |d2|) + tail``; the lower bound is ``|d2|`` less
+    that, every operation rounded outwards (compiled: :func:`difftest.kernels.error_bounds`).
+    ``b - hi`` past float64 has an error above ``2^1023`` surely; a non-finite ``b`` an error
+    ``inf``.
     """
-    hi, lo, tail = exact.nearest, exact.residual, exact.tail
+    from .kernels import error_bounds as compiled
+
+    flat = lambda v: np.ascontiguousarray(v, dtype=np.float64).ravel()  # noqa: E731
+    b = flat(values)
+    approx, lower = np.empty(b.shape), np.empty(b.shape)
+    compiled(b, flat(exact.nearest), flat(exact.residual), flat(exact.tail), approx, lower)
+    shape = np.shape(values)
+    approx, lower = approx.reshape(shape), lower.reshape(shape)
     finite = np.isfinite(values)
-    b = np.where(finite, values, 0.0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        d1 = b - hi
-        overflow = ~np.isfinite(d1)  # |b - hi| beyond float64: the error is above 2^1023 surely
-        d1 = np.where(overflow, 0.0, d1)
-        d2 = d1 - lo
-        approx = np.abs(d2)
-        slack = add_up(mul_up(add_up(np.abs(d1), approx), np.float64(2.0**-52 * (1 + 2.0**-50))), tail)
-        lower = np.maximum(sub_down(approx, slack), 0.0)
-    approx = np.where(overflow, np.inf, approx)
-    lower = np.where(overflow, 2.0**1023, lower)
-    approx = np.where(finite, approx, np.inf)
-    lower = np.where(finite, lower, np.inf)
     return Errors(approx=approx, lower=lower, finite=finite)
 
 

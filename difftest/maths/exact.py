@@ -41,40 +41,6 @@ def float_to_dyadic(x: float) -> tuple[int, int]:
     return n, -(d.bit_length() - 1)
 
 
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _undecided(hi, lo, r):
-    """Where ``exact ∈ [hi + lo - r, hi + lo + r]`` (``hi`` a float64, ``r >= 0``) does not prove
-    ``hi = RN(exact)``, or leaves a tail ``r`` above ``2^-80 |hi|`` (exact residuals there).
-
-    ``hi`` is ``RN(exact)`` when ``|exact - hi| <= |lo| + r`` is strictly below the half spacing
-    of the float64 grid on the side of ``hi`` where ``exact`` lies (strictly: a tie goes to the
-    exact path): ``2^(E-54)`` for ``|hi|`` in ``[2^(E-1), 2^E)``, but only ``2^(E-55)`` towards
-    zero from a power of two. That side is surely outwards only when ``lo`` points outwards and
-    ``|lo| > r``; a sign test decides it, not the sign of ``lo·hi``, which underflows to ``-0.0``
-    for ``|hi| <= 2^-511``. Otherwise (``lo = 0``, ``|lo| <= r``, ``lo`` inwards) the finer half
-    spacing is the limit. Underflow cannot make the rule unsound:
-
-    * a half spacing below ``2^-1074`` (subnormal ``hi``, the lowest normal binade, ``hi = 0``)
-      is no float64: its limit is 0, and such entries are undecided unless ``lo = r = 0``, where
-      ``hi`` is the exact value;
-    * the limit is a float64, so ``fl(|lo| + r) < limit`` implies ``|lo| + r < limit`` (rounding
-      is monotone); a NaN (overflow) compares false and stays undecided;
-    * ``|hi|·2^-80`` may underflow, but that test only keeps tails small (``r <= 2^-80 |hi| +
-      2^-1075``): soundness does not rest on it.
-    """
-    frac, ex = np.frexp(hi)
-    outwards = (np.sign(lo) == np.sign(hi)) & (np.abs(lo) > r)
-    half_exp = ex.astype(np.int64) - np.where((np.abs(frac) == 0.5) & ~outwards, 55, 54)
-    limit = np.where((hi != 0) & (half_exp >= -1074), np.ldexp(1.0, np.maximum(half_exp, -1074)), 0.0)
-    decided = (np.abs(lo) + r < limit) | ((lo == 0) & (r == 0))
-    return ~decided | (r > np.abs(hi) * 2.0**-80) | ~np.isfinite(hi)
-
-
 def _exact_views(m: int, e: int) -> tuple[float, float, float]:
     """nearest, residual (RN of exact - nearest) and tail (ulp(residual)/2) of ``m · 2^e``.
 
@@ -178,27 +144,48 @@ class ExactTensor:
     def _double_double(self):
         """Sum2 of the levels as exact float64 terms (each level split into two 31-bit halves),
         most significant first: ``hi + lo = s + c`` and ``|exact - (hi + lo)| <= r``; ``undecided``
-        marks the entries where that does not prove ``hi = RN(exact)`` (see :func:`_undecided`).
+        marks the entries where that does not prove ``hi = RN(exact)``. One compiled pass per
+        entry (:func:`difftest.kernels.level_views`).
 
         Every term ``t`` is a multiple of ``2^-1074`` (``scale >= -1074``), so TwoSum is exact and a
         float64 addition of such values is exact in the subnormal range: the Ogita–Rump–Oishi
         bound ``|Σe - c| <= γ_m² Σ|t|`` holds with no underflow term. ``r`` bounds it from above
         whatever underflows: ``γ`` is rounded up, the products by :func:`mul_up`, and ``mag >=
         Σ|t|·(1-u)^(m-1)`` (a float64 sum of non-negative terms), so ``Σ|t| <= mag·(1 + m·2^-52)``.
+
+        The decision: ``undecided`` is where ``exact ∈ [hi + lo - r, hi + lo + r]`` (``hi`` a
+        float64, ``r >= 0``) does not prove ``hi = RN(exact)``, or leaves a tail ``r`` above
+        ``2^-80 |hi|`` (exact residuals there).
+
+        ``hi`` is ``RN(exact)`` when ``|exact - hi| <= |lo| + r`` is strictly below the half spacing
+        of the float64 grid on the side of ``hi`` where ``exact`` lies (strictly: a tie goes to the
+        exact path): ``2^(E-54)`` for ``|hi|`` in ``[2^(E-1), 2^E)``, but only ``2^(E-55)`` towards
+        zero from a power of two. That side is surely outwards only when ``lo`` points outwards and
+        ``|lo| > r``; a sign test decides it, not the sign of ``lo·hi``, which underflows to ``-0.0``
+        for ``|hi| <= 2^-511``. Otherwise (``lo = 0``, ``|lo| <= r``, ``lo`` inwards) the finer half
+        spacing is the limit. Underflow cannot make the rule unsound:
+
+        * a half spacing below ``2^-1074`` (subnormal ``hi``, the lowest normal binade, ``hi = 0``)
+          is no float64: its limit is 0, and such entries are undecided unless ``lo = r = 0``, where
+          ``hi`` is the exact value;
+        * the limit is a float64, so ``fl(|lo| + r) < limit`` implies ``|lo| + r < limit`` (rounding
+          is monotone); a NaN (overflow) compares false and stays undecided;
+        * ``|hi|·2^-80`` may underflow, but that test only keeps tails small (``r <= 2^-80 |hi| +
+          2^-1075``): soundness does not rest on it.
         """
-        from .kernels import level_sums
+        from .kernels import level_views
 
         order = sorted(self.levels, reverse=True)
         stacked = np.stack([np.ascontiguousarray(self.levels[level], dtype=np.int64).ravel() for level in order])
-        scales = np.array([self.exp + level * self.width for level in order], dtype=np.int64)
-        s, c, mag = (np.empty(stacked.shape[1]) for _ in range(3))
-        level_sums(stacked, scales, s, c, mag)  # compiled: one pass per entry, no temporaries
-        s, c, mag = (v.reshape(self.shape) for v in (s, c, mag))
+        scales = [self.exp + level * self.width for level in order]
+        with np.errstate(over="ignore"):  # 2^k past float64: +inf, as the term it scales
+            factors = np.array([[np.ldexp(1.0, k + 31), np.ldexp(1.0, k)] for k in scales])
         m = 2 * len(order)
-        hi, lo = _two_sum(s, c)
         gamma = np.nextafter(m * _U / (1 - m * _U), np.inf)  # m·u and 1 - m·u exact
-        r = mul_up(mul_up(mag, np.float64(1 + m * 2.0**-52)), np.float64(mul_up(gamma, gamma)))
-        return hi, lo, r, _undecided(hi, lo, r)
+        hi, lo, r = (np.empty(stacked.shape[1]) for _ in range(3))
+        undecided = np.empty(stacked.shape[1], dtype=np.bool_)
+        level_views(stacked, factors, np.float64(1 + m * 2.0**-52), mul_up(gamma, gamma), hi, lo, r, undecided)
+        return tuple(v.reshape(self.shape) for v in (hi, lo, r, undecided))
 
     @property
     def nearest(self) -> np.ndarray:
