@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from difftest import lean
 from difftest.case import Case
-from difftest.formats import BINARY16, PRESETS
+from difftest.formats import BINARY16, BINARY32, PRESETS
 from difftest.replay import compiled, compiled_replay, numpy_replay, replay
 
 from suite_strategies import cases, format_values, spread_values
@@ -51,6 +51,66 @@ def test_replay_equals_lean_definitions(fmt, data):
 @given(case=cases(BINARY16, values=format_values(BINARY16, lo=-24, hi=-10), max_size=5))
 def test_replay_equals_lean_in_the_subnormal_range(case):
     assert_replay_matches_lean(case)
+
+
+@given(case=cases(BINARY32, values=format_values(BINARY32, lo=-100, hi=-84) | format_values(BINARY32, hi=-130),
+                 max_size=5))
+def test_binary32_replay_on_the_hardware_equals_lean_in_the_subnormal_range(case):
+    """binary32 folds on the hardware's binary32 arithmetic (kernels._sum_step): products of
+    values near 2^-75 and sums of subnormals round as FLT(24, -149) does."""
+    assert_replay_matches_lean(case)
+
+
+def _binary32_case(value: float) -> Case:
+    x = np.full((1, 2, 4, 4), value)
+    w = np.full((3, 2, 3, 3), value)
+    d = np.full((1, 3, 2, 2), value)
+    return Case(x, w, d, stride=1, padding=0, format="binary32")
+
+
+def test_a_binary32_fold_past_the_binary32_range_is_folded_again_emulated():
+    """The NF model has no overflow: 2^100·2^100 is a finite product there. On the hardware's
+    binary32 it is +inf, so the folds run again the emulated way, and equal Lean's."""
+    from difftest import kernels
+
+    case = _binary32_case(2.0**100)
+    rt = case.runtime()
+    acc, e = np.empty(3), np.empty(3)
+    d = rt.grad_output.transpose(1, 0, 2, 3).reshape(3, -1)
+    kernels.bias_fold(d, 24, -149, True, np.array([2.0**-149, 2.0**-70]), 0.0, acc, e)
+    assert np.isfinite(acc).all()  # sums of 2^100 stay in range
+    cols = np.full((4, 18), 2.0**100)
+    acc, e = np.empty((3, 18)), np.empty((3, 18))
+    kernels.kernel_fold(cols, np.full((3, 4), 2.0**100), 24, -149, True, np.array([2.0**-149, 2.0**-70]),
+                        0.0, 0.0, acc, e)
+    assert not np.isfinite(acc).any()  # the hardware path overflows here ...
+    assert_replay_matches_lean(case)  # ... and the replay does not
+
+
+def test_flush_to_zero_is_detected_and_the_binary32_replay_stays_exact():
+    """A library may set flush-to-zero and denormals-are-zero in MXCSR (torch.set_flush_denormal):
+    the hardware binary32 path checks gradual underflow in every task (kernels._ieee32) and folds
+    the emulated way without it, so subnormal products still equal Lean's. One numba thread: the
+    folds then run on this thread, the one that flushes."""
+    torch = pytest.importorskip("torch")
+    import numba
+    from numba import njit
+
+    from difftest.kernels import _ieee32
+
+    probe = njit(lambda p: _ieee32(p))
+    args = np.array([2.0**-149, 2.0**-70])
+    assert probe(args)
+    threads = numba.get_num_threads()
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals (no SSE3)")
+    try:
+        numba.set_num_threads(1)
+        assert not probe(args)  # this thread flushes now
+        assert_replay_matches_lean(_binary32_case(2.0**-70))  # products 2^-140: subnormal
+    finally:
+        torch.set_flush_denormal(False)
+        numba.set_num_threads(threads)
 
 
 def assert_rounded_up(b: float, exact: Fraction) -> None:

@@ -15,6 +15,13 @@ scalar loops so that numba fuses every per-step operation without temporaries:
   most ``2^-1074``; so ``(ê + slop)·(1 + 2R·2^-53)``, rounded up, is never below the exact bound
   and at most ``16·steps·2^-53`` relative above it.
 
+binary32 folds run their NF arithmetic on the hardware's binary32 (``fast``, :func:`_step`): a
+binary32 product of two binary32 values is the conversion of their exact float64 product, their
+sum the binary32 addition — the same values as the emulation while no overflow occurs and the
+thread's arithmetic has gradual underflow (:func:`_ieee32` checks it in every task); the bound's
+steps are the same operations either way. The caller folds again without it where a result is
+non-finite (:func:`difftest.replay._fold`).
+
 The entry folds (:func:`pair_fold`, :func:`input_entries_fold`) take the same steps for chosen
 entries only (a sampled check, :mod:`difftest.sampling`); :func:`level_views` is the exact
 views' double-double accumulation (:mod:`difftest.exact`), not a fold.
@@ -33,6 +40,7 @@ from ..values.directed import add_up_scalar, f2i as _f2i, i2f as _i2f, mul_up_sc
 
 _C = 6755399441055744.0  # 1.5 * 2^52: (y + C) - C rounds y to an integer, ties to even, |y| < 2^51
 _MANT = 0xFFFFFFFFFFFFF
+_EXP = 0x7FF0000000000000
 
 
 @njit(inline="always")
@@ -48,11 +56,21 @@ def _mag(v):
 
 
 @njit(inline="always")
+def _half_ulp_bits(field, p, emin):
+    """The float64 ``ulp/2 = 2^(max(mag - p, emin) - 1)`` of a value whose float64 exponent field,
+    in place (``bits & _EXP``, less ``carried << 52`` where a carry is undone), is ``field``: with
+    ``mag = E - 1022`` that is ``2^(max(E - p, emin + 1022) - 1023)``, whose bits are
+    ``max(field - (p << 52), (emin + 1022) << 52)`` (``emin >= -1021``: a normal float64). Three
+    integer operations, no shift of the field: zero's field ``E = 0`` gives ``ulp(0)/2 =
+    2^(emin - 1)``, as addEps wants."""
+    return _i2f(max(field - (p << 52), (emin + 1022) << 52))
+
+
+@njit(inline="always")
 def _half_ulp_of(v, p, emin):
-    """ulp(v)/2 of a float64 value (exact real) of the format's range. Branch-free (the loops
-    over entries vectorise): zero's exponent field gives ``mag = -1022``, below any ``emin``
-    here, so ``q = emin`` as the zero case wants."""
-    return _pow2(max(_mag(v) - p, emin) - 1)
+    """ulp(v)/2 of a float64 value (exact real) of the format's range (branch-free: the loops
+    over entries vectorise)."""
+    return _half_ulp_bits(_f2i(v) & _EXP, p, emin)
 
 
 @njit(inline="always")
@@ -66,24 +84,62 @@ def _round(x, p, emin):
 
 
 @njit(inline="always")
-def _step(acc, e, t, e_t, p, emin):
-    """addEps and acc ← acc ⊕ t; returns (acc, e)."""
+def _ieee32(probe):
+    """Whether this thread's binary32 arithmetic has gradual underflow (no flush-to-zero, no
+    denormals-are-zero: a library may set either in MXCSR), from ``probe = [2^-149, 2^-70]``
+    (an argument, so that no compiler folds it): ``2^-149 + 2^-149`` and ``2^-70 · 2^-70`` in
+    binary32 must be the subnormals ``2^-148`` and ``2^-140``."""
+    a = np.float32(probe[0])
+    b = np.float32(probe[1])
+    return (np.float64(a + a) == probe[0] * 2.0) & (np.float64(b * b) == probe[1] * probe[1])
+
+
+@njit(inline="always")
+def _add_eps(acc, e, t, e_t, p, emin):
+    """addEps: ``e + e_t + ulp(acc + t)/2`` of the exact sum; returns it with ``s = fl(acc + t)``,
+    the TwoSum error ``err`` and the bits of ``s``."""
     s = acc + t
     bb = s - acc
     err = (acc - (s - bb)) + (t - bb)
-    # branch-free (selects): an exact zero sum has m = -1022, so q = emin, y = r = 0 and the
-    # bound gains ulp(0)/2 = 2^(emin-1), as addEps wants
     bits = _f2i(s)
-    m = ((bits >> 52) & 0x7FF) - 1022
-    carried = ((bits & _MANT) == 0) & (err != 0.0) & ((err < 0.0) != (s < 0.0))
-    e = e + e_t + _pow2(max(m - carried - p, emin) - 1)
-    q = max(m - p, emin)
+    # a carry to a power of two: |s| is one, and the error points back towards zero (s = 0 has
+    # err = 0: an exact zero sum, whose field E = 0 gives ulp(0)/2 = 2^(emin-1), as addEps wants)
+    carried = ((bits & _MANT) == 0) & (err != 0.0) & ((bits ^ _f2i(err)) < 0)
+    return e + e_t + _half_ulp_bits((bits & _EXP) - (np.int64(carried) << 52), p, emin), s, err, bits
+
+
+@njit(inline="always")
+def _step(acc, e, t, e_t, p, emin):
+    """addEps and acc ← acc ⊕ t; returns (acc, e). Branch-free (selects): an exact zero sum has
+    ``mag = -1022``, so ``q = emin`` and ``y = r = 0``."""
+    e, s, err, bits = _add_eps(acc, e, t, e_t, p, emin)
+    q = max(_mag(s) - p, emin)
     y = s * _pow2(-q)
     r = (y + _C) - _C
     fl = r if r <= y else r - 1.0
     tie = (err != 0.0) & (y - fl == 0.5)
     r = (fl + 1.0 if err > 0.0 else fl) if tie else r
     return r * _pow2(q), e
+
+
+@njit(inline="always")
+def _step32(acc, e, t, e_t):
+    """:func:`_step` of binary32 on the hardware's binary32 arithmetic (see :func:`_sum_step`)."""
+    e = _add_eps(acc, e, t, e_t, 24, -149)[0]
+    return np.float64(np.float32(acc) + np.float32(t)), e
+
+
+@njit(inline="always")
+def _sum_step(acc, e, t, e_t, p, emin, fast):
+    """:func:`_step`; with ``fast`` (binary32 only, on hardware with gradual underflow),
+    ``acc ⊕ t`` is the hardware's binary32 sum: the same value while it is finite (IEEE binary32
+    is FLT(24, -149) with ties to even). An overflow makes the fold's result non-finite, and the
+    caller then folds again without ``fast``. One branch on ``fast`` around whole steps: the
+    compiler takes it out of the loop (a ``fast``-dependent select inside a step would compute
+    both roundings)."""
+    if fast:
+        return _step32(acc, e, t, e_t)
+    return _step(acc, e, t, e_t, p, emin)
 
 
 @njit(inline="always")
@@ -96,21 +152,24 @@ def _mul_eps(x, y, prod, ex, ey, p, emin):
 
 
 @njit(inline="always")
-def _product_step(acc, e, x, y, ex, ey, p, emin):
+def _product_step(acc, e, x, y, ex, ey, p, emin, fast):
     """One step of a fold of products: addEps of ``x ⊗ y`` with its ``mulEps`` (``ex``, ``ey`` the
     operands' eps), ``acc ← acc ⊕ x ⊗ y``; returns (acc, e). Every fold of products takes it, the
-    sampled entry folds too, so theirs are the full folds' steps."""
+    sampled entry folds too, so theirs are the full folds' steps. ``fast``: see :func:`_sum_step`
+    (the product of two binary32 values is exact in float64, its binary32 rounding a conversion)."""
     prod = x * y
+    if fast:
+        return _step32(acc, e, np.float64(np.float32(prod)), _mul_eps(x, y, prod, ex, ey, 24, -149))
     return _step(acc, e, _round(prod, p, emin), _mul_eps(x, y, prod, ex, ey, p, emin), p, emin)
 
 
 @njit(inline="always")
-def _input_step(acc, e, z, dv, wv, ed, ek, p, emin):
+def _input_step(acc, e, z, dv, wv, ed, ek, p, emin, fast):
     """A contributing step of the input gradient's fold after ``z`` zero steps (each adding
     ``ulp(acc)/2``): the product ``δ ⊗ w``; returns (acc, e)."""
     if z > 0:
         e += z * _half_ulp_of(acc, p, emin)
-    return _product_step(acc, e, dv, wv, ed, ek, p, emin)
+    return _product_step(acc, e, dv, wv, ed, ek, p, emin, fast)
 
 
 #: Output channels one task of :func:`kernel_fold` folds together (each reads im2col once).
@@ -118,7 +177,7 @@ _KERNEL_BLOCK = 16
 
 
 @njit(parallel=True, cache=True)
-def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
+def kernel_fold(cols, drows, p, emin, fast32, probe, ex, ed, acc_out, e_out):
     """grad_weight: entries (o, j), steps k over (n, i, j). ``cols`` is the whole im2col
     ``(K, C·kH·kW)``; with groups, ``acc_out`` is ``(O, C/G·kH·kW)`` and output channel ``o``
     reads the columns of its group (``G = cols.shape[1] // acc_out.shape[1]``). Every entry folds
@@ -129,6 +188,7 @@ def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
     Og = O // (cols.shape[1] // M)
     blocks = (O + _KERNEL_BLOCK - 1) // _KERNEL_BLOCK
     for blk in prange(blocks):
+        fast = fast32 and _ieee32(probe)
         o0 = blk * _KERNEL_BLOCK
         o1 = min(O, o0 + _KERNEL_BLOCK)
         acc = np.zeros((o1 - o0, M))
@@ -141,7 +201,7 @@ def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
                 a_row = acc[o - o0]
                 e_row = e[o - o0]
                 for j in range(M):
-                    a, b = _product_step(a_row[j], e_row[j], row[base + j], d, ex, ed, p, emin)
+                    a, b = _product_step(a_row[j], e_row[j], row[base + j], d, ex, ed, p, emin, fast)
                     a_row[j] = a
                     e_row[j] = b
         acc_out[o0:o1, :] = acc
@@ -149,20 +209,21 @@ def kernel_fold(cols, drows, p, emin, ex, ed, acc_out, e_out):
 
 
 @njit(parallel=True, cache=True)
-def bias_fold(drows, p, emin, ed, acc_out, e_out):
+def bias_fold(drows, p, emin, fast32, probe, ed, acc_out, e_out):
     """grad_bias: entries o, steps k over (n, i, j), term δ, step error epsδ."""
     O, K = drows.shape
     for o in prange(O):
+        fast = fast32 and _ieee32(probe)
         acc = 0.0
         e = 0.0
         for k in range(K):
-            acc, e = _step(acc, e, drows[o, k], ed, p, emin)
+            acc, e = _sum_step(acc, e, drows[o, k], ed, p, emin, fast)
         acc_out[o] = acc
         e_out[o] = e
 
 
 @njit(parallel=True, cache=True)
-def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
+def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, fast32, probe, ek, ed, acc_out, e_out):
     """grad_input: entries (n, h, w, c) (``acc_out``/``e_out`` are channels-last ``(N, H, W, C)``,
     ``wt`` is the weight as ``(O, kH, kW, C/G)``); for each group the Lean fold over all (o, oi,
     oj, di, dj) of its ``O/G`` output channels, visiting only the contributing steps (slots from
@@ -177,6 +238,7 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, 
     A, B = oi_t.shape[0], oj_t.shape[0]
     total = Og * oh * ow * kH * kW
     for nh in prange(N * H):
+        fast = fast32 and _ieee32(probe)
         n = nh // H
         h = nh % H
         for x in range(W):
@@ -185,8 +247,7 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, 
             acc_all[:] = 0.0
             e_all[:] = 0.0
             for gi in range(G):
-                acc = acc_all[gi * Cg:(gi + 1) * Cg]
-                e = e_all[gi * Cg:(gi + 1) * Cg]
+                c0 = gi * Cg
                 last = -1
                 for ol in range(Og):
                     o = gi * Og + ol
@@ -203,34 +264,40 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, 
                             idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
                             z = idx - last - 1
                             dv = d[n, o, oi, oj]
+                            w_row = wt[o, di, dj]
+                            if z > 0:  # the zero steps before this one: each adds ulp(acc)/2
+                                for c in range(Cg):
+                                    e_all[c0 + c] += z * _half_ulp_of(acc_all[c0 + c], p, emin)
                             for c in range(Cg):
-                                a2, e2 = _input_step(acc[c], e[c], z, dv, wt[o, di, dj, c], ed, ek, p, emin)
-                                acc[c] = a2
-                                e[c] = e2
+                                a2, e2 = _product_step(acc_all[c0 + c], e_all[c0 + c], dv, w_row[c], ed, ek, p, emin, fast)
+                                acc_all[c0 + c] = a2
+                                e_all[c0 + c] = e2
                             last = idx
                 z = total - 1 - last
                 if z > 0:
                     for c in range(Cg):
-                        e[c] += z * _half_ulp_of(acc[c], p, emin)
+                        e_all[c0 + c] += z * _half_ulp_of(acc_all[c0 + c], p, emin)
 
 
 @njit(parallel=True, cache=True)
-def pair_fold(drows, cols, p, emin, ex, ed, acc_out, e_out):
+def pair_fold(drows, cols, p, emin, fast32, probe, ex, ed, acc_out, e_out):
     """grad_weight at chosen entries (a sampled check): entry ``e`` folds ``cols[e, k]·drows[e, k]``
     over k, the same steps as :func:`kernel_fold` takes for it (``cols`` its im2col column,
     ``drows`` its output channel's row)."""
     E, K = drows.shape
     for e in prange(E):
+        fast = fast32 and _ieee32(probe)
         acc = 0.0
         err = 0.0
         for k in range(K):
-            acc, err = _product_step(acc, err, cols[e, k], drows[e, k], ex, ed, p, emin)
+            acc, err = _product_step(acc, err, cols[e, k], drows[e, k], ex, ed, p, emin, fast)
         acc_out[e] = acc
         e_out[e] = err
 
 
 @njit(parallel=True, cache=True)
-def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, ek, ed, acc_out, e_out):
+def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, fast32, probe, ek, ed,
+                       acc_out, e_out):
     """grad_input at chosen entries ``(en[e], ec[e], eh[e], ew[e])`` (a sampled check): the same
     steps, zero runs included, as :func:`input_fold` takes for each (``wt`` the weight as ``(O,
     kH, kW, C/G)``, ``groups`` the layer's)."""
@@ -240,6 +307,7 @@ def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t
     A, B = oi_t.shape[0], oj_t.shape[0]
     total = Og * oh * ow * kH * kW
     for e in prange(en.shape[0]):
+        fast = fast32 and _ieee32(probe)
         n = en[e]
         h = eh[e]
         x = ew[e]
@@ -262,7 +330,7 @@ def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t
                     dj = dj_t[b, x]
                     idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
                     z = idx - last - 1
-                    acc, err = _input_step(acc, err, z, d[n, o, oi, oj], wt[o, di, dj, c], ed, ek, p, emin)
+                    acc, err = _input_step(acc, err, z, d[n, o, oi, oj], wt[o, di, dj, c], ed, ek, p, emin, fast)
                     last = idx
         z = total - 1 - last
         if z > 0:

@@ -147,6 +147,22 @@ def _operand(a: np.ndarray) -> np.ndarray:
     return v
 
 
+#: :func:`difftest.kernels._ieee32`'s probe of gradual underflow, ``[2^-149, 2^-70]`` (passed as an
+#: argument: no compiler folds it into a constant).
+_PROBE = np.array([2.0**-149, 2.0**-70])
+
+
+def _fold(kernel, head: tuple, fmt: Format, tail: tuple, acc: np.ndarray, e: np.ndarray) -> None:
+    """Run the compiled fold ``kernel(*head, p, emin, fast32, probe, *tail, acc, e)``. binary32
+    folds first on the hardware's binary32 arithmetic (about twice as fast, the same values while
+    finite); where that overflowed somewhere (the NF model has no overflow) the gradient is folded
+    again the emulated way."""
+    fast = fmt.prec == 24 and fmt.emin == -149
+    kernel(*head, int(fmt.prec), int(fmt.emin), fast, _PROBE, *tail, acc, e)
+    if fast and not np.isfinite(acc).all():
+        kernel(*head, int(fmt.prec), int(fmt.emin), False, _PROBE, *tail, acc, e)
+
+
 def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     from . import kernels
 
@@ -154,9 +170,9 @@ def _compiled_input(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndar
     acc, e = np.empty(last), np.empty(last)
     oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
     oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
-    kernels.input_fold(_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)),
-                       oi, di, vh, oj, dj, vw, int(rt.format.prec), int(rt.format.emin), float(rt.eps_weight),
-                       float(rt.eps_grad_output), acc, e)
+    _fold(kernels.input_fold, (_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)),
+                               oi, di, vh, oj, dj, vw), rt.format,
+          (float(rt.eps_weight), float(rt.eps_grad_output)), acc, e)
     e = kernels.inflate(e, g.Og * oi.shape[0] * oj.shape[0] + 1)
     return np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), np.ascontiguousarray(e.transpose(0, 3, 1, 2))
 
@@ -167,8 +183,7 @@ def _compiled_kernel(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.nda
     d = _operand(grad_output_rows(rt.grad_output, g))
     cols = _operand(im2col(rt.input, g))
     acc, e = np.empty((g.O, g.Cg * g.kH * g.kW)), np.empty((g.O, g.Cg * g.kH * g.kW))
-    kernels.kernel_fold(cols, d, int(rt.format.prec), int(rt.format.emin), float(rt.eps_input),
-                        float(rt.eps_grad_output), acc, e)
+    _fold(kernels.kernel_fold, (cols, d), rt.format, (float(rt.eps_input), float(rt.eps_grad_output)), acc, e)
     return acc.reshape(g.weight_shape), kernels.inflate(e, d.shape[1]).reshape(g.weight_shape)
 
 
@@ -177,7 +192,7 @@ def _compiled_bias(rt: RuntimeInputs, g: Geometry) -> tuple[np.ndarray, np.ndarr
 
     d = _operand(grad_output_rows(rt.grad_output, g))
     acc, e = np.empty(g.O), np.empty(g.O)
-    kernels.bias_fold(d, int(rt.format.prec), int(rt.format.emin), float(rt.eps_grad_output), acc, e)
+    _fold(kernels.bias_fold, (d,), rt.format, (float(rt.eps_grad_output),), acc, e)
     return acc, kernels.inflate(e, d.shape[1])
 
 
@@ -269,10 +284,10 @@ def _compiled_pairs(rt: RuntimeInputs, g: Geometry, name: str, index: np.ndarray
     for rows, ta, tb in entry_terms(name, rt.grad_output, b, g, index):
         a_out, e_out = np.empty(rows.size), np.empty(rows.size)
         if tb is None:
-            kernels.bias_fold(_operand(ta), int(fmt.prec), int(fmt.emin), float(rt.eps_grad_output), a_out, e_out)
+            _fold(kernels.bias_fold, (_operand(ta),), fmt, (float(rt.eps_grad_output),), a_out, e_out)
         else:
-            kernels.pair_fold(_operand(ta), _operand(tb), int(fmt.prec), int(fmt.emin), float(rt.eps_input),
-                              float(rt.eps_grad_output), a_out, e_out)
+            _fold(kernels.pair_fold, (_operand(ta), _operand(tb)), fmt, (float(rt.eps_input), float(rt.eps_grad_output)),
+                  a_out, e_out)
         acc[rows], e[rows] = a_out, e_out
     return acc, kernels.inflate(e, steps)
 
@@ -284,9 +299,9 @@ def _compiled_input_entries(rt: RuntimeInputs, g: Geometry, index: np.ndarray) -
     oi, di, vh = input_slots(g.H, g.out_h, g.kH, g.sh, g.ph, g.dh)
     oj, dj, vw = input_slots(g.W, g.out_w, g.kW, g.sw, g.pw, g.dw)
     acc, e = np.empty(index.size), np.empty(index.size)
-    kernels.input_entries_fold(_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)), n, c, h, w,
-                               int(g.groups), oi, di, vh, oj, dj, vw, int(rt.format.prec), int(rt.format.emin),
-                               float(rt.eps_weight), float(rt.eps_grad_output), acc, e)
+    _fold(kernels.input_entries_fold, (_operand(rt.grad_output), _operand(rt.weight.transpose(0, 2, 3, 1)), n, c, h, w,
+                                       int(g.groups), oi, di, vh, oj, dj, vw), rt.format,
+          (float(rt.eps_weight), float(rt.eps_grad_output)), acc, e)
     return acc, kernels.inflate(e, g.Og * oi.shape[0] * oj.shape[0] + 1)
 
 
