@@ -33,53 +33,39 @@ def digit_frame(a: np.ndarray, b: int) -> tuple[int, int] | None:
     """``(q, count)`` of :func:`split_digits`: the lowest set bit of any entry of ``a``
     (float64 arrays) and the number of ``b``-bit digits above it; None where ``a`` is all zeros.
 
-    Read off the bits: a normal entry is ``m · 2^(E - 1075)`` with ``m`` its 53-bit significand
-    (hidden bit set), a subnormal one ``m · 2^-1074``; its lowest set bit is that exponent plus
-    the trailing zeros of ``m`` (``m & -m``, a power of two whose exponent its float64 shows)."""
+    Read off the bits (compiled: :func:`difftest.kernels.digit_frame_parts`): a normal entry is
+    ``m · 2^(E - 1075)`` with ``m`` its 53-bit significand (hidden bit set), a subnormal one
+    ``m · 2^-1074``; its lowest set bit is that exponent plus the trailing zeros of ``m``."""
+    from difftest.maths.kernels import digit_frame_parts
+
     flat = np.ascontiguousarray(a, dtype=np.float64).ravel()
-    q = None
-    for start in range(0, flat.size, _CHUNK):  # in chunks: temporaries stay small (no page faults)
-        bits = flat[start:start + _CHUNK].view(np.int64) & 0x7FFFFFFFFFFFFFFF  # |a|
-        bits = bits[bits != 0]
-        if bits.size == 0:
-            continue
-        field = bits >> 52
-        m = np.where(field != 0, (bits & 0xFFFFFFFFFFFFF) | (1 << 52), bits)
-        tz = ((m & -m).astype(np.float64).view(np.int64) >> 52) - 1023
-        low = int(np.min(np.where(field != 0, field - 1075, -1074) + tz))
-        q = low if q is None else min(q, low)
-    if q is None:
+    chunks = max(1, -(-flat.size // _CHUNK))
+    low, top = np.empty(chunks, dtype=np.int64), np.empty(chunks)
+    digit_frame_parts(flat, _CHUNK, low, top)
+    if not top.any():
         return None
-    top = int(np.frexp(np.max(np.abs(flat)))[1])  # every |a| < 2^top
-    return q, -(-(top - q) // b)
+    q = int(low.min())
+    top_exp = int(np.frexp(top.max())[1])  # every |a| < 2^top_exp
+    return q, -(-(top_exp - q) // b)
 
 
 def split_digits(a: np.ndarray, b: int, frame: tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
-    """Signed ``b``-bit digits of ``a`` (integer-valued float64 arrays) and the base exponent ``q``.
+    """Signed ``b``-bit digits of ``a`` (float64 arrays) and the base exponent ``q``.
 
     ``a == Σ_s digits[s] · 2^(q + s·b)`` exactly. ``frame``: the ``(q, count)`` to cut at (of a
-    larger array ``a`` was taken from, :func:`digit_frame`), else ``a``'s own.
-
-    Scaling by ``2^-w`` is a multiplication where ``2^±w`` are normal float64 numbers (the scaled
-    values ``r·2^-w`` lie in ``[2^-(count·b), 2^b)``: exact), else ``ldexp``.
+    larger array ``a`` was taken from, :func:`digit_frame`), else ``a``'s own. Cut from each
+    entry's significand by integer shifts, in one compiled pass (:func:`difftest.kernels.split_digits`).
     """
+    from difftest.maths.kernels import split_digits as cut
+
     frame = digit_frame(a, b) if frame is None else frame
     if frame is None:
         return [], 0
     q, count = frame
-    r = np.abs(a)
-    digits: list[np.ndarray] = [None] * count  # type: ignore[list-item]
-    for s in range(count - 1, -1, -1):
-        w = q + s * b
-        if -1022 <= w <= 1023 and count * b < 1000:
-            d = np.floor(r * 2.0**-w)  # r < 2^(w + b): d < 2^b, exact
-            r = r - d * 2.0**w  # removes leading bits: exact
-        else:
-            d = np.floor(np.ldexp(r, -w))
-            r = r - np.ldexp(d, w)
-        digits[s] = np.copysign(d, a)
-    assert not r.any()
-    return digits, q
+    flat = np.ascontiguousarray(a, dtype=np.float64).ravel()
+    digits = np.zeros((count, flat.size))
+    cut(flat, q, b, digits)
+    return [d.reshape(np.shape(a)) for d in digits], q
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:

@@ -171,3 +171,23 @@ def test_the_tap_by_tap_product_sums_exactly_the_dense_gemms_terms(case):
     for name, other in (("grad_input", w), ("grad_weight", x), ("grad_bias", None)):
         a, b = dense[name]
         assert np.array_equal(gradient_product(name, d, other, g), gemm_result_to_gradient(name, a @ b, g)), name
+
+@given(a=hnp.arrays(np.float64, st.integers(1, 12), elements=WIDE64 | st.sampled_from([2.0**100, -(2.0**1000), 2.0**-1074])),
+       width=st.integers(13, 26))
+def test_split_digits_rebuilds_every_entry_exactly(a, width):
+    """The compiled digit cut (kernels.split_digits): integer digits below 2^width that sum back
+    to each entry exactly, over the float64 span, also where every entry is a multiple of a high
+    power of two (trailing zeros below the frame's q)."""
+    from oracles.slices import digit_frame, split_digits
+
+    for arr in (a, a * 2.0**-40 if np.isfinite(a * 2.0**-40).all() else a):
+        digits, q = split_digits(arr, width)
+        if not arr.any():
+            assert digits == [] and digit_frame(arr, width) is None
+            continue
+        assert len(digits) == digit_frame(arr, width)[1]
+        for d in digits:
+            assert (np.floor(d) == d).all() and (np.abs(d) < 2**width).all()
+        for i, v in enumerate(arr):
+            rebuilt = sum(Fraction(int(d[i])) * Fraction(2) ** (q + s * width) for s, d in enumerate(digits))
+            assert rebuilt == Fraction(v)

@@ -161,3 +161,22 @@ def test_times_eta_is_a_close_upper_bound_of_x_times_eta(m, e):
         got = Fraction(float(times_eta_up(fmt, x)))
         exact = Fraction(float(x)) * Fraction(2) ** (fmt.emin - 1)
         assert exact <= got <= exact * (1 + Fraction(2) ** -51) + Fraction(2) ** -1073
+
+
+@pytest.mark.parametrize("fmt", [BINARY64, BINARY32, BINARY16, BFLOAT16], ids=lambda f: f.name)
+@given(data=st.data())
+def test_the_compiled_finish_equals_the_ufunc_finish_bit_for_bit(fmt, data):
+    """product_bound's tail runs as one compiled pass (kernels.order_free_bound): for any sums
+    (zero, subnormal, near the float64 top) and counts (0, 1, beyond binary16's 2048) it returns
+    the bits the operation-at-a-time ufuncs return."""
+    from difftest.orderfree import _finish_compiled, _finish_ufuncs
+
+    size = data.draw(st.integers(1, 40))
+    c = np.array(data.draw(st.lists(st.one_of(st.floats(0, 2.0**1000), st.sampled_from([0.0, 2.0**-1074, 2.0**-1022])),
+                                    min_size=size, max_size=size)))
+    n = np.array(data.draw(st.lists(st.sampled_from([0, 1, 2, 3, 2047, 2048, 2049, 4000]) | st.integers(0, 4000),
+                                    min_size=size, max_size=size)), dtype=np.float64)
+    k = data.draw(st.integers(int(n.max()), 2**50))
+    got, want = _finish_compiled(fmt, c, n, k), _finish_ufuncs(fmt, c, n, k)
+    for g, w in zip(got, want):
+        assert np.array_equal(g.view(np.int64), w.view(np.int64)), (g, w)

@@ -36,7 +36,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..values.directed import add_up_scalar, f2i as _f2i, i2f as _i2f, mul_up_scalar, sub_down_scalar
+from ..values.directed import add_up_scalar, f2i as _f2i, i2f as _i2f, mul_up_scalar, next_up, sub_down_scalar
 
 _C = 6755399441055744.0  # 1.5 * 2^52: (y + C) - C rounds y to an integer, ties to even, |y| < 2^51
 _MANT = 0xFFFFFFFFFFFFF
@@ -416,6 +416,83 @@ def error_bounds(values, hi, lo, tail, approx_out, lower_out):
         slack = add_up_scalar(mul_up_scalar(add_up_scalar(abs(d1), approx), k), tail[i])
         approx_out[i] = approx
         lower_out[i] = max(sub_down_scalar(approx, slack), 0.0)
+
+
+@njit(parallel=True, cache=True)
+def order_free_bound(c, n, growth, tiny, rel, eta, s_out, bound_out):
+    """:func:`difftest.orderfree.product_bound` after its GEMMs, per entry in one pass, the same
+    operations in the same order (the derivation is there): ``s = (c + tiny)·rel`` (``sum_up``),
+    ``((1+u)^n - 1)·s + halve_up(n·(1+u)^(n-1)·2^emin)`` (``eta = 2^emin``, 0 without ``emin``),
+    every operation rounded up; ``growth[j] = (1+u)^j - 1`` rounded up for ``j = 0..max n``."""
+    for i in prange(c.size):
+        s = mul_up_scalar(add_up_scalar(c[i], tiny), rel)
+        k = np.int64(n[i])
+        below = add_up_scalar(1.0, growth[k - 1] if k > 0 else growth[0])
+        x = mul_up_scalar(mul_up_scalar(n[i], below), eta)
+        h = x * 0.5
+        eta_term = next_up(h) if h * 2.0 < x else h
+        bound = add_up_scalar(mul_up_scalar(growth[k], s), eta_term)
+        s_out[i] = s
+        bound_out[i] = math.inf if bound != bound else bound
+
+
+_ABS = 0x7FFFFFFFFFFFFFFF
+
+
+@njit(inline="always")
+def _significand(bits):
+    """``(m, E)`` with ``|v| = m·2^E`` exactly, ``m`` an integer below ``2^53``, for the bits of a
+    finite non-zero ``|v|`` (normal: the hidden bit set; subnormal: ``E = -1074``)."""
+    field = bits >> 52
+    if field != 0:
+        return (bits & _MANT) | (1 << 52), field - 1075
+    return bits, -1074
+
+
+@njit(parallel=True, cache=True)
+def digit_frame_parts(flat, chunk, low_out, top_out):
+    """Per chunk of ``chunk`` entries of ``flat``: the lowest set bit's exponent of any non-zero
+    entry (``low_out``, 2^30 where none) and the largest ``|entry|`` (``top_out``); the trailing
+    zeros of ``m`` from the exponent of ``float(m & -m)``, a power of two."""
+    for ci in prange(low_out.size):
+        low = 1 << 30
+        top = 0.0
+        for i in range(ci * chunk, min(flat.size, (ci + 1) * chunk)):
+            bits = _f2i(flat[i]) & _ABS
+            if bits == 0:
+                continue
+            m, ex = _significand(bits)
+            tz = ((_f2i(float(m & -m)) >> 52) & 0x7FF) - 1023
+            low = min(low, ex + tz)
+            top = max(top, abs(flat[i]))
+        low_out[ci] = low
+        top_out[ci] = top
+
+
+@njit(parallel=True, cache=True)
+def split_digits(flat, q, width, out):
+    """``out[s, i]`` the signed ``width``-bit digit ``s`` of ``flat[i] = Σ_s out[s, i]·2^(q + s·width)``
+    (``q`` at or below every entry's lowest set bit, ``out`` zeros on entry): ``|flat[i]| = m·2^E``
+    is the integer ``N = m << (E - q)`` (``m >> (q - E)`` where ``E < q``: only zeros shifted out), and digit ``s`` its bits ``[s·width, (s+1)·width)`` — at
+    most ``53/width + 1`` non-zero digits per entry, cut from ``m`` by shifts (the low bits of a
+    left shift are right even where it wraps past 64 bits: the mask keeps fewer than 64)."""
+    mask = (1 << width) - 1
+    count = out.shape[0]
+    for i in prange(flat.size):
+        v = flat[i]
+        bits = _f2i(v) & _ABS
+        if bits == 0:
+            continue
+        m, ex = _significand(bits)
+        if ex < q:  # m's trailing zeros reach below q: drop them (q is at or below the lowest set bit)
+            m >>= q - ex
+            ex = q
+        shift = ex - q
+        sign = -1.0 if v < 0.0 else 1.0
+        for s in range(shift // width, min((shift + 52) // width, count - 1) + 1):
+            off = s * width - shift
+            d = (m >> off) & mask if off >= 0 else (m << (-off)) & mask
+            out[s, i] = sign * float(d)
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:

@@ -162,12 +162,8 @@ def product_bound(
     given, computes the eps terms' ``(Σ|a|, Σ|b|, m)`` over the structural positions another way
     (:func:`structural_sums`: the same sums, without a GEMM each); ``count`` the counts ``n``
     (:func:`count_gemm` with ``product`` by default)."""
-    s = abs_gemm_up(a, b, product, k)
     n = count_gemm(a, b, product) if count is None else count(a, b)
-    below = add_up(1.0, growth_up(fmt, np.maximum(n - 1, 0)))  # (1 + u)^(n-1), above each η'
-    with np.errstate(invalid="ignore"):
-        bound = add_up(mul_up(growth_up(fmt, n), s), times_eta_up(fmt, mul_up(n, below)))
-    bound = np.where(np.isnan(bound), np.inf, bound)
+    s, bound = _finish(fmt, product(np.abs(a), None if b is None else np.abs(b)), n, a.shape[-1] if k is None else k)
     if e_a or e_b:
         if structural is None:
             m = count_gemm(ma, mb, product)
@@ -179,6 +175,38 @@ def product_bound(
                      mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
         bound = add_up(bound, eps)
     return OrderFree(bound=bound, abs_sum=s, terms=n)
+
+
+def _finish(fmt: Format, c: np.ndarray, n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``s = sum_up(c, k)`` (the sure ``Σ|a·b|``) and ``((1+u)^n - 1)·s + n·(1+u)^(n-1)·η``, every
+    operation rounded up: one compiled pass (:func:`difftest.kernels.order_free_bound`) where the
+    counts are small enough for a table of ``(1+u)^j - 1``, these ufuncs otherwise."""
+    top = float(np.max(n, initial=0.0))
+    if top > max(1024.0, 4.0 * n.size) or k * 2.0**-53 > 0.25:
+        return _finish_ufuncs(fmt, c, n, k)
+    return _finish_compiled(fmt, c, n, k)
+
+
+def _finish_compiled(fmt: Format, c: np.ndarray, n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_finish` in one compiled pass, with a table of ``(1+u)^j - 1`` up to the largest count."""
+    from .kernels import order_free_bound
+
+    top = float(np.max(n, initial=0.0))
+    flat = lambda v: np.ascontiguousarray(v, dtype=np.float64).ravel()  # noqa: E731
+    s, bound = np.empty(c.size), np.empty(c.size)
+    eta = 0.0 if fmt.emin is None else float(np.ldexp(1.0, fmt.emin))
+    order_free_bound(flat(c), flat(n), _growth_table(fmt, np.arange(int(top) + 1)), np.float64(k) * 2.0**-1074,
+                     np.float64(1.0 + k * 2.0**-52), eta, s, bound)
+    return s.reshape(np.shape(c)), bound.reshape(np.shape(c))
+
+
+def _finish_ufuncs(fmt: Format, c: np.ndarray, n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_finish` an operation at a time (any counts)."""
+    s = sum_up(c, k)
+    below = add_up(1.0, growth_up(fmt, np.maximum(n - 1, 0)))  # (1 + u)^(n-1), above each η'
+    with np.errstate(invalid="ignore"):
+        bound = add_up(mul_up(growth_up(fmt, n), s), times_eta_up(fmt, mul_up(n, below)))
+    return s, np.where(np.isnan(bound), np.inf, bound)
 
 
 def structural_sums(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, k: int, laid_out: np.ndarray | None = None):
