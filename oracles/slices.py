@@ -83,17 +83,22 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
     2^53: any float64 GEMM order gives them exactly)."""
     if not da or not db:
         return ExactTensor.zeros(shape)
-    levels: dict[int, np.ndarray] = {}
+    from difftest.maths.kernels import add_integers
+
+    rows = np.zeros((len(da) + len(db) - 1, math.prod(shape)), dtype=np.int64)
+    present = set()
+    nonzero_b = [d.any() for d in db]
     for s in range(len(da)):
+        if not da[s].any():
+            continue
         for t in range(len(db)):
-            if not (da[s].any() and db[t].any()):
+            if not nonzero_b[t]:
                 continue
-            p = product(da[s], db[t]).astype(np.int64)  # exact: integers below 2^53
-            if s + t in levels:
-                levels[s + t] += p  # at most ~140 terms below 2^53 each: no int64 overflow
-            else:
-                levels[s + t] = p
-    return ExactTensor.from_levels(levels, qa + qb, width) if levels else ExactTensor.zeros(shape)
+            p = product(da[s], db[t])  # exact: integers below 2^53
+            # at most ~140 terms below 2^53 each per level: no int64 overflow
+            add_integers(rows[s + t], np.ascontiguousarray(p, dtype=np.float64).ravel())
+            present.add(s + t)
+    return ExactTensor.from_rows(rows, present, qa + qb, width, shape) if present else ExactTensor.zeros(shape)
 
 
 class SlicedExactOracle:

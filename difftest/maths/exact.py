@@ -70,6 +70,9 @@ class ExactTensor:
     exp: int
     levels: dict | None = None  # level -> int64 array
     width: int = 0
+    #: the levels as rows of one C-contiguous ``(rows, size)`` int64 array, row ``L`` level ``L``,
+    #: where the oracle made them so (the views then read it in place, with no stacking copy)
+    rows: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -86,6 +89,11 @@ class ExactTensor:
     @classmethod
     def from_levels(cls, levels: dict, exp: int, width: int) -> "ExactTensor":
         return cls(None, exp, levels, width)
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray, present, exp: int, width: int, shape: tuple) -> "ExactTensor":
+        """Levels ``present`` (row indices) of ``rows``, a C-contiguous ``(L, size)`` int64 array."""
+        return cls(None, exp, {level: rows[level].reshape(shape) for level in sorted(present)}, width, rows)
 
     def map(self, fn) -> "ExactTensor":
         """Apply a shape operation (reshape, transpose, indexing) to every entry array."""
@@ -176,7 +184,11 @@ class ExactTensor:
         from .kernels import level_views
 
         order = sorted(self.levels, reverse=True)
-        stacked = np.stack([np.ascontiguousarray(self.levels[level], dtype=np.int64).ravel() for level in order])
+        if self.rows is not None:
+            stacked, picked = self.rows, np.array(order, dtype=np.int64)
+        else:
+            stacked = np.stack([np.ascontiguousarray(self.levels[level], dtype=np.int64).ravel() for level in order])
+            picked = np.arange(len(order), dtype=np.int64)
         scales = [self.exp + level * self.width for level in order]
         with np.errstate(over="ignore"):  # 2^k past float64: +inf, as the term it scales
             factors = np.array([[np.ldexp(1.0, k + 31), np.ldexp(1.0, k)] for k in scales])
@@ -184,7 +196,7 @@ class ExactTensor:
         gamma = np.nextafter(m * _U / (1 - m * _U), np.inf)  # m·u and 1 - m·u exact
         hi, lo, r = (np.empty(stacked.shape[1]) for _ in range(3))
         undecided = np.empty(stacked.shape[1], dtype=np.bool_)
-        level_views(stacked, factors, np.float64(1 + m * 2.0**-52), mul_up(gamma, gamma), hi, lo, r, undecided)
+        level_views(stacked, picked, factors, np.float64(1 + m * 2.0**-52), mul_up(gamma, gamma), hi, lo, r, undecided)
         return tuple(v.reshape(self.shape) for v in (hi, lo, r, undecided))
 
     @property

@@ -358,21 +358,22 @@ def _undecided(hi, lo, r):
 
 
 @njit(parallel=True, cache=True)
-def level_views(levels, factors, r_scale, gamma2, hi_out, lo_out, r_out, undecided_out):
+def level_views(levels, picked, factors, r_scale, gamma2, hi_out, lo_out, r_out, undecided_out):
     """The double-double views of :meth:`difftest.exact.ExactTensor._double_double`, one pass per
-    entry: ``levels`` ``(L, n)`` int64 (most significant first, ``|v| < 2^62``); each level split
+    entry: rows ``picked`` of ``levels`` ``(rows, n)`` int64 (most significant first, ``|v| <
+    2^62``; ``factors`` row ``L`` for ``picked[L]``); each level split
     into two sign-magnitude 31-bit halves, each half an exact float64 term ``t = part·2^k``
     (``factors[L, half] = 2^k``, so the product is exact: a multiple of ``2^-1074`` below
     ``2^(31 + k)``), added by TwoSum into ``s`` with the errors summed in ``c`` and ``|t|`` in
     ``mag``; then ``hi, lo = TwoSum(s, c)``, ``r = mag·r_scale·gamma2`` rounded up, and whether
     that decides ``hi = RN(exact)``."""
-    L, n = levels.shape
+    L, n = picked.size, levels.shape[1]
     for i in prange(n):
         s = 0.0
         c = 0.0
         mag = 0.0
         for lv in range(L):
-            v = levels[lv, i]
+            v = levels[picked[lv], i]
             a = -v if v < 0 else v
             sign = -1 if v < 0 else (1 if v > 0 else 0)
             for half in range(2):
@@ -493,6 +494,15 @@ def split_digits(flat, q, width, out):
             off = s * width - shift
             d = (m >> off) & mask if off >= 0 else (m << (-off)) & mask
             out[s, i] = sign * float(d)
+
+
+@njit(cache=True)
+def add_integers(total, values):
+    """``total += values`` with ``values`` integer-valued float64 below 2^53 (a digit GEMM), into
+    int64, in one pass. Serial: it runs between BLAS calls, and a parallel region there leaves its
+    threads spinning on the cores the next GEMM's threads want."""
+    for i in range(total.size):
+        total[i] += np.int64(values[i])
 
 
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:
