@@ -79,3 +79,19 @@ def test_the_distribution_has_a_name_of_its_own():
     assert md.version(name) == difftest.__version__
     assert name in md.packages_distributions()["difftest"]
     assert "difftest" in {ep.name for ep in md.entry_points(group="console_scripts") if ep.dist.name == name}
+
+
+def test_openblas_threads_sleep_at_once_unless_the_user_chose():
+    """Importing difftest before numpy shortens OpenBLAS's idle spin (it would take the cores of the
+    compiled passes between GEMMs); a value the user set, or numpy imported first, is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import {0}, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    run = lambda mods, **extra: subprocess.run([sys.executable, "-c", code.format(mods)], env={**env, **extra},  # noqa: E731
+                                               capture_output=True, text=True, check=True).stdout.strip()
+    assert run("difftest") == "4"
+    assert run("difftest", OPENBLAS_THREAD_TIMEOUT="20") == "20"
+    assert run("numpy, difftest") == "None"
