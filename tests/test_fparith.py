@@ -185,3 +185,19 @@ def test_next_up_is_nextafter_on_every_kind_of_float64():
         assert np.array_equal(down, np.nextafter(x, -np.inf), equal_nan=True)
         assert np.array_equal(np.signbit(up), np.signbit(np.nextafter(x, np.inf)))
         assert np.array_equal(np.signbit(down), np.signbit(np.nextafter(x, -np.inf)))
+
+
+@pytest.mark.parametrize("fmt", COMPILED, ids=lambda f: f.name)
+@given(xs=st.lists(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(SPECIALS[:11])),
+                   min_size=1, max_size=40), data=st.data())
+def test_compiled_rounding_to_a_format_equals_its_numpy_form_bit_for_bit(fmt, xs, data):
+    """Format.round_array runs compiled (directed.round_to): on any float64 — the format's ties and
+    subnormals, float64 subnormals, signed zeros, values rounding past float64 — the bits of
+    ``ldexp(rint(ldexp(x, -q)), q)``."""
+    xs = xs + data.draw(st.lists(format_values(fmt) .map(lambda v: v * (1 + 2.0**-fmt.prec)), max_size=10))
+    x = np.array(xs)
+    q = fmt.quantum_exp_array(x)
+    with np.errstate(over="ignore"):
+        want = np.ldexp(np.rint(np.ldexp(x, -q)), q)
+        got = fmt.round_array(x)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64)), (x, got, want)

@@ -294,13 +294,12 @@ def _as_float64(name: str, value) -> np.ndarray:
     a64 = a.astype(np.float64)
     if a.dtype.kind in "iu" and not np.array_equal(a64.astype(a.dtype), a):
         raise InvalidCase(f"{name} holds integers that float64 cannot represent exactly")
-    bad = np.argwhere(~np.isfinite(a64))
-    if bad.size:
-        idx = tuple(int(i) for i in bad[0])
+    finite = np.isfinite(a64)
+    if not finite.all():
+        idx = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise InvalidCase(f"{name}{list(idx)} = {float(a64[idx])} is not finite; the NF model has no NaN or infinity")
-    big = np.argwhere(np.abs(a64) > MAX_MAGNITUDE)
-    if big.size:
-        idx = tuple(int(i) for i in big[0])
+    if a64.size and (a64.max() > MAX_MAGNITUDE or a64.min() < -MAX_MAGNITUDE):  # reductions: no temporaries
+        idx = tuple(int(i) for i in np.argwhere(np.abs(a64) > MAX_MAGNITUDE)[0])
         raise InvalidCase(f"{name}{list(idx)} = {float(a64[idx])!r} exceeds the supported magnitude 2^480")
     a64 = np.ascontiguousarray(a64)
     a64.setflags(write=False)

@@ -1,4 +1,4 @@
-"""Directed float64 rounding compiled with numba: ``fl`` rounded up or down, one pass per array.
+"""Compiled (numba) elementwise float64 rounding: ``fl`` rounded up or down, and to a format.
 
 :func:`add_up`, :func:`sub_down` and :func:`mul_up` are numpy ufuncs (broadcasting, scalars),
 and their ``*_scalar`` forms inline into compiled loops, with the exact semantics of their numpy forms in :mod:`difftest.fparith`, which call them: a
@@ -14,6 +14,8 @@ round-to-nearest-even, no contraction into FMA. The intrinsics :func:`f2i` and :
 """
 
 from __future__ import annotations
+
+import math
 
 from llvmlite import ir
 from numba import njit, types, vectorize
@@ -99,3 +101,22 @@ def sub_down(a, b):
 @vectorize(["float64(float64, float64)"], cache=True)
 def mul_up(a, b):
     return mul_up_scalar(a, b)
+
+
+_C = 6755399441055744.0  # 1.5 * 2^52: (y + C) - C rounds y to an integer, ties to even, |y| < 2^51
+
+
+@vectorize(["float64(float64, int64, int64)"], cache=True)
+def round_to(x, p, emin):
+    """``x`` (an exact real) rounded to nearest, ties to even, in the binary format of precision
+    ``p <= 26`` and least exponent ``emin >= -537`` with no overflow (:meth:`difftest.formats.Format.round_array`):
+    with ``q = max(mag(x) - p, emin)``, ``x·2^-q`` (exact: a power-of-two scaling into
+    ``[0, 2^p)``) rounded to an integer by ``(y + 1.5·2^52) - 1.5·2^52``, scaled back (exact, or
+    ``±inf`` past float64 as ``ldexp`` gives), with ``x``'s sign. ``mag`` from the exponent field: a float64 subnormal
+    reads ``-1022``, and ``q = emin`` either way. Non-finite values are returned as they are."""
+    if not (x - x == 0.0):
+        return x
+    q = max(((f2i(x) >> 52) & 0x7FF) - 1022 - p, emin)
+    y = x * i2f((1023 - q) << 52)
+    r = (y + _C) - _C
+    return math.copysign(r * i2f((q + 1023) << 52), x)  # a zero keeps x's sign, as rint's does
