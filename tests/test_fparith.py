@@ -201,3 +201,19 @@ def test_compiled_rounding_to_a_format_equals_its_numpy_form_bit_for_bit(fmt, xs
         want = np.ldexp(np.rint(np.ldexp(x, -q)), q)
         got = fmt.round_array(x)
     assert np.array_equal(got.view(np.int64), want.view(np.int64)), (x, got, want)
+
+
+@given(st.lists(st.tuples(st.one_of(st.floats(0), st.sampled_from([0.0, np.inf, 2.0**-1074])),
+                          st.one_of(st.floats(0), st.sampled_from([0.0, np.inf, 2.0**-1074]))), min_size=1, max_size=40))
+def test_compiled_ratio_equals_its_numpy_form(ps):
+    """EntryArrays.ratio runs compiled (directed.ratio): error/bound, 0 where both are 0 or the
+    quotient is NaN, inf where only the bound is 0 — as the numpy expression it replaced."""
+    from difftest.outcome import EntryArrays
+
+    e, b = np.array([p for p, _ in ps]), np.array([q for _, q in ps])
+    with np.errstate(all="ignore"):
+        r = e / b
+        want = np.where(b == 0, np.where(e == 0, 0.0, np.inf), r)
+        want = np.where(np.isnan(want), 0.0, want)
+    got = EntryArrays(error=e, bound=b, bound_order_free=b).ratio("bound")
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))

@@ -120,3 +120,13 @@ def round_to(x, p, emin):
     y = x * i2f((1023 - q) << 52)
     r = (y + _C) - _C
     return math.copysign(r * i2f((q + 1023) << 52), x)  # a zero keeps x's sign, as rint's does
+
+
+@vectorize(["float64(float64, float64)"], cache=True)
+def ratio(error, bound):
+    """``error / bound`` (:meth:`difftest.outcome.EntryArrays.ratio`): 0 where both are 0 or the
+    quotient is NaN, ``inf`` where only the bound is 0."""
+    if bound == 0.0:
+        return 0.0 if error == 0.0 else math.inf
+    r = error / bound
+    return 0.0 if r != r else r

@@ -182,11 +182,10 @@ class EntryArrays:
 
     def ratio(self, bound: str = "bound") -> np.ndarray:
         """error / bound per entry (0 where both are 0, inf where only the bound is)."""
-        b = getattr(self, bound)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = self.error / b
-        r = np.where(b == 0, np.where(self.error == 0, 0.0, np.inf), r)
-        return np.where(np.isnan(r), 0.0, r)
+        from .directed import ratio
+
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.asarray(ratio(self.error, getattr(self, bound)))
 
 
 @dataclass
