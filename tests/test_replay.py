@@ -72,17 +72,17 @@ def test_a_binary32_fold_past_the_binary32_range_is_folded_again_emulated():
     """The NF model has no overflow: 2^100·2^100 is a finite product there. On the hardware's
     binary32 it is +inf, so the folds run again the emulated way, and equal Lean's."""
     from difftest import kernels
+    from difftest.replay import _PROBE, _operand  # the folds' own argument types: no new specialisation
 
     case = _binary32_case(2.0**100)
     rt = case.runtime()
     acc, e = np.empty(3), np.empty(3)
-    d = rt.grad_output.transpose(1, 0, 2, 3).reshape(3, -1)
-    kernels.bias_fold(d, 24, -149, True, np.array([2.0**-149, 2.0**-70]), 0.0, acc, e)
+    d = _operand(rt.grad_output.transpose(1, 0, 2, 3).reshape(3, -1))
+    kernels.bias_fold(d, 24, -149, True, _PROBE, 0.0, acc, e)
     assert np.isfinite(acc).all()  # sums of 2^100 stay in range
-    cols = np.full((4, 18), 2.0**100)
     acc, e = np.empty((3, 18)), np.empty((3, 18))
-    kernels.kernel_fold(cols, np.full((3, 4), 2.0**100), 24, -149, True, np.array([2.0**-149, 2.0**-70]),
-                        0.0, 0.0, acc, e)
+    kernels.kernel_fold(_operand(np.full((4, 18), 2.0**100)), _operand(np.full((3, 4), 2.0**100)), 24, -149, True,
+                        _PROBE, 0.0, 0.0, acc, e)
     assert not np.isfinite(acc).any()  # the hardware path overflows here ...
     assert_replay_matches_lean(case)  # ... and the replay does not
 
@@ -173,3 +173,27 @@ def test_each_compiled_fold_is_compiled_once_whatever_the_operands_flags():
         compiled_replay(case.runtime(BINARY16), case.geometry)
     for fold in (kernels.kernel_fold, kernels.bias_fold, kernels.input_fold):
         assert len(fold.signatures) == 1, (fold.__name__, fold.signatures)
+
+
+def test_the_replay_cache_answers_equal_operands_and_never_an_array_written_since():
+    """The last replays are kept (the model and an nf-* backend ask for the same one): equal
+    operands in other arrays are answered from the cache; an operand its caller wrote into after
+    the replay is replayed afresh, and -0.0 is not +0.0 there."""
+    from difftest import replay as replay_mod
+    from difftest.case import RuntimeInputs
+
+    rng = np.random.default_rng(3)
+    x, w, d = (BINARY32.round_array(rng.standard_normal(s)) for s in ((1, 2, 5, 5), (3, 2, 3, 3), (1, 3, 3, 3)))
+    g = Case(x, w, d, stride=1, padding=0, format="binary32").geometry
+    rt = lambda *a: RuntimeInputs(BINARY32, *a, 0.0, 0.0, 0.0, rounded=False)  # noqa: E731
+    first = replay(rt(x, w, d), g)
+    assert replay(rt(x.copy(), w.copy(), d.copy()), g)["grad_weight"][0] is first["grad_weight"][0]
+    x[0, 0, 0, 0] += 1.0  # the caller writes into its input
+    again = replay(rt(x, w, d), g)
+    assert again["grad_weight"][0] is not first["grad_weight"][0]
+    assert np.array_equal(again["grad_weight"][0], numpy_replay(rt(x, w, d), g)["grad_weight"][0])
+    d[0, 0, 0, 0] = 0.0
+    zero = replay(rt(x, w, d), g)
+    d[0, 0, 0, 0] = -0.0
+    assert replay(rt(x, w, d), g)["grad_bias"][0] is not zero["grad_bias"][0]
+    assert len(replay_mod._CACHE) <= 4
