@@ -18,7 +18,8 @@ import numpy as np
 
 from difftest.maths.exact import ExactTensor
 from difftest.values.geometry import GRADIENTS, Geometry
-from difftest.maths.layouts import entry_operand, entry_terms, gemm_shape, gradient_operand, gradient_product
+from difftest.maths.layouts import (entry_operand, entry_terms, gemm_shape, gradient_operand, gradient_product,
+                                    input_product_last)
 
 
 def slice_width(k: int) -> int:
@@ -77,10 +78,11 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
     return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], np.matmul)
 
 
-def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, product) -> ExactTensor:
+def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, product, last=False) -> ExactTensor:
     """``product(Σ_s da[s] 2^(qa + s·width), Σ_t db[t] 2^(qb + t·width))`` exactly, as levels, for
     a bilinear ``product`` that is exact on the digit arrays (integers whose sums stay below
-    2^53: any float64 GEMM order gives them exactly)."""
+    2^53: any float64 GEMM order gives them exactly). ``last``: ``product`` gives an ``(N, C, H,
+    W)`` ``shape`` channels last, ``(N, H, W, C)``; the levels are laid back once, at the end."""
     if not da or not db:
         return ExactTensor.zeros(shape)
     from difftest.maths.kernels import add_integers
@@ -98,6 +100,9 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
             # at most ~140 terms below 2^53 each per level: no int64 overflow
             add_integers(rows[s + t], np.ascontiguousarray(p, dtype=np.float64).ravel())
             present.add(s + t)
+    if last:
+        n, c, h, w = shape
+        rows = rows.reshape(len(rows), n, h, w, c).transpose(0, 1, 4, 2, 3).reshape(len(rows), -1)  # a copy
     return ExactTensor.from_rows(rows, present, qa + qb, width, shape) if present else ExactTensor.zeros(shape)
 
 
@@ -129,8 +134,12 @@ class SlicedExactOracle:
             da, qa = split_digits(a, width)
             db, qb = split_digits(b, width)
             db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
-            product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
-            out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product)
+            if name == "grad_input":  # δ's digits channels last once, the sums channels last
+                da = [np.ascontiguousarray(t.transpose(0, 2, 3, 1)) for t in da]
+                product = lambda p, q: input_product_last(p, q, g)  # noqa: E731
+            else:
+                product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
+            out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product, last=name == "grad_input")
         return out
 
 

@@ -193,13 +193,19 @@ def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry
     """
     if name == "grad_bias":
         return a.sum(axis=(0, 2, 3))
-    G = g.groups
     if name == "grad_weight":
         return (grouped_rows(a, g) @ gradient_operand(name, b, g)).reshape(g.weight_shape)
     # channels last, laid out once: each tap's rows are a slice whose channels are contiguous, and
     # each product adds into the input positions it reaches without a transposed copy
     a_last = np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # (N, oh, ow, O)
-    out = np.zeros((g.N, g.H, g.W, g.C), dtype=np.result_type(a, b, np.float64))
+    return np.ascontiguousarray(input_product_last(a_last, b, g).transpose(0, 3, 1, 2))
+
+
+def input_product_last(a_last: np.ndarray, b: np.ndarray, g: Geometry) -> np.ndarray:
+    """:func:`gradient_product` of ``grad_input`` channels last: from δ as ``(N, oh, ow, O)`` to
+    the sums as ``(N, H, W, C)`` (where many products share one δ, it is laid out once)."""
+    G = g.groups
+    out = np.zeros((g.N, g.H, g.W, g.C), dtype=np.result_type(a_last, b, np.float64))
     wg = b.reshape(G, g.Og, g.Cg, g.kH, g.kW)
     for di, dj, (oi, hs), (oj, ws) in input_taps(g):
         part = a_last[:, oi, oj, :]  # (N, hi, wj, O)
@@ -212,7 +218,7 @@ def gradient_product(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry
             # one output channel per group (depthwise): a single product per entry, no sum to form
             prod = (lhs * rhs if g.Og == 1 else lhs @ rhs).transpose(1, 0, 2)  # (N·hi·wj, G, Cg)
         out[:, hs, ws, :] += prod.reshape(n, hi, wj, g.C)
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    return out
 
 
 def gemm_result_to_gradient(name: str, r: np.ndarray, g: Geometry) -> np.ndarray:
