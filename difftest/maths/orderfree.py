@@ -171,11 +171,9 @@ def product_bound(
             sb = abs_gemm_up(ma, b, product, k)
         else:
             sa, sb, m = structural()
-        from ..values.directed import plus_eps_terms
-
-        with np.errstate(over="ignore", invalid="ignore"):
-            bound = np.asarray(plus_eps_terms(bound, sa, sb, m, e_a, e_b,
-                                              np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
+        eps = add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))),
+                     mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
+        bound = add_up(bound, eps)
     return OrderFree(bound=bound, abs_sum=s, terms=n)
 
 

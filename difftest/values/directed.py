@@ -131,11 +131,3 @@ def ratio(error, bound):
     r = error / bound
     return 0.0 if r != r else r
 
-
-@vectorize(["float64(float64, float64, float64, float64, float64, float64, float64)"], cache=True)
-def plus_eps_terms(bound, sa, sb, m, e_a, e_b, two_ea_eb):
-    """``bound + (sa·e_b + sb·e_a + m·two_ea_eb)``, every operation rounded up, in this order (the
-    order-free bound's eps terms, :func:`difftest.orderfree.product_bound`), one pass over
-    broadcast operands."""
-    eps = add_up_scalar(add_up_scalar(mul_up_scalar(sa, e_b), mul_up_scalar(sb, e_a)), mul_up_scalar(m, two_ea_eb))
-    return add_up_scalar(bound, eps)
