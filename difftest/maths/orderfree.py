@@ -154,11 +154,12 @@ def times_eta_up(fmt: Format, x: np.ndarray) -> np.ndarray:
 
 
 def product_bound(
-    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, e_a: float, e_b: float,
+    fmt: Format, a: np.ndarray, b: np.ndarray, ma: np.ndarray | None, mb: np.ndarray | None, e_a: float, e_b: float,
     product=np.matmul, k: int | None = None, structural=None, count=None,
 ) -> OrderFree:
     """Order-free bound of ``product(a, b)`` (runtime values; default ``a @ b``) with structural
-    masks ``ma``, ``mb`` (``product`` and ``k`` as in :func:`abs_gemm_up`). ``structural``, when
+    masks ``ma``, ``mb`` (``product`` and ``k`` as in :func:`abs_gemm_up`; unused, may be None, with
+    ``structural``). ``structural``, when
     given, computes the eps terms' ``(Σ|a|, Σ|b|, m)`` over the structural positions another way
     (:func:`structural_sums`: the same sums, without a GEMM each); ``count`` the counts ``n``
     (:func:`count_gemm` with ``product`` by default)."""
@@ -273,11 +274,11 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS, sampl
             continue
         b, e_b = (rt.weight, rt.eps_weight) if name == "grad_input" else (rt.input, rt.eps_input)
         # laid out once (the weight gradient's im2col or padded input); |·| and != 0 commute with it
-        if index is None:
-            b, mb = gradient_operand(name, b, g), gradient_operand(name, np.ones(b.shape), g)
+        if index is None:  # the eps terms' sums come from structural_sums: no masks to lay out
+            b, ma, mb = gradient_operand(name, b, g), None, None
             product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
         else:
-            b, mb = entry_operand(name, b, g), entry_operand(name, np.ones(b.shape), g)
+            b, ma, mb = entry_operand(name, b, g), np.ones(rt.grad_output.shape), entry_operand(name, np.ones(b.shape), g)
             product = lambda p, q, name=name, index=index: entry_product(name, p, q, g, index)  # noqa: E731
         k = gemm_shape(name, g)[2]
         raw = rt.weight if name == "grad_input" else rt.input
@@ -285,8 +286,7 @@ def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS, sampl
         if index is None:
             structural = lambda name=name, raw=raw, k=k, b=b: structural_sums(name, rt.grad_output, raw, g, k, b)  # noqa: E731
             count = lambda p, q, name=name, raw=raw, k=k: count_products(name, p, raw, g, k)  # noqa: E731
-        out[name] = product_bound(fmt, rt.grad_output, b, np.ones(rt.grad_output.shape), mb,
-                                  rt.eps_grad_output, e_b, product, k, structural, count)
+        out[name] = product_bound(fmt, rt.grad_output, b, ma, mb, rt.eps_grad_output, e_b, product, k, structural, count)
     return out
 
 
