@@ -181,3 +181,22 @@ def test_the_compiled_finish_equals_the_ufunc_finish_bit_for_bit(fmt, data):
     for g, w in zip(got, want):
         assert np.array_equal(g.view(np.int64), w.view(np.int64)), (g, w)
 
+
+
+@given(st.lists(st.tuples(*[st.floats(0, 2.0**1000) | st.sampled_from([0.0, 2.0**-1074, np.inf])] * 4),
+                min_size=1, max_size=30),
+       st.floats(0, 1.0) | st.just(0.0), st.floats(0, 1.0) | st.just(2.0**-1074))
+def test_the_eps_terms_in_one_pass_equal_them_an_operation_at_a_time(rows, e_a, e_b):
+    """product_bound adds ``sa·e_b + sb·e_a + m·2·e_a·e_b`` to the bound in one compiled pass
+    (kernels.plus_eps_terms, operands broadcast): the bits of the ufunc chain it replaced."""
+    from difftest.fparith import add_up, mul_up
+    from difftest.orderfree import _plus_eps_terms
+
+    bound, sa, sb, m = (np.array(c) for c in zip(*rows))
+    c = np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))
+    with np.errstate(all="ignore"):
+        want = add_up(bound, add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))), mul_up(m, c)))
+        got = _plus_eps_terms(bound, sa, sb[:1], m, e_a, e_b)  # sb broadcast from one entry
+        want_b = add_up(bound, add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb[:1], np.float64(e_a))), mul_up(m, c)))
+    assert np.array_equal(got.view(np.int64), want_b.view(np.int64))
+    assert np.array_equal(_plus_eps_terms(bound, sa, sb, m, e_a, e_b).view(np.int64), want.view(np.int64))

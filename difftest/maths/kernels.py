@@ -505,6 +505,16 @@ def add_integers(total, values):
         total[i] += np.int64(values[i])
 
 
+@njit(parallel=True, cache=True)
+def plus_eps_terms(bound, sa, sb, m, e_a, e_b, two_ea_eb, out):
+    """``bound + (sa·e_b + sb·e_a + m·two_ea_eb)`` per entry, every operation rounded up, in this
+    order: the order-free bound's eps terms (:func:`difftest.orderfree.product_bound`), one pass."""
+    for i in prange(out.size):
+        eps = add_up_scalar(add_up_scalar(mul_up_scalar(sa[i], e_b), mul_up_scalar(sb[i], e_a)),
+                            mul_up_scalar(m[i], two_ea_eb))
+        out[i] = add_up_scalar(bound[i], eps)
+
+
 def inflate(e: np.ndarray, steps: int) -> np.ndarray:
     """Turn a round-to-nearest accumulation of non-negative terms into a sure upper bound."""
     from ..values.fparith import add_up, mul_up

@@ -172,10 +172,22 @@ def product_bound(
             sb = abs_gemm_up(ma, b, product, k)
         else:
             sa, sb, m = structural()
-        eps = add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb, np.float64(e_a))),
-                     mul_up(m, np.float64(mul_up(np.float64(2 * e_a), np.float64(e_b)))))
-        bound = add_up(bound, eps)
+        bound = _plus_eps_terms(bound, sa, sb, m, e_a, e_b)
     return OrderFree(bound=bound, abs_sum=s, terms=n)
+
+
+def _plus_eps_terms(bound: np.ndarray, sa, sb, m, e_a: float, e_b: float) -> np.ndarray:
+    """``bound + (Σ|a|·e_b + Σ|b|·e_a + m·2·e_a·e_b)`` (the eps terms), every operation rounded up:
+    one compiled pass (:func:`difftest.kernels.plus_eps_terms`) over the operands broadcast to the
+    bound's shape."""
+    from .kernels import plus_eps_terms
+
+    shape = np.shape(bound)
+    flat = lambda v: np.ascontiguousarray(np.broadcast_to(v, shape), dtype=np.float64).ravel()  # noqa: E731
+    out = np.empty(int(np.prod(shape)))
+    plus_eps_terms(flat(bound), flat(sa), flat(sb), flat(m), float(e_a), float(e_b),
+                   float(mul_up(np.float64(2 * e_a), np.float64(e_b))), out)
+    return out.reshape(shape)
 
 
 def _finish(fmt: Format, c: np.ndarray, n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
