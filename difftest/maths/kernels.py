@@ -366,33 +366,42 @@ def level_views(levels, picked, factors, r_scale, gamma2, hi_out, lo_out, r_out,
     (``factors[L, half] = 2^k``, so the product is exact: a multiple of ``2^-1074`` below
     ``2^(31 + k)``), added by TwoSum into ``s`` with the errors summed in ``c`` and ``|t|`` in
     ``mag``; then ``hi, lo = TwoSum(s, c)``, ``r = mag·r_scale·gamma2`` rounded up, and whether
-    that decides ``hi = RN(exact)``."""
+    that decides ``hi = RN(exact)``. Each entry's terms in that order; blocks of entries step
+    together, each term across the block at once (one entry's TwoSum chain is a chain of
+    latencies)."""
     L, n = picked.size, levels.shape[1]
-    for i in prange(n):
-        s = 0.0
-        c = 0.0
-        mag = 0.0
+    blocks = (n + _VIEW_BLOCK - 1) // _VIEW_BLOCK
+    for blk in prange(blocks):
+        i0 = blk * _VIEW_BLOCK
+        m = min(n, i0 + _VIEW_BLOCK) - i0
+        s = np.zeros(m)
+        c = np.zeros(m)
+        mag = np.zeros(m)
         for lv in range(L):
-            v = levels[picked[lv], i]
-            a = -v if v < 0 else v
-            sign = -1 if v < 0 else (1 if v > 0 else 0)
+            row = levels[picked[lv]]
             for half in range(2):
-                part = sign * (a >> 31) if half == 0 else sign * (a & 0x7FFFFFFF)
-                t = float(part) * factors[lv, half] if part != 0 else 0.0
-                ss = s + t
-                bb = ss - s
-                e = (s - (ss - bb)) + (t - bb)
-                s = ss
-                c = c + e
-                mag = mag + abs(t)
-        hi = s + c
-        bb = hi - s
-        lo = (s - (hi - bb)) + (c - bb)
-        r = mul_up_scalar(mul_up_scalar(mag, r_scale), gamma2)
-        hi_out[i] = hi
-        lo_out[i] = lo
-        r_out[i] = r
-        undecided_out[i] = _undecided(hi, lo, r)
+                f = factors[lv, half]
+                for j in range(m):  # entries side by side: the loop the compiler vectorises
+                    v = row[i0 + j]
+                    a = -v if v < 0 else v
+                    part = (a >> 31) if half == 0 else (a & 0x7FFFFFFF)
+                    t = float(-part if v < 0 else part) * f if part != 0 else 0.0
+                    ss = s[j] + t
+                    bb = ss - s[j]
+                    e = (s[j] - (ss - bb)) + (t - bb)
+                    s[j] = ss
+                    c[j] = c[j] + e
+                    mag[j] = mag[j] + abs(t)
+        for j in range(m):
+            i = i0 + j
+            hi = s[j] + c[j]
+            bb = hi - s[j]
+            lo = (s[j] - (hi - bb)) + (c[j] - bb)
+            r = mul_up_scalar(mul_up_scalar(mag[j], r_scale), gamma2)
+            hi_out[i] = hi
+            lo_out[i] = lo
+            r_out[i] = r
+            undecided_out[i] = _undecided(hi, lo, r)
 
 
 @njit(parallel=True, cache=True)
@@ -438,6 +447,8 @@ def order_free_bound(c, n, growth, tiny, rel, eta, s_out, bound_out):
 
 
 _ABS = 0x7FFFFFFFFFFFFFFF
+#: Entries :func:`level_views` steps together.
+_VIEW_BLOCK = 512
 
 
 @njit(inline="always")
