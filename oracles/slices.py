@@ -12,14 +12,17 @@ This is the Ozaki scheme with exact (integer) recombination.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from difftest.maths.exact import ExactTensor
 from difftest.values.geometry import GRADIENTS, Geometry
 from difftest.maths.layouts import (entry_operand, entry_terms, gemm_shape, gradient_operand, gradient_product,
-                                    input_product_last)
+                                    grouped_rows, input_product_last)
 
 
 def slice_width(k: int) -> int:
@@ -75,35 +78,68 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
     width = slice_width(a.shape[-1])
     da, qa = split_digits(a, width)
     db, qb = split_digits(b, width)
-    return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], np.matmul)
+    n = b.shape[-1]
+    side = Side(join=lambda ts: np.concatenate(ts, axis=-1),
+                part=lambda r, t: r[..., t * n:(t + 1) * n].reshape((-1,) + r.shape[-2:-1] + (n,)))
+    return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], np.matmul, side)
 
 
-def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, product, last=False) -> ExactTensor:
+@dataclass(frozen=True)
+class Side:
+    """How :func:`digit_product` puts all of one operand's digits into one product: ``join`` lays
+    the digits side by side (one wider operand), ``part(result, t)`` is digit ``t``'s block of the
+    product as a 3-D view, in the order of the gradient's entries (channels last where ``last``)."""
+
+    join: Callable
+    part: Callable
+    last: bool = False
+
+
+def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, product, side: Side) -> ExactTensor:
     """``product(Σ_s da[s] 2^(qa + s·width), Σ_t db[t] 2^(qb + t·width))`` exactly, as levels, for
     a bilinear ``product`` that is exact on the digit arrays (integers whose sums stay below
-    2^53: any float64 GEMM order gives them exactly). ``last``: ``product`` gives an ``(N, C, H,
-    W)`` ``shape`` channels last, ``(N, H, W, C)``; the levels are laid back once, at the end."""
-    if not da or not db:
-        return ExactTensor.zeros(shape)
+    2^53: any float64 GEMM order gives them exactly). Each digit of ``a`` meets all of ``b``'s in
+    one product (``side``: fewer, wider GEMMs), whose blocks are added into their levels;
+    ``side.last``: the blocks are an ``(N, C, H, W)`` ``shape`` channels last, laid back once, at
+    the end."""
     from difftest.maths.kernels import add_integers
 
+    nonzero = [t for t, d in enumerate(db) if d.any()]
+    if not nonzero or not any(d.any() for d in da):
+        return ExactTensor.zeros(shape)
+    joined = side.join([db[t] for t in nonzero])
     rows = np.zeros((len(da) + len(db) - 1, math.prod(shape)), dtype=np.int64)
     present = set()
-    nonzero_b = [d.any() for d in db]
-    for s in range(len(da)):
-        if not da[s].any():
+    for s, ds in enumerate(da):
+        if not ds.any():
             continue
-        for t in range(len(db)):
-            if not nonzero_b[t]:
-                continue
-            p = product(da[s], db[t])  # exact: integers below 2^53
+        wide = product(ds, joined)  # exact: integers below 2^53
+        for k, t in enumerate(nonzero):
+            block = side.part(wide, k)
             # at most ~140 terms below 2^53 each per level: no int64 overflow
-            add_integers(rows[s + t], np.ascontiguousarray(p, dtype=np.float64).ravel())
+            add_integers(rows[s + t].reshape(block.shape), block)
             present.add(s + t)
-    if last:
+    if side.last:
         n, c, h, w = shape
         rows = rows.reshape(len(rows), n, h, w, c).transpose(0, 1, 4, 2, 3).reshape(len(rows), -1)  # a copy
-    return ExactTensor.from_rows(rows, present, qa + qb, width, shape) if present else ExactTensor.zeros(shape)
+    return ExactTensor.from_rows(rows, present, qa + qb, width, shape)
+
+
+def _sides(name: str, g: Geometry, count: int):
+    """The product of one digit of δ with ``count`` digits of the other operand side by side, and
+    how to cut it (:class:`Side`)."""
+    count = max(count, 1)  # none: digit_product returns zeros before any product
+    if name == "grad_input":  # weights side by side along C; sums channels last (N·H·W, G, count·Cg)
+        wide = dataclasses.replace(g, C=g.C * count)
+        side = Side(join=lambda ts: np.concatenate(ts, axis=1),
+                    part=lambda r, t: r.reshape(-1, g.groups, count, g.Cg)[:, :, t, :], last=True)
+        return (lambda p, q: input_product_last(p, q, wide)), side
+    if name == "grad_weight":  # im2cols side by side along their columns: (G, Og, count·M)
+        m = g.Cg * g.kH * g.kW
+        side = Side(join=lambda ts: np.concatenate(ts, axis=-1), part=lambda r, t: r[..., t * m:(t + 1) * m])
+        return (lambda p, q: grouped_rows(p, g) @ q), side
+    side = Side(join=lambda ts: ts[0], part=lambda r, t: r.reshape(1, 1, -1))  # the bias: one digit of ones
+    return (lambda p, q: gradient_product(name, p, q, g)), side
 
 
 class SlicedExactOracle:
@@ -136,10 +172,8 @@ class SlicedExactOracle:
             db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
             if name == "grad_input":  # δ's digits channels last once, the sums channels last
                 da = [np.ascontiguousarray(t.transpose(0, 2, 3, 1)) for t in da]
-                product = lambda p, q: input_product_last(p, q, g)  # noqa: E731
-            else:
-                product = lambda p, q, name=name: gradient_product(name, p, q, g)  # noqa: E731
-            out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product, last=name == "grad_input")
+            product, side = _sides(name, g, sum(1 for t in db if t.any()))
+            out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product, side)
         return out
 
 

@@ -509,11 +509,15 @@ def split_digits(flat, q, width, out):
 
 @njit(cache=True)
 def add_integers(total, values):
-    """``total += values`` with ``values`` integer-valued float64 below 2^53 (a digit GEMM), into
-    int64, in one pass. Serial: it runs between BLAS calls, and a parallel region there leaves its
-    threads spinning on the cores the next GEMM's threads want."""
-    for i in range(total.size):
-        total[i] += np.int64(values[i])
+    """``total += values`` for 3-D arrays (``values`` any strides: a block of a wider product),
+    ``values`` integer-valued float64 below 2^53 (a digit GEMM), into int64, in one pass. Serial:
+    it runs between BLAS calls, and a parallel region there leaves its threads spinning on the
+    cores the next GEMM's threads want."""
+    A, B, C = total.shape
+    for i in range(A):
+        for j in range(B):
+            for k in range(C):
+                total[i, j, k] += np.int64(values[i, j, k])
 
 
 @njit(parallel=True, cache=True)
