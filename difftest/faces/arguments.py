@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "process, wall time and the peak memory of its process tree")
     bn.add_argument("--model", metavar="MODEL", default=None,
                     help="time a whole-model check instead (difftest model MODEL): per stage, per layer (seconds per "
-                         "multiply-add), peak memory, and the ratio to torch's float64 forward+backward of the model")
+                         "multiply-add), peak memory, and the ratio to torch's float64 forward+backward of the model; "
+                         "torchvision is imported before the clock, as the warm-up loads the compiled folds, its time shown apart")
     bn.add_argument("--input-shape", metavar="N,C,H,W", default=None, help="--model's input shape (default 1,3,224,224)")
     bn.add_argument("--backend", action="append", metavar="NAME",
                     help="--model: backend to judge with (repeatable; default torch-cpu-float32)")

@@ -384,6 +384,7 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
     from ..judge.check import check_case
 
     check_case(warm, bs)  # loads (or compiles) the folds and the libraries
+    libraries_s = _load_model_libraries()
     with tempfile.TemporaryDirectory() as d:
         result = check_model(spec, bs, input_shape, layers=layers, seed=seed, out=Path(d) / "model", progress=progress,
                              max_memory=max_memory, sample=sample)
@@ -418,6 +419,7 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
         "layers_judged": len(judged),
         "macs_per_gradient": sum(r["macs"] for r in judged),
         "seconds": {**stages, "total": result.seconds},
+        "libraries_loaded_before_s": libraries_s,
         "estimate_s": sum(r["estimate_s"] or 0.0 for r in judged),
         "torch_float64_forward_backward_s": t_torch,
         "ratio_to_torch": result.seconds / t_torch if t_torch else None,
@@ -427,6 +429,20 @@ def bench_model(spec: str, backends=("torch-cpu-float32",), input_shape=(1, 3, 2
                      for v in VERDICTS},
         "layers": rows,
     }
+
+
+def _load_model_libraries() -> float:
+    """Seconds importing torchvision took (0 where it is not installed: a model of another package
+    then loads its own): like the compiled folds the warm-up case loads, a once-per-process cost
+    ``difftest model`` pays before its first layer, timed apart from the stages."""
+    t0 = time.perf_counter()
+    try:
+        from ..model import import_torchvision
+
+        import_torchvision()
+    except Exception:  # noqa: BLE001 - check_model reports it properly
+        return 0.0
+    return time.perf_counter() - t0
 
 
 def command_cost(argv: list[str], poll: float = 0.05) -> dict:
@@ -600,6 +616,8 @@ def print_model(r: dict, out=None) -> None:
     print("  stages (summed over the layers):", file=out)
     for k in (*(name for name, _, _ in MODEL_STAGES), "capture", "other", "total"):
         print(f"    {k:<18} {s[k]:8.2f} s", file=out)
+    if r.get("libraries_loaded_before_s"):
+        print(f"  (torchvision imported before the clock, once per process: {r['libraries_loaded_before_s']:.2f} s)", file=out)
     if r["torch_float64_forward_backward_s"]:
         print(f"  torch float64 forward+backward of the whole model {r['torch_float64_forward_backward_s'] * 1e3:.1f} ms "
               f"-> ratio {r['ratio_to_torch']:.0f}x", file=out)
