@@ -1,7 +1,8 @@
 """difftest: real hardware floating point on trial against TorchLean's certified NF bounds.
 
 The modules sit in folders along the data flow, each importing only from the folders before it:
-``values`` (formats and their arithmetic, geometry, case, supports, verdicts, outcome, profiles)
+``values`` (formats and their arithmetic, compiled in ``directed``, geometry, case, supports,
+verdicts, outcome, profiles)
 → ``maths`` (layouts, exact, lean, replay, kernels, orderfree, compare) → ``judge`` (check,
 sampling, estimate, explain, isolation, distributed) → ``records`` (store, results, lock,
 expectations, claims) → ``campaigns`` (campaign, search, strategies, probes, catalogue, jobs,

@@ -1,10 +1,14 @@
 """Compiled (numba) elementwise float64 rounding: ``fl`` rounded up or down, and to a format.
 
 :func:`add_up`, :func:`sub_down` and :func:`mul_up` are numpy ufuncs (broadcasting, scalars),
-and their ``*_scalar`` forms inline into compiled loops, with the exact semantics of their numpy forms in :mod:`difftest.fparith`, which call them: a
-TwoSum tells whether round-to-nearest fell short, and the result steps one float64 towards the
-bound (``np.nextafter``). They are compiled because numpy spends ~30 ns per entry on the
-temporaries and ``nextafter`` of that form, on arrays of millions of bounds; these take ~1 ns.
+and their ``*_scalar`` forms inline into compiled loops, with the exact semantics of their numpy
+forms in :mod:`difftest.fparith`, which call them: a TwoSum tells whether round-to-nearest fell
+short, and the result steps one float64 towards the bound (``np.nextafter``). They are compiled
+because numpy spends ~30 ns per entry on the temporaries and ``nextafter`` of that form, on arrays
+of millions of bounds; these take ~1 ns. :func:`round_to` (rounding to a format,
+:meth:`difftest.formats.Format.round_array`) and :func:`ratio` (``error / bound``,
+:meth:`difftest.outcome.EntryArrays.ratio`) are compiled the same way; the tests hold every one
+of them to the numpy expression it replaced, bit for bit.
 
 The step is done on the bits (:func:`next_up`), which is ``np.nextafter(x, +inf)`` for every
 float64: ``-0.0`` and ``+0.0`` step to ``2^-1074``, the largest finite to ``+inf``,
