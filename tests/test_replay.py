@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from difftest import lean
 from difftest.case import Case
@@ -197,3 +198,18 @@ def test_the_replay_cache_answers_equal_operands_and_never_an_array_written_sinc
     d[0, 0, 0, 0] = -0.0
     assert replay(rt(x, w, d), g)["grad_bias"][0] is not zero["grad_bias"][0]
     assert len(replay_mod._CACHE) <= 4
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@given(data=st.data())
+def test_three_channels_a_group_padded_to_four_equal_lean(groups, data):
+    """The compiled input fold pads a group's 2 or 3 channels to 4 (zero weights, entries dropped
+    after) so that its inner loop runs as one vector — the ResNet stem's 3 channels: the padding
+    never reaches the real entries."""
+    from difftest.geometry import Geometry
+
+    fmt = data.draw(st.sampled_from([BINARY32, BINARY16]))
+    g = Geometry(N=1, C=3 * groups, H=5, W=4, O=2 * groups, kH=3, kW=2, stride=(2, 1), padding=(1, 0), groups=groups)
+    arr = lambda shape: data.draw(hnp.arrays(np.float64, shape, elements=format_values(fmt, lo=-20, hi=5)))  # noqa: E731
+    case = Case(arr(g.input_shape), arr(g.weight_shape), arr(g.grad_output_shape), format=fmt, **g.conv_kwargs())
+    assert_replay_matches_lean(case)
