@@ -200,3 +200,26 @@ def test_the_eps_terms_in_one_pass_equal_them_an_operation_at_a_time(rows, e_a, 
         want_b = add_up(bound, add_up(add_up(mul_up(sa, np.float64(e_b)), mul_up(sb[:1], np.float64(e_a))), mul_up(m, c)))
     assert np.array_equal(got.view(np.int64), want_b.view(np.int64))
     assert np.array_equal(_plus_eps_terms(bound, sa, sb, m, e_a, e_b).view(np.int64), want.view(np.int64))
+
+
+@given(data=st.data())
+def test_counts_without_zeros_are_the_structural_counts(data):
+    """Where neither operand holds a zero, count_products answers from the geometry
+    (structural_count): the GEMM of the non-zero masks gives the same counts — padded reads and
+    non-matching steps are the only zero products — for grouped, strided, dilated layers too."""
+    from difftest.layouts import gemm_shape, gradient_operand, gradient_product
+    from difftest.orderfree import count_products
+
+    from suite_strategies import geometries
+
+    g = data.draw(geometries(max_size=6, max_channels=3))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, w, d = (rng.uniform(0.5, 1.5, s) * rng.choice([-1, 1], s) for s in (g.input_shape, g.weight_shape, g.grad_output_shape))
+    for name, raw in (("grad_weight", x), ("grad_input", w)):
+        k = gemm_shape(name, g)[2]
+        want = gradient_product(name, np.ones(d.shape), gradient_operand(name, np.ones(raw.shape), g), g)
+        assert np.array_equal(count_products(name, d, raw, g, k), want)
+        with_zero = raw.copy()
+        with_zero.flat[0] = 0.0  # one zero: the GEMM of masks, which counts it out
+        assert np.array_equal(count_products(name, d, with_zero, g, k),
+                              gradient_product(name, np.ones(d.shape), gradient_operand(name, (with_zero != 0) * 1.0, g), g))

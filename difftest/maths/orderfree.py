@@ -104,9 +104,14 @@ def count_gemm(a: np.ndarray, b: np.ndarray, product=np.matmul) -> np.ndarray:
 
 
 def count_products(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, k: int) -> np.ndarray:
-    """:func:`count_gemm` of gradient ``name`` (``b`` the compact tensor): in float32 where every
-    count stays below ``2^24`` (``k`` terms per entry at most: every partial sum is an integer
-    float32 holds exactly, in any order), at twice float64's speed; in float64 otherwise."""
+    """:func:`count_gemm` of gradient ``name`` (``b`` the compact tensor): where neither operand
+    has a zero, every structural position is a non-zero product and the count is
+    :func:`structural_count` (padded reads are zeros of the layout, not of ``b``), with no GEMM;
+    otherwise in float32 where every count stays below ``2^24`` (``k`` terms per entry at most:
+    every partial sum is an integer float32 holds exactly, in any order), at twice float64's
+    speed, in float64 beyond."""
+    if a.all() and b.all():
+        return structural_count(name, g)
     dtype = np.float32 if k < 2**24 else np.float64
     mask_b = gradient_operand(name, (b != 0).astype(dtype), g)
     return gradient_product(name, (a != 0).astype(dtype), mask_b, g).astype(np.float64)
@@ -251,20 +256,33 @@ def structural_sums(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, k: int
         cols = _batched_im2col(b, g) if laid_out is None else laid_out  # (G, K, Cg·kH·kW)
         col = sum_up(np.abs(cols).sum(axis=1), k)  # (G, Cg·kH·kW): the same for every o of the group
         sb = np.broadcast_to(col[:, None, :], (G, Og, col.shape[-1])).reshape(g.weight_shape)
-        m = np.broadcast_to(taps.sum(axis=0), (g.O, Cg, g.kH * g.kW)).reshape(g.weight_shape)
-        return sa, sb, m
+        return sa, sb, structural_count(name, g, taps)
     one = dataclasses.replace(g, C=G)  # one input channel per group: the sums do not depend on c within it
     sa_g = abs_gemm_up(a, np.ones((g.O, 1, g.kH, g.kW)), lambda p, q: gradient_product("grad_input", p, q, one), k)
     sa = np.broadcast_to(sa_g[:, :, None], (g.N, G, Cg, g.H, g.W)).reshape(g.input_shape)
     wg = np.abs(b).reshape(G, Og, Cg, g.kH, g.kW)
     sb_raw = np.zeros((G, Cg, g.H, g.W))
-    m_raw = np.zeros((g.H, g.W))
     for di, dj, (_, hs), (_, ws) in input_taps(g):
         sb_raw[:, :, hs, ws] += wg[:, :, :, di, dj].sum(axis=1)[:, :, None, None]  # Σ_o |w|: each o once
-        m_raw[hs, ws] += Og
     sb = np.broadcast_to(sum_up(sb_raw, k)[None], (g.N, G, Cg, g.H, g.W)).reshape(g.input_shape)
-    m = np.broadcast_to(m_raw, g.input_shape)
-    return sa, sb, m
+    return sa, sb, structural_count(name, g)
+
+
+def structural_count(name: str, g: Geometry, taps: np.ndarray | None = None) -> np.ndarray:
+    """``m``, the structural positions of each entry of gradient ``name`` (its steps less the
+    padded reads and non-matching input-gradient steps), in the gradient's shape (a broadcast):
+    the positions tap ``(di, dj)`` reads for ``grad_weight[o, c, di, dj]``, the group's output
+    channels times the taps that reach ``(h, w)`` for ``grad_input[n, c, h, w]``. ``taps``: the
+    weight gradient's im2col of ones, where the caller has it."""
+    from .layouts import im2col, input_taps
+
+    if name == "grad_weight":
+        taps = im2col(np.ones((g.N, 1, g.H, g.W)), g) if taps is None else taps
+        return np.broadcast_to(taps.sum(axis=0), (g.O, g.Cg, g.kH * g.kW)).reshape(g.weight_shape)
+    m_raw = np.zeros((g.H, g.W))
+    for _, _, (_, hs), (_, ws) in input_taps(g):
+        m_raw[hs, ws] += g.Og
+    return np.broadcast_to(m_raw, g.input_shape)
 
 
 def order_free_bounds(rt: RuntimeInputs, g: Geometry, gradients=GRADIENTS, sample=None) -> dict[str, OrderFree]:
