@@ -25,42 +25,9 @@ from difftest.maths.layouts import (entry_operand, entry_terms, gemm_shape, grad
                                     grouped_rows, input_product_last)
 
 
-def slice_widths(k: int, span_a: int, span_b: int) -> tuple[int, int]:
-    """Digit widths ``(wa, wb)`` for operands whose bits span ``span_a`` and ``span_b`` (their
-    :func:`digit_frame` at width 1) and an inner dimension ``k``: every sum of ``k`` products of a
-    ``wa``-bit and a ``wb``-bit digit stays below 2^53 (``k·(2^wa - 1)·(2^wb - 1) < 2^53``), and the
-    digit pairs, one GEMM each, are as few as that allows: ``ceil(span_a/wa)·ceil(span_b/wb)``,
-    the more even widths first. Equal widths waste the odd bit of ``53 - log2 k``: spans of 72 and
-    66 bits at k = 3136 take 4 × 4 pairs at 20 + 20 bits, 3 × 4 at 24 + 17."""
-    best = None
-    for wa in range(1, 53):
-        wb = _widest(k, wa)
-        if wb == 0:
-            break
-        key = (-(-span_a // wa) * -(-span_b // wb), abs(wa - wb), wa)
-        if best is None or key < best:
-            best = key
-    return best[2], _widest(k, best[2])
-
-
-def _widest(k: int, wa: int) -> int:
-    """The largest ``wb < 53`` with ``k·(2^wa - 1)·(2^wb - 1) < 2^53`` (0: none)."""
-    wb = 0
-    while wb < 52 and k * (2**wa - 1) * (2 ** (wb + 1) - 1) < 2**53:
-        wb += 1
-    return wb
-
-
-def cut_frames(a: np.ndarray, b: np.ndarray | None, k: int):
-    """``((qa, ca, wa), (qb, cb, wb))``: where to cut ``a`` and ``b`` (None: the bias gradient's
-    sums of ``a`` alone, one digit of ones) into digits, ``c`` digits of ``w`` bits above ``q``
-    (:func:`slice_widths`); None where either is all zeros."""
-    fa = digit_frame(a, 1)
-    fb = (0, 1) if b is None else digit_frame(b, 1)
-    if fa is None or fb is None:
-        return None
-    wa, wb = slice_widths(k, fa[1], fb[1])
-    return (fa[0], -(-fa[1] // wa), wa), (fb[0], -(-fb[1] // wb), wb)
+def slice_width(k: int) -> int:
+    """Digit width ``b`` with ``K · (2^b - 1)^2 < 2^53`` for inner dimension ``K``."""
+    return (53 - max(0, math.ceil(math.log2(max(k, 1))))) // 2
 
 
 _CHUNK = 1 << 18
@@ -108,16 +75,13 @@ def split_digits(a: np.ndarray, b: int, frame: tuple[int, int] | None = None) ->
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> ExactTensor:
     """The exact product ``a @ b`` of two float64 matrices, or of two stacks of them
     (``(G, M, K) @ (G, K, N)``)."""
-    shape = a.shape[:-1] + b.shape[-1:]
-    frames = cut_frames(a, b, a.shape[-1])
-    if frames is None:
-        return ExactTensor.zeros(shape)
-    (qa, ca, wa), (qb, cb, wb) = frames
+    width = slice_width(a.shape[-1])
+    da, qa = split_digits(a, width)
+    db, qb = split_digits(b, width)
     n = b.shape[-1]
     side = Side(join=lambda ts: np.concatenate(ts, axis=-1),
                 part=lambda r, t: r[..., t * n:(t + 1) * n].reshape((-1,) + r.shape[-2:-1] + (n,)))
-    return digit_product(split_digits(a, wa, (qa, ca))[0], qa, wa, split_digits(b, wb, (qb, cb))[0], qb, wb, shape,
-                         np.matmul, side)
+    return digit_product(da, qa, db, qb, width, a.shape[:-1] + b.shape[-1:], np.matmul, side)
 
 
 @dataclass(frozen=True)
@@ -131,32 +95,34 @@ class Side:
     last: bool = False
 
 
-def digit_product(da: list, qa: int, wa: int, db: list, qb: int, wb: int, shape: tuple, product, side: Side) -> ExactTensor:
-    """``product(Σ_s da[s] 2^(qa + s·wa), Σ_t db[t] 2^(qb + t·wb))`` exactly, as levels, for a
-    bilinear ``product`` that is exact on the digit arrays (integers whose sums stay below 2^53:
-    any float64 GEMM order gives them exactly). The level of a pair ``(s, t)`` is its bit offset
-    ``s·wa + t·wb`` (the tensor's width is 1); pairs at one offset add (a few, each below 2^53:
-    no int64 overflow). Each digit of ``a`` meets all of ``b``'s in one product (``side``: fewer,
-    wider GEMMs), whose blocks are added into their levels; ``side.last``: the blocks are an
-    ``(N, C, H, W)`` ``shape`` channels last, laid back once, at the end."""
+def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple, product, side: Side) -> ExactTensor:
+    """``product(Σ_s da[s] 2^(qa + s·width), Σ_t db[t] 2^(qb + t·width))`` exactly, as levels, for
+    a bilinear ``product`` that is exact on the digit arrays (integers whose sums stay below
+    2^53: any float64 GEMM order gives them exactly). Each digit of ``a`` meets all of ``b``'s in
+    one product (``side``: fewer, wider GEMMs), whose blocks are added into their levels;
+    ``side.last``: the blocks are an ``(N, C, H, W)`` ``shape`` channels last, laid back once, at
+    the end."""
     from difftest.maths.kernels import add_integers
 
-    nonzero_a = [s for s, d in enumerate(da) if d.any()]
-    nonzero_b = [t for t, d in enumerate(db) if d.any()]
-    if not nonzero_a or not nonzero_b:
+    nonzero = [t for t, d in enumerate(db) if d.any()]
+    if not nonzero or not any(d.any() for d in da):
         return ExactTensor.zeros(shape)
-    row_of = {level: i for i, level in enumerate(sorted({s * wa + t * wb for s in nonzero_a for t in nonzero_b}))}
-    rows = np.zeros((len(row_of), math.prod(shape)), dtype=np.int64)
-    joined = side.join([db[t] for t in nonzero_b])
-    for s in nonzero_a:
-        wide = product(da[s], joined)  # exact: integers below 2^53
-        for k, t in enumerate(nonzero_b):
+    joined = side.join([db[t] for t in nonzero])
+    rows = np.zeros((len(da) + len(db) - 1, math.prod(shape)), dtype=np.int64)
+    present = set()
+    for s, ds in enumerate(da):
+        if not ds.any():
+            continue
+        wide = product(ds, joined)  # exact: integers below 2^53
+        for k, t in enumerate(nonzero):
             block = side.part(wide, k)
-            add_integers(rows[row_of[s * wa + t * wb]].reshape(block.shape), block)
+            # at most ~140 terms below 2^53 each per level: no int64 overflow
+            add_integers(rows[s + t].reshape(block.shape), block)
+            present.add(s + t)
     if side.last:
         n, c, h, w = shape
         rows = rows.reshape(len(rows), n, h, w, c).transpose(0, 1, 4, 2, 3).reshape(len(rows), -1)  # a copy
-    return ExactTensor.from_rows(rows, row_of, qa + qb, 1, shape)
+    return ExactTensor.from_rows(rows, present, qa + qb, width, shape)
 
 
 def _sides(name: str, g: Geometry, count: int):
@@ -194,42 +160,41 @@ class SlicedExactOracle:
         integers, below 2^53, so :func:`~difftest.layouts.gradient_product` computes it exactly
         in any order. An entry no window reads only adds an unused digit level."""
         out = {}
-        operands = {"grad_input": (d, w), "grad_weight": (d, x), "grad_bias": (d, None)}
+        operands = {"grad_input": (d, w), "grad_weight": (d, x), "grad_bias": (d, np.ones(1))}
         for name in gradients:
             a, b = operands[name]
-            shape = g.shape_of(name) if sample is None else sample[name].index.shape
-            frames = cut_frames(a, b, gemm_shape(name, g)[2])
-            if frames is None:
-                out[name] = ExactTensor.zeros(shape)
-            elif sample is not None:
-                out[name] = entry_sums(name, a, b, g, sample[name].index, frames)
-            else:
-                (qa, ca, wa), (qb, cb, wb) = frames
-                da = split_digits(a, wa, (qa, ca))[0]
-                db = split_digits(np.ones(1) if b is None else b, wb, (qb, cb))[0]
-                db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
-                if name == "grad_input":  # δ's digits channels last once, the sums channels last
-                    da = [np.ascontiguousarray(t.transpose(0, 2, 3, 1)) for t in da]
-                product, side = _sides(name, g, sum(1 for t in db if t.any()))
-                out[name] = digit_product(da, qa, wa, db, qb, wb, shape, product, side)
+            width = slice_width(gemm_shape(name, g)[2])
+            if sample is not None:
+                out[name] = entry_sums(name, a, b, g, sample[name].index, width)
+                continue
+            da, qa = split_digits(a, width)
+            db, qb = split_digits(b, width)
+            db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
+            if name == "grad_input":  # δ's digits channels last once, the sums channels last
+                da = [np.ascontiguousarray(t.transpose(0, 2, 3, 1)) for t in da]
+            product, side = _sides(name, g, sum(1 for t in db if t.any()))
+            out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product, side)
         return out
 
 
-def entry_sums(name: str, a: np.ndarray, b: np.ndarray | None, g: Geometry, index: np.ndarray, frames) -> ExactTensor:
+def entry_sums(name: str, a: np.ndarray, b: np.ndarray, g: Geometry, index: np.ndarray, width: int) -> ExactTensor:
     """The exact sums of the entries ``index`` of gradient ``name`` (1-D, in that order): each
-    block of their terms (:func:`~difftest.layouts.entry_terms`) is cut into digits at the whole
-    operands' frames and widths (``frames``, :func:`cut_frames`: every block's levels share one
-    scale, and the levels are the full check's), and each pair of digit blocks summed along the
-    terms, exactly (integers below 2^53, as in :func:`digit_product`). Only the judged entries'
-    terms are gathered and cut, never the whole operands."""
-    (qa, ca, wa), (qb, cb, wb) = frames
+    block of their terms (:func:`~difftest.layouts.entry_terms`) is cut into ``width``-bit digits
+    at the whole operands' frame (so every block's levels share one scale), and each pair of digit
+    blocks summed along the terms, exactly (integers below 2^53, as in :func:`digit_product`).
+    Only the judged entries' terms are gathered and cut, never the whole operands."""
+    fa = digit_frame(a, width)
+    fb = None if name == "grad_bias" else digit_frame(b, width)
+    if fa is None or (name != "grad_bias" and fb is None):
+        return ExactTensor.zeros(index.shape)
+    qb = 0 if fb is None else fb[0]
     levels: dict[int, np.ndarray] = {}
-    operand = None if b is None else entry_operand(name, b, g)
+    operand = None if name == "grad_bias" else entry_operand(name, b, g)
     for rows, ta, tb in entry_terms(name, a, operand, g, index):
-        da, _ = split_digits(ta, wa, (qa, ca))
-        db = [None] if tb is None else split_digits(tb, wb, (qb, cb))[0]
+        da, _ = split_digits(ta, width, fa)
+        db = [None] if tb is None else split_digits(tb, width, fb)[0]
         for s, ds in enumerate(da):
             for t, dt in enumerate(db):
                 p = (ds.sum(axis=1) if dt is None else np.einsum("ek,ek->e", ds, dt)).astype(np.int64)
-                levels.setdefault(s * wa + t * wb, np.zeros(index.shape, dtype=np.int64))[rows] += p
-    return ExactTensor.from_levels(levels, qa + qb, 1)
+                levels.setdefault(s + t, np.zeros(index.shape, dtype=np.int64))[rows] += p
+    return ExactTensor.from_levels(levels, fa[0] + qb, width)

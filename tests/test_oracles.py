@@ -191,17 +191,3 @@ def test_split_digits_rebuilds_every_entry_exactly(a, width):
         for i, v in enumerate(arr):
             rebuilt = sum(Fraction(int(d[i])) * Fraction(2) ** (q + s * width) for s, d in enumerate(digits))
             assert rebuilt == Fraction(v)
-
-
-@given(k=st.integers(1, 2**30), span_a=st.integers(1, 2100), span_b=st.integers(1, 2100))
-def test_digit_widths_keep_every_gemm_exact_and_never_take_more_pairs_than_equal_widths(k, span_a, span_b):
-    """slice_widths: every sum of k products of a wa-bit and a wb-bit digit stays below 2^53 (the
-    GEMMs are exact in any order), with no more digit pairs than equal widths would take."""
-    import math
-
-    from oracles.slices import slice_widths
-
-    wa, wb = slice_widths(k, span_a, span_b)
-    assert wa >= 1 and wb >= 1 and k * (2**wa - 1) * (2**wb - 1) < 2**53
-    w = (53 - max(0, math.ceil(math.log2(k)))) // 2  # the equal widths used before
-    assert -(-span_a // wa) * -(-span_b // wb) <= -(-span_a // w) * -(-span_b // w)

@@ -70,9 +70,9 @@ class ExactTensor:
     exp: int
     levels: dict | None = None  # level -> int64 array
     width: int = 0
-    #: the levels as rows of one C-contiguous ``(rows, size)`` int64 array and the row of each
-    #: level, where the oracle made them so (the views then read it in place, with no stacking copy)
-    rows: tuple | None = None
+    #: the levels as rows of one C-contiguous ``(rows, size)`` int64 array, row ``L`` level ``L``,
+    #: where the oracle made them so (the views then read it in place, with no stacking copy)
+    rows: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,11 +91,9 @@ class ExactTensor:
         return cls(None, exp, levels, width)
 
     @classmethod
-    def from_rows(cls, rows: np.ndarray, row_of: dict, exp: int, width: int, shape: tuple) -> "ExactTensor":
-        """The levels of ``row_of`` (level -> row) from ``rows``, a C-contiguous ``(rows, size)``
-        int64 array."""
-        return cls(None, exp, {level: rows[row_of[level]].reshape(shape) for level in sorted(row_of)}, width,
-                   (rows, row_of))
+    def from_rows(cls, rows: np.ndarray, present, exp: int, width: int, shape: tuple) -> "ExactTensor":
+        """Levels ``present`` (row indices) of ``rows``, a C-contiguous ``(L, size)`` int64 array."""
+        return cls(None, exp, {level: rows[level].reshape(shape) for level in sorted(present)}, width, rows)
 
     def map(self, fn) -> "ExactTensor":
         """Apply a shape operation (reshape, transpose, indexing) to every entry array."""
@@ -187,7 +185,7 @@ class ExactTensor:
 
         order = sorted(self.levels, reverse=True)
         if self.rows is not None:
-            stacked, picked = self.rows[0], np.array([self.rows[1][level] for level in order], dtype=np.int64)
+            stacked, picked = self.rows, np.array(order, dtype=np.int64)
         else:
             stacked = np.stack([np.ascontiguousarray(self.levels[level], dtype=np.int64).ravel() for level in order])
             picked = np.arange(len(order), dtype=np.int64)
