@@ -217,3 +217,24 @@ def test_compiled_ratio_equals_its_numpy_form(ps):
         want = np.where(np.isnan(want), 0.0, want)
     got = EntryArrays(error=e, bound=b, bound_order_free=b).ratio("bound")
     assert np.array_equal(got.view(np.int64), want.view(np.int64))
+
+
+def test_numba_may_use_512_bit_vectors_only_where_nobody_chose_the_cpu():
+    """difftest.directed lets numba prefer 512-bit vectors on AVX-512 CPUs (numba.config.CPU_FEATURES,
+    the host's features and -prefer-256-bit), and leaves a CPU or features the user chose alone."""
+    import os
+    import subprocess
+    import sys
+
+    from numba.core import codegen
+
+    code = "import difftest.values.directed as d, numba.core.config as c; print(d.PREFERS_512_BIT, repr(c.CPU_FEATURES))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    avx512 = "+avx512f" in codegen.get_host_cpu_features().split(",")
+    assert out[0] == str(avx512)
+    if avx512:
+        assert out[1].endswith(",-prefer-256-bit'")
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "NUMBA_CPU_NAME": "generic"},
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert chosen[0] == "False" and "prefer-256-bit" not in chosen[1]
