@@ -34,6 +34,7 @@ import importlib
 import os
 import re
 import sys
+import threading
 import time
 import types
 from collections import deque
@@ -418,44 +419,51 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         raise DifftestError(f"--out {out} holds other files (it is rewritten: cases/, results.jsonl, ...); give a new "
                             "or empty directory, or an earlier difftest model directory")
     t_start = time.perf_counter()
-    model = load_model(spec, seed)
-    _say(progress, f"{spec}: forward and backward in float64 on input {'×'.join(map(str, input_shape))} (seed {seed})")
-    captures, n_convs = capture(model, input_shape, seed, select=None if pattern is None else (lambda n: pattern.search(n) is not None))
-    if not captures:
-        names = [n or "(model)" for n, m in model.named_modules() if type(m).__name__.endswith("Conv2d")]
-        raise DifftestError(f"--layers {layers!r} matches none of the model's {plural(n_convs, 'convolution')} "
-                            f"(e.g. {', '.join(names[:4])})")
-    capture_s = time.perf_counter() - t_start
-    del model
+    pool = Workers(DEFAULT_TIMEOUT if backend_timeout is None else backend_timeout) if isolate else None
+    starting = _Starting(pool, backends) if pool is not None else None  # workers start while the model runs
+    try:
+        model = load_model(spec, seed)
+        _say(progress, f"{spec}: forward and backward in float64 on input {'×'.join(map(str, input_shape))} (seed {seed})")
+        captures, n_convs = capture(model, input_shape, seed,
+                                    select=None if pattern is None else (lambda n: pattern.search(n) is not None))
+        if not captures:
+            names = [n or "(model)" for n, m in model.named_modules() if type(m).__name__.endswith("Conv2d")]
+            raise DifftestError(f"--layers {layers!r} matches none of the model's {plural(n_convs, 'convolution')} "
+                                f"(e.g. {', '.join(names[:4])})")
+        capture_s = time.perf_counter() - t_start
+        del model
+        formats = len({b.format.name for b in backends})
+        judged = [c for c in captures if not c.skipped]
+        samples: dict[str, int | None] = {}
+        costs: dict[str, Estimate] = {}
+        for c in judged:
+            samples[c.name], costs[c.name] = layer_plan(c.geometry, formats, sample, max_memory)
+            try:
+                refuse_if_too_large(costs[c.name], max_memory, size=samples[c.name])
+            except DifftestError as exc:
+                raise type(exc)(f"layer {c.name}: {exc}; or leave it out with --layers") from None
+        if sample is None and any(samples.values()):
+            big = [n for n, v in samples.items() if v]
+            _say(progress, f"{plural(len(big), 'layer')} above the memory limit judged at a sample of {DEFAULT_SIZE} "
+                           f"entries per gradient (--sample N samples every layer): {', '.join(big[:4])}"
+                           + (", …" if len(big) > 4 else ""))
+        total_s = sum(e.seconds for e in costs.values())
+        held = sum(a.nbytes for c in judged for a in (c.input, c.weight, c.grad_output))
+        if costs:
+            big = max(costs, key=lambda n: costs[n].peak_bytes)
+            _say(progress, f"{plural(len(judged), 'layer')} to judge ({len(captures) - len(judged)} skipped), "
+                           f"{sum(e.macs for e in costs.values()) / 1e6:.1f} M multiply-adds per gradient, "
+                           f"{plural(len(backends), 'backend')} in {plural(formats, 'format')}: estimated {_eta(total_s)} and "
+                           f"{format_size(costs[big].peak_bytes + held)} peak memory (largest layer {big}, plus "
+                           f"{format_size(held)} of captured arrays)")
 
-    formats = len({b.format.name for b in backends})
-    judged = [c for c in captures if not c.skipped]
-    samples: dict[str, int | None] = {}
-    costs: dict[str, Estimate] = {}
-    for c in judged:
-        samples[c.name], costs[c.name] = layer_plan(c.geometry, formats, sample, max_memory)
-        try:
-            refuse_if_too_large(costs[c.name], max_memory, size=samples[c.name])
-        except DifftestError as exc:
-            raise type(exc)(f"layer {c.name}: {exc}; or leave it out with --layers") from None
-    if sample is None and any(samples.values()):
-        big = [n for n, v in samples.items() if v]
-        _say(progress, f"{plural(len(big), 'layer')} above the memory limit judged at a sample of {DEFAULT_SIZE} "
-                       f"entries per gradient (--sample N samples every layer): {', '.join(big[:4])}"
-                       + (", …" if len(big) > 4 else ""))
-    total_s = sum(e.seconds for e in costs.values())
-    held = sum(a.nbytes for c in judged for a in (c.input, c.weight, c.grad_output))
-    if costs:
-        big = max(costs, key=lambda n: costs[n].peak_bytes)
-        _say(progress, f"{plural(len(judged), 'layer')} to judge ({len(captures) - len(judged)} skipped), "
-                       f"{sum(e.macs for e in costs.values()) / 1e6:.1f} M multiply-adds per gradient, "
-                       f"{plural(len(backends), 'backend')} in {plural(formats, 'format')}: estimated {_eta(total_s)} and "
-                       f"{format_size(costs[big].peak_bytes + held)} peak memory (largest layer {big}, plus "
-                       f"{format_size(held)} of captured arrays)")
-
-    cluster = connect(scheduler)
-    recorder = Recorder(out, seed=seed, expectations=expectations, overwrite=overwrite, outputs="findings")
-    pool = None
+        cluster = connect(scheduler)
+        recorder = Recorder(out, seed=seed, expectations=expectations, overwrite=overwrite, outputs="findings")
+    except BaseException:
+        if starting is not None:
+            starting.join()
+            pool.close()
+        raise
     info = {"profile": "model", "model": spec, "input_shape": list(input_shape), "seed": seed, "shard": "1/1",
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time())),
             "backends": [b.name for b in backends], "isolate": isolate,
@@ -468,8 +476,7 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         if recorder.previous is not None:
             info["previous"] = str(recorder.previous)
         recorder.campaign(info)
-        pool = Workers(DEFAULT_TIMEOUT if backend_timeout is None else backend_timeout) if isolate else None
-        judges = pool.wrap(backends) if pool is not None else backends
+        judges = starting.judges() if starting is not None else backends
         for note in pool.notes if pool is not None else ():
             _say(progress, note)
         pending: deque = deque()  # layers whose judging the cluster has (in layer order)
@@ -546,6 +553,30 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
         finally:
             recorder.close()
     return result
+
+
+class _Starting(threading.Thread):
+    """``pool.wrap(backends)`` in the background: the backends' worker processes start (a forkserver
+    importing the backends' libraries, about a second) while the model loads and runs forward and
+    backward. :meth:`judges` waits for them, raising what starting raised. The pool is not used
+    by anything else meanwhile."""
+
+    def __init__(self, pool, backends):
+        super().__init__(name="difftest-start-workers", daemon=True)
+        self.pool, self.backends, self.wrapped, self.error = pool, backends, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.wrapped = self.pool.wrap(self.backends)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self.error = exc
+
+    def judges(self) -> list:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.wrapped
 
 
 def layer_plan(g: Geometry, formats: int, sample: int | None, max_memory) -> tuple[int | None, Estimate]:
