@@ -66,15 +66,19 @@ def compare_gradient(
     index in the whole gradient, and the result says it was sampled.
     """
     err = error_bounds(values, exact)
-    out_of_model = ~err.finite & (reach >= fmt.max_finite)
-    in_model = ~out_of_model
-    beyond_tl = (err.lower > bound) & in_model
+    entries = EntryArrays(error=err.approx, bound=bound, bound_order_free=bound_order_free)
+    ratio, ratio_of = entries.ratio("bound"), entries.ratio("bound_order_free")
+    beyond_tl = err.lower > bound
     # the order-free bound covers every order, the sequential one too: an entry certainly
     # beyond it is a certain violation, whatever the (often looser) TorchLean bound says
-    beyond_of = (err.lower > bound_order_free) & in_model
-    entries = EntryArrays(error=err.approx, bound=bound, bound_order_free=bound_order_free)
-    ratio = np.where(in_model, entries.ratio("bound"), 0.0)
-    ratio_of = np.where(in_model, entries.ratio("bound_order_free"), 0.0)
+    beyond_of = err.lower > bound_order_free
+    out_of_model = np.zeros(np.shape(values), dtype=bool)
+    if not err.finite.all():  # only a non-finite output can be outside the model: the rest as they were
+        out_of_model = ~err.finite & (reach >= fmt.max_finite)
+        beyond_tl &= ~out_of_model
+        beyond_of &= ~out_of_model
+        ratio = np.where(out_of_model, 0.0, ratio)
+        ratio_of = np.where(out_of_model, 0.0, ratio_of)
     if beyond_of.any():
         verdict = "precision"
     elif out_of_model.any():
