@@ -556,9 +556,9 @@ def check_model(spec: str, backends: list, input_shape=DEFAULT_INPUT_SHAPE, laye
 
 
 class _Starting(threading.Thread):
-    """``pool.wrap(backends)`` in the background: the backends' worker processes start (a forkserver
-    importing the backends' libraries, about a second) while the model loads and runs forward and
-    backward. :meth:`judges` waits for them, raising what starting raised. The pool is not used
+    """``pool.wrap(backends)`` in the background: :mod:`difftest.isolation` starts the backends'
+    worker processes (importing their libraries, about a second) while the model loads and runs
+    forward and backward. :meth:`judges` waits for them, raising what starting raised. The pool is not used
     by anything else meanwhile."""
 
     def __init__(self, pool, backends):

@@ -15,7 +15,7 @@ scalar loops so that numba fuses every per-step operation without temporaries:
   most ``2^-1074``; so ``(ê + slop)·(1 + 2R·2^-53)``, rounded up, is never below the exact bound
   and at most ``16·steps·2^-53`` relative above it.
 
-binary32 folds run their NF arithmetic on the hardware's binary32 (``fast``, :func:`_step`): a
+binary32 folds run their NF arithmetic on the hardware's binary32 (``fast``, :func:`_sum_step`): a
 binary32 product of two binary32 values is the conversion of their exact float64 product, their
 sum the binary32 addition — the same values as the emulation while no overflow occurs and the
 thread's arithmetic has gradual underflow (:func:`_ieee32` checks it in every task); the bound's
