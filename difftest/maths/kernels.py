@@ -222,6 +222,32 @@ def bias_fold(drows, p, emin, fast32, probe, ed, acc_out, e_out):
         e_out[o] = e
 
 
+@njit(inline="always")
+def _entry_taps(h, x, oi_t, di_t, vh, oj_t, dj_t, vw, oh, ow, kH, kW, taps):
+    """The kernel taps that reach input position ``(h, x)``, in the Lean fold's order, into
+    ``taps`` (rows ``(oi, oj, di, dj, offset)``, ``offset`` the step's index within one output
+    channel's ``oh·ow·kH·kW`` steps); returns how many. Output channel ``ol`` of the group takes
+    step ``ol·oh·ow·kH·kW + offset`` there: both input folds visit these steps, channel by channel."""
+    count = 0
+    for a in range(oi_t.shape[0]):
+        if not vh[a, h]:
+            continue
+        oi = oi_t[a, h]
+        di = di_t[a, h]
+        for b in range(oj_t.shape[0]):
+            if not vw[b, x]:
+                continue
+            oj = oj_t[b, x]
+            dj = dj_t[b, x]
+            taps[count, 0] = oi
+            taps[count, 1] = oj
+            taps[count, 2] = di
+            taps[count, 3] = dj
+            taps[count, 4] = ((oi * ow + oj) * kH + di) * kW + dj
+            count += 1
+    return count
+
+
 @njit(parallel=True, cache=True)
 def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, fast32, probe, ek, ed, acc_out, e_out):
     """grad_input: entries (n, h, w, c) (``acc_out``/``e_out`` are channels-last ``(N, H, W, C)``,
@@ -235,44 +261,37 @@ def input_fold(d, wt, oi_t, di_t, vh, oj_t, dj_t, vw, p, emin, fast32, probe, ek
     H, W, C = acc_out.shape[1], acc_out.shape[2], acc_out.shape[3]
     G = C // Cg
     Og = O // G
-    A, B = oi_t.shape[0], oj_t.shape[0]
-    total = Og * oh * ow * kH * kW
+    per_channel = oh * ow * kH * kW
+    total = Og * per_channel
     for nh in prange(N * H):
         fast = fast32 and _ieee32(probe)
         n = nh // H
         h = nh % H
+        taps = np.empty((oi_t.shape[0] * oj_t.shape[0], 5), dtype=np.int64)
         for x in range(W):
             acc_all = acc_out[n, h, x]
             e_all = e_out[n, h, x]
             acc_all[:] = 0.0
             e_all[:] = 0.0
+            count = _entry_taps(h, x, oi_t, di_t, vh, oj_t, dj_t, vw, oh, ow, kH, kW, taps)
             for gi in range(G):
                 c0 = gi * Cg
                 last = -1
                 for ol in range(Og):
                     o = gi * Og + ol
-                    for a in range(A):
-                        if not vh[a, h]:
-                            continue
-                        oi = oi_t[a, h]
-                        di = di_t[a, h]
-                        for b in range(B):
-                            if not vw[b, x]:
-                                continue
-                            oj = oj_t[b, x]
-                            dj = dj_t[b, x]
-                            idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
-                            z = idx - last - 1
-                            dv = d[n, o, oi, oj]
-                            w_row = wt[o, di, dj]
-                            if z > 0:  # the zero steps before this one: each adds ulp(acc)/2
-                                for c in range(Cg):
-                                    e_all[c0 + c] += z * _half_ulp_of(acc_all[c0 + c], p, emin)
+                    for t in range(count):
+                        idx = ol * per_channel + taps[t, 4]
+                        z = idx - last - 1
+                        dv = d[n, o, taps[t, 0], taps[t, 1]]
+                        w_row = wt[o, taps[t, 2], taps[t, 3]]
+                        if z > 0:  # the zero steps before this one: each adds ulp(acc)/2
                             for c in range(Cg):
-                                a2, e2 = _product_step(acc_all[c0 + c], e_all[c0 + c], dv, w_row[c], ed, ek, p, emin, fast)
-                                acc_all[c0 + c] = a2
-                                e_all[c0 + c] = e2
-                            last = idx
+                                e_all[c0 + c] += z * _half_ulp_of(acc_all[c0 + c], p, emin)
+                        for c in range(Cg):
+                            a2, e2 = _product_step(acc_all[c0 + c], e_all[c0 + c], dv, w_row[c], ed, ek, p, emin, fast)
+                            acc_all[c0 + c] = a2
+                            e_all[c0 + c] = e2
+                        last = idx
                 z = total - 1 - last
                 if z > 0:
                     for c in range(Cg):
@@ -304,34 +323,26 @@ def input_entries_fold(d, wt, en, ec, eh, ew, groups, oi_t, di_t, vh, oj_t, dj_t
     N, O, oh, ow = d.shape
     kH, kW, Cg = wt.shape[1], wt.shape[2], wt.shape[3]
     Og = O // groups
-    A, B = oi_t.shape[0], oj_t.shape[0]
-    total = Og * oh * ow * kH * kW
+    per_channel = oh * ow * kH * kW
+    total = Og * per_channel
     for e in prange(en.shape[0]):
         fast = fast32 and _ieee32(probe)
         n = en[e]
-        h = eh[e]
-        x = ew[e]
         gi = ec[e] // Cg
         c = ec[e] % Cg
+        taps = np.empty((oi_t.shape[0] * oj_t.shape[0], 5), dtype=np.int64)
+        count = _entry_taps(eh[e], ew[e], oi_t, di_t, vh, oj_t, dj_t, vw, oh, ow, kH, kW, taps)
         acc = 0.0
         err = 0.0
         last = -1
         for ol in range(Og):
             o = gi * Og + ol
-            for a in range(A):
-                if not vh[a, h]:
-                    continue
-                oi = oi_t[a, h]
-                di = di_t[a, h]
-                for b in range(B):
-                    if not vw[b, x]:
-                        continue
-                    oj = oj_t[b, x]
-                    dj = dj_t[b, x]
-                    idx = (((ol * oh + oi) * ow + oj) * kH + di) * kW + dj
-                    z = idx - last - 1
-                    acc, err = _input_step(acc, err, z, d[n, o, oi, oj], wt[o, di, dj, c], ed, ek, p, emin, fast)
-                    last = idx
+            for t in range(count):
+                idx = ol * per_channel + taps[t, 4]
+                z = idx - last - 1
+                acc, err = _input_step(acc, err, z, d[n, o, taps[t, 0], taps[t, 1]], wt[o, taps[t, 2], taps[t, 3], c],
+                                       ed, ek, p, emin, fast)
+                last = idx
         z = total - 1 - last
         if z > 0:
             err += z * _half_ulp_of(acc, p, emin)
