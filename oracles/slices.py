@@ -125,15 +125,13 @@ def digit_product(da: list, qa: int, db: list, qb: int, width: int, shape: tuple
     return ExactTensor.from_rows(rows, present, qa + qb, width, shape)
 
 
-def _sides(name: str, g: Geometry, count: int):
-    """The product of one digit of δ with ``count`` digits of the other operand side by side, and
-    how to cut it (:class:`Side`)."""
-    count = max(count, 1)  # none: digit_product returns zeros before any product
+def _sides(name: str, g: Geometry):
+    """The product of one digit of δ with digits of the other operand side by side (how many, the
+    joined operand's shape tells), and how to cut it (:class:`Side`)."""
     if name == "grad_input":  # weights side by side along C; sums channels last (N·H·W, G, count·Cg)
-        wide = dataclasses.replace(g, C=g.C * count)
         side = Side(join=lambda ts: np.concatenate(ts, axis=1),
-                    part=lambda r, t: r.reshape(-1, g.groups, count, g.Cg)[:, :, t, :], last=True)
-        return (lambda p, q: input_product_last(p, q, wide)), side
+                    part=lambda r, t: r.reshape(-1, g.groups, r.shape[-1] // g.C, g.Cg)[:, :, t, :], last=True)
+        return (lambda p, q: input_product_last(p, q, dataclasses.replace(g, C=g.groups * q.shape[1]))), side
     if name == "grad_weight":  # im2cols side by side along their columns: (G, Og, count·M)
         m = g.Cg * g.kH * g.kW
         side = Side(join=lambda ts: np.concatenate(ts, axis=-1), part=lambda r, t: r[..., t * m:(t + 1) * m])
@@ -172,7 +170,7 @@ class SlicedExactOracle:
             db = [gradient_operand(name, t, g) for t in db]  # laid out once, not once per digit pair
             if name == "grad_input":  # δ's digits channels last once, the sums channels last
                 da = [np.ascontiguousarray(t.transpose(0, 2, 3, 1)) for t in da]
-            product, side = _sides(name, g, sum(1 for t in db if t.any()))
+            product, side = _sides(name, g)
             out[name] = digit_product(da, qa, db, qb, width, g.shape_of(name), product, side)
         return out
 
